@@ -1,0 +1,84 @@
+"""The Dataset type: train/val/test splits of one Problem, with optional per-task label masks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .problem import Problem
+
+
+@dataclass
+class Split:
+    """Inputs ``x`` (N x input_shape), one target tensor per task, and optional label masks.
+
+    ``mask[task]`` is a bool tensor of length N; False marks a missing label (not an error:
+    the task's loss and metric skip that row).
+    """
+
+    x: torch.Tensor
+    y: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def labelled(self, task: str) -> torch.Tensor | None:
+        """The label mask of ``task``, or None when every row is labelled."""
+        return self.mask.get(task)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        """The rows at ``index`` (a long tensor)."""
+        return Split(
+            self.x[index],
+            {k: v[index] for k, v in self.y.items()},
+            {k: v[index] for k, v in self.mask.items()},
+        )
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator["Split"]:
+        """Minibatches as Splits; slicing tensors directly is much faster than a DataLoader here."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                sl = slice(start, start + batch_size)
+                yield Split(self.x[sl], {k: v[sl] for k, v in self.y.items()}, {k: v[sl] for k, v in self.mask.items()})
+            else:
+                yield self.subset(order[start : start + batch_size])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(
+            self.x.to(device),
+            {k: v.to(device) for k, v in self.y.items()},
+            {k: v.to(device) for k, v in self.mask.items()},
+        )
+
+
+@dataclass
+class Dataset:
+    """A Problem with its train, val and test splits."""
+
+    problem: Problem
+    train: Split
+    val: Split
+    test: Split
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return Dataset(self.problem, self.train.to(device), self.val.to(device), self.test.to(device))
+
+
+def split_rows(n: int, val: float, test: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shuffled row indices for train / val / test with the given fractions."""
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise ValueError(f"split fractions must be in (0, 1) and sum below 1, got val={val}, test={test}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val, n_test = max(1, round(n * val)), max(1, round(n * test))
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def make_dataset(problem: Problem, x: torch.Tensor, y: dict[str, torch.Tensor], val: float, test: float, seed: int) -> Dataset:
+    """Split full tensors into a Dataset."""
+    train_idx, val_idx, test_idx = split_rows(x.shape[0], val, test, seed)
+    full = Split(x, y)
+    return Dataset(problem, full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))

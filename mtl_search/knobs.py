@@ -1,0 +1,220 @@
+"""Knobs: the searchable parameters a strategy, backbone or the trainer declares.
+
+A knob has a default range; a space may fix it to a constant or narrow it. The same
+classes describe the ranges written in ``space.yaml`` (``{int: [2, 8]}`` is ``Int(2, 8)``),
+so one piece of code validates overrides and one piece suggests values to Optuna.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import SpaceError
+
+
+class Knob:
+    """Base class. ``suggest`` draws a value from an Optuna trial under ``name``."""
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:  # pragma: no cover - abstract
+        """Draw a value; ``context`` holds the trial's sampled backbone values (for bounds that name one)."""
+        raise NotImplementedError
+
+    def narrow(self, override: "Knob", path: str) -> "Knob":
+        """Check that ``override`` (from a space) is a valid restriction of this knob."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def is_fixed(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+@dataclass(frozen=True)
+class Fixed(Knob):
+    """A constant."""
+
+    value: Any
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
+        return self.value
+
+    @property
+    def is_fixed(self) -> bool:
+        return True
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        if isinstance(override, Fixed) and override.value == self.value:
+            return override
+        raise SpaceError(path, f"this value is fixed to {self.value!r} and cannot be changed")
+
+    def describe(self) -> str:
+        return repr(self.value)
+
+
+@dataclass(frozen=True)
+class Int(Knob):
+    """An integer in ``[low, high]`` (inclusive). ``minimum``/``maximum`` bound what a space may ask for.
+
+    A bound may be the name of a backbone knob (``Int(0, "depth")``): it is read from the
+    backbone values sampled for the same trial.
+    """
+
+    low: int | str
+    high: int | str
+    log: bool = False
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> int:
+        low, high = (context or {}).get(self.low, self.low), (context or {}).get(self.high, self.high)
+        if not (isinstance(low, int) and isinstance(high, int)):
+            raise ValueError(f"knob {name}: bounds {self.low!r}..{self.high!r} name no sampled value")
+        if low >= high:
+            return low
+        return trial.suggest_int(name, low, high, log=self.log)
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        values = _override_values(override, path)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpaceError(path, f"expected an integer, got {value!r}")
+            _check_bounds(value, self.minimum, self.maximum, path)
+        if isinstance(override, Float):
+            raise SpaceError(path, "expected an integer range ({int: [lo, hi]}), got a float range")
+        return override
+
+    def describe(self) -> str:
+        return f"int [{self.low}, {self.high}]" + (" log" if self.log else "")
+
+
+@dataclass(frozen=True)
+class Float(Knob):
+    """A float in ``[low, high]``; ``log=True`` samples on a log scale (``loguniform`` in a space)."""
+
+    low: float
+    high: float
+    log: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> float:
+        if self.low == self.high:
+            return self.low
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        values = _override_values(override, path)
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpaceError(path, f"expected a number, got {value!r}")
+            _check_bounds(value, self.minimum, self.maximum, path)
+        if isinstance(override, Int):
+            return Float(float(override.low), float(override.high), override.log)
+        return override
+
+    def describe(self) -> str:
+        return f"{'loguniform' if self.log else 'float'} [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Choice(Knob):
+    """One of a list of values (strings, numbers, booleans or lists)."""
+
+    choices: tuple
+
+    def __init__(self, *choices: Any):
+        if len(choices) == 1 and isinstance(choices[0], (list, tuple)):
+            choices = tuple(choices[0])
+        object.__setattr__(self, "choices", tuple(_freeze(c) for c in choices))
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
+        if len(self.choices) == 1:
+            return _thaw(self.choices[0])
+        # Optuna's categorical accepts only scalars: index lists by their position.
+        if all(_is_scalar(c) for c in self.choices):
+            return trial.suggest_categorical(name, list(self.choices))
+        labels = [str(list(c)) if isinstance(c, tuple) else str(c) for c in self.choices]
+        picked = trial.suggest_categorical(name, labels)
+        return _thaw(self.choices[labels.index(picked)])
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        for value in _override_values(override, path):
+            if _freeze(value) not in self.choices:
+                allowed = ", ".join(repr(_thaw(c)) for c in self.choices)
+                raise SpaceError(path, f"{value!r} is not allowed; choose from {allowed}")
+        return override
+
+    def describe(self) -> str:
+        return "choice " + ", ".join(repr(_thaw(c)) for c in self.choices)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _thaw(value: Any) -> Any:
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _override_values(override: Knob, path: str) -> Sequence[Any]:
+    if isinstance(override, Fixed):
+        return [override.value]
+    if isinstance(override, Choice):
+        return [_thaw(c) for c in override.choices]
+    if isinstance(override, (Int, Float)):
+        return [v for v in (override.low, override.high) if not isinstance(v, str)]
+    raise SpaceError(path, f"unsupported range {override!r}")  # pragma: no cover
+
+
+def _check_bounds(value: float, minimum: float | None, maximum: float | None, path: str) -> None:
+    if minimum is not None and value < minimum:
+        raise SpaceError(path, f"{value!r} is below the smallest allowed value {minimum!r}")
+    if maximum is not None and value > maximum:
+        raise SpaceError(path, f"{value!r} is above the largest allowed value {maximum!r}")
+
+
+RANGE_FORMS = ("int", "float", "loguniform", "choice")
+
+
+def parse_range(raw: Any, path: str) -> Knob:
+    """Parse a value written in a space: a constant or one of the range forms.
+
+    ``{int: [lo, hi]}``, ``{float: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{choice: [...]}``.
+    """
+    if not isinstance(raw, dict):
+        return Fixed(raw)
+    if len(raw) != 1 or next(iter(raw)) not in RANGE_FORMS:
+        raise SpaceError(
+            path,
+            f"expected a constant or one of {{int: [lo, hi]}}, {{float: [lo, hi]}}, "
+            f"{{loguniform: [lo, hi]}}, {{choice: [...]}}; got {raw!r}",
+        )
+    form, args = next(iter(raw.items()))
+    if form == "choice":
+        if not isinstance(args, list) or not args:
+            raise SpaceError(path + ".choice", f"expected a non-empty list, got {args!r}")
+        return Choice(*args)
+    if not (isinstance(args, list) and len(args) == 2):
+        raise SpaceError(path + f".{form}", f"expected a list [lo, hi], got {args!r}")
+    low, high = args
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise SpaceError(path + f".{form}", f"expected numbers, got {args!r}")
+    if low > high:
+        raise SpaceError(path + f".{form}", f"lower bound {low!r} is above upper bound {high!r}")
+    if form == "int":
+        if not (isinstance(low, int) and isinstance(high, int)):
+            raise SpaceError(path + ".int", f"expected integer bounds, got {args!r}")
+        return Int(low, high)
+    if form == "loguniform":
+        if low <= 0:
+            raise SpaceError(path + ".loguniform", f"bounds must be positive, got {args!r}")
+        return Float(float(low), float(high), log=True)
+    return Float(float(low), float(high))

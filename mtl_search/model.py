@@ -1,0 +1,116 @@
+"""MultiTaskModel (what every strategy builds) and SharingMap (what every model reports)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .data import Split
+from .problem import Problem
+
+
+@dataclass
+class SharingMap:
+    """A small matrix with values in [0, 1]: rows are tasks, columns are blocks, experts or tasks."""
+
+    values: torch.Tensor
+    rows: list[str]
+    columns: list[str]
+
+    def __post_init__(self) -> None:
+        self.values = torch.as_tensor(self.values, dtype=torch.float32).detach().cpu()
+        if tuple(self.values.shape) != (len(self.rows), len(self.columns)):
+            raise ValueError(f"sharing map of shape {tuple(self.values.shape)} does not match {len(self.rows)} rows x {len(self.columns)} columns")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "columns": list(self.columns), "values": self.values.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SharingMap":
+        return cls(torch.tensor(data["values"]), data["rows"], data["columns"])
+
+
+def task_losses(problem: Problem, predictions: dict[str, torch.Tensor], batch: Split) -> dict[str, torch.Tensor]:
+    """Mean loss per task over the batch rows that carry that task's label."""
+    losses = {}
+    for task in problem.tasks:
+        pred, target = predictions[task.name], batch.y[task.name]
+        mask = batch.labelled(task.name)
+        if mask is not None:
+            if not bool(mask.any()):
+                losses[task.name] = pred.sum() * 0.0  # keeps the graph; no labelled row here
+                continue
+            pred, target = pred[mask], target[mask]
+        losses[task.name] = task.loss(pred, target)
+    return losses
+
+
+class MultiTaskModel(nn.Module):
+    """Base class of every strategy's model: ``forward(x) -> {task name: prediction}``.
+
+    Subclasses implement ``forward`` and ``sharing_map(x)``; the other methods have defaults
+    that a strategy overrides when it needs them:
+
+    - ``regularization()``: added to the weighted task losses (soft-sharing penalties,
+      auxiliary MoE losses). Default zero.
+    - ``task_losses(batch)``: per-task training losses of a batch (a strategy that needs an
+      E-step per batch overrides this). Default: forward, then masked task losses.
+    - ``param_groups(lr)``: optimiser parameter groups (e.g. a larger learning rate for
+      cross-stitch units). Default: one group.
+    - ``shared_parameters()``: parameters used by more than one task (for gradient
+      aggregation methods). Default: none declared.
+    - ``after_step()``: called after every optimiser step (e.g. MRN's covariance update).
+    - ``on_epoch_start(epoch)``: called at the start of every training epoch.
+    - ``trial_metrics()``: extra figures recorded on the trial (routing statistics ...).
+    - ``inference_parameters()``: parameter count used at inference (default: all).
+    """
+
+    def __init__(self, problem: Problem):
+        super().__init__()
+        self.problem = problem
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:  # pragma: no cover - abstract
+        """Named maps of what each task shares; ``x`` is a sample of validation inputs (for data-dependent maps such as gates)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sharing_map(x)")
+
+    def regularization(self) -> torch.Tensor:
+        return torch.zeros((), device=self._device())
+
+    def task_losses(self, batch: Split) -> dict[str, torch.Tensor]:
+        return task_losses(self.problem, self(batch.x), batch)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def after_step(self) -> None:
+        pass
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def trial_metrics(self) -> dict[str, float]:
+        return {}
+
+    def inference_parameters(self) -> int:
+        return count_parameters(self.parameters())
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+def count_parameters(params: Iterable[nn.Parameter]) -> int:
+    """Number of scalars in distinct parameter tensors (a tensor used twice counts once)."""
+    seen: dict[int, int] = {}
+    for p in params:
+        seen[id(p)] = p.numel()
+    return sum(seen.values())

@@ -1,0 +1,50 @@
+"""Strategy: one sharing method that a plugin registers and the search samples."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .blocks import Backbone
+from .knobs import Knob
+from .model import MultiTaskModel
+from .problem import Problem
+
+if TYPE_CHECKING:
+    from .train import Trainer
+
+
+class Strategy:
+    """Base class of a sharing strategy.
+
+    Class attributes a subclass sets:
+
+    - ``name``: unique key under ``strategies:`` in a space (e.g. ``"mmoe"``).
+    - ``family``: the family it belongs to (e.g. ``"mixture_of_experts"``).
+    - ``knobs``: ``{knob name: Knob}`` with default ranges; a space may fix or narrow each.
+    - ``backbones``: the backbone kinds it can use, or None for every kind.
+
+    ``build`` makes a fresh model for one trial. ``fit`` trains it; override it only for a
+    method with its own schedule, composing the trainer's primitives
+    (``Trainer.make_optimizer``, ``train_epoch``, ``evaluate``, ``fit``).
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    knobs: ClassVar[dict[str, Knob]] = {}
+    backbones: ClassVar[tuple[str, ...] | None] = None
+
+    def supports(self, backbone_kind: str) -> bool:
+        """Whether this strategy can build on a backbone of this kind."""
+        return self.backbones is None or backbone_kind in self.backbones
+
+    def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
+        """A new model for ``problem`` on ``backbone`` with the sampled knob values ``params``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def fit(self, model: MultiTaskModel, trainer: "Trainer") -> MultiTaskModel:
+        """Train ``model`` and return the model to evaluate (default: the trainer's loop)."""
+        trainer.fit(model)
+        return model
+
+    def __repr__(self) -> str:
+        return f"<Strategy {self.name} ({self.family})>"

@@ -1,0 +1,240 @@
+"""MLflow: one parent run per search, one child run per trial, the front and its artifacts.
+
+All logging happens on the driver (workers need no tracking access). The default store is
+``sqlite:///<cwd>/mlflow/mlflow.db`` with artifacts under ``<cwd>/mlflow/artifacts``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import MtlSearchError
+from .model import SharingMap
+from .results import SearchRecord, TrialRecord, trial_table
+
+ROLE = "mtl_search.role"
+STRATEGY = "mtl_search.strategy"
+PARETO = "mtl_search.pareto"
+NUMBER = "mtl_search.trial_number"
+OBJECTIVES = "mtl_search.objectives"
+PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"
+EPOCH_PREFIXES = ("train_loss/", "val/", "val_loss/", "weight/")
+
+
+def default_store_dir(cwd: Path | None = None) -> Path:
+    return (cwd or Path.cwd()).resolve() / "mlflow"
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    return f"sqlite:///{default_store_dir(cwd) / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """An absolute tracking URI: the default store, or ``uri`` with a relative sqlite path made absolute."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        raise MtlSearchError(f"tracking URI {uri!r}: expected sqlite:///path/to/mlflow.db or http(s)://server (MLflow's file store is not supported)")
+    return uri
+
+
+class Tracker:
+    """Writes a search and its trials to an MLflow tracking store."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if uri.startswith("sqlite:///"):
+                artifacts = Path(uri[len("sqlite:///"):]).parent / "artifacts"
+                artifacts.mkdir(parents=True, exist_ok=True)
+                location = artifacts.as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.experiment = experiment
+
+    # --- the search (parent) run -------------------------------------------------------
+    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives)})
+        self._log_params(run.info.run_id, params)
+        self.client.log_text(run.info.run_id, space_text, "space.yaml")
+        return run.info.run_id
+
+    def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], figure: Any, status: str = "FINISHED") -> None:
+        from mlflow.entities import Metric
+
+        run_id = record.search_run_id
+        for trial in record.trials:
+            if trial.status == "finished":
+                self.client.set_tag(trial.run_id, PARETO, "true" if trial.pareto else "false")
+            if trial.pareto and trial.checkpoint and os.path.isdir(trial.checkpoint):
+                self.client.log_artifacts(trial.run_id, trial.checkpoint, "model")
+        now = _now_ms()
+        metrics = [Metric("hypervolume", hv, now, step) for step, (hv, _) in enumerate(history, 1)]
+        metrics += [Metric("front_size", float(size), now, step) for step, (_, size) in enumerate(history, 1)]
+        for start in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 500])
+        if record.reference_point is not None:
+            self.client.log_param(run_id, "reference_point", json.dumps([round(v, 6) for v in record.reference_point]))
+        self.client.log_dict(run_id, record.to_json(), "front/search.json")
+        self.client.log_text(run_id, _csv(trial_table(record)), "front/trials.csv")
+        self.client.log_text(run_id, _csv(trial_table(record, only_front=True)), "front/front.csv")
+        if figure is not None:
+            self.client.log_figure(run_id, figure, "front/front.png")
+        self.client.set_tag(run_id, NOTE, summary_markdown(record))
+        self.client.set_terminated(run_id, status)
+
+    # --- trial (child) runs --------------------------------------------------------------
+    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{number:03d}-{strategy}",
+            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, NUMBER: str(number)},
+        )
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step, now = int(result["epoch"]), _now_ms()
+        metrics = [Metric(k, float(v), now, step) for k, v in result.items()
+                   if (k.startswith(EPOCH_PREFIXES) or k == "score") and _finite(v)]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def finish_trial(self, run_id: str, result: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        from .plots import sharing_map_figure
+
+        step, now = int(result.get("epochs_trained", 0)), _now_ms()
+        keys = [k for k in result if k.startswith(("val/", "test/", "model/")) or k in ("params", "latency", "train_seconds", "epochs_trained")]
+        self.client.log_batch(run_id, metrics=[Metric(k, float(result[k]), now, step) for k in keys if _finite(result[k])])
+        self.client.set_tag(run_id, "mtl_search.device", str(result.get("device", "cpu")))
+        maps = json.loads(result.get("sharing_map_json") or "{}")
+        self.client.log_dict(run_id, maps, "sharing_map.json")
+        if maps:
+            import matplotlib.pyplot as plt
+
+            figure = sharing_map_figure({k: SharingMap.from_dict(v) for k, v in maps.items()})
+            self.client.log_figure(run_id, figure, "sharing_map.png")
+            plt.close(figure)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail_trial(self, run_id: str, error: str) -> None:
+        self.client.log_text(run_id, error, "error.txt")
+        self.client.set_tag(run_id, "mtl_search.error", error.strip().splitlines()[-1][:500] if error.strip() else "error")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+def load_search(uri: str, experiment: str | None) -> SearchRecord:
+    """The latest search of ``experiment`` (default: the experiment of the latest search) as recorded in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = [e.name for e in client.search_experiments()]
+            raise MtlSearchError(f"no experiment named {experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
+        experiment_ids = [found.experiment_id]
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+    if not runs:
+        raise MtlSearchError(f"no search recorded in {uri}" + (f" for experiment {experiment!r}" if experiment else "") + "; run `mtl-search run SPACE` first")
+    parent = runs[0]
+    objectives = json.loads(parent.data.tags[OBJECTIVES])
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'", max_results=50000)
+    trials = []
+    for run in children:
+        metrics = run.data.metrics
+        trials.append(TrialRecord(
+            number=int(run.data.tags.get(NUMBER, -1)),
+            run_id=run.info.run_id,
+            strategy=run.data.tags.get(STRATEGY, ""),
+            params={k: _typed(v) for k, v in run.data.params.items()},
+            status={"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(run.info.status, run.info.status.lower()),
+            val={k[4:]: v for k, v in metrics.items() if k.startswith("val/")},
+            test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
+            metrics={k: v for k, v in metrics.items() if "/" not in k},
+            error=run.data.tags.get("mtl_search.error"),
+            pareto=run.data.tags.get(PARETO) == "true",
+        ))
+    experiment_name = client.get_experiment(parent.info.experiment_id).name
+    return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
+                        hypervolume=parent.data.metrics.get("hypervolume"),
+                        reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None)
+
+
+def summary_markdown(record: SearchRecord) -> str:
+    """The search run's description: best value per objective, the front, failures."""
+    finished = [t for t in record.trials if t.status == "finished"]
+    lines = [f"## Search `{record.experiment}`", "",
+             f"{len(finished)} finished, {len(record.trials) - len(finished)} failed; "
+             f"front: {len(record.front)} trials; hypervolume: {record.hypervolume if record.hypervolume is not None else 'n/a'}", ""]
+    lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
+    for obj in record.objectives:
+        best = None
+        for t in finished:
+            values = t.objective_values([obj])
+            if values and (best is None or (values[0] < best[0] if obj["direction"] == "min" else values[0] > best[0])):
+                best = (values[0], t)
+        if best:
+            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].number} | {best[1].strategy} |")
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(o["name"] for o in record.objectives) + " |",
+              "|---|---|" + "---|" * len(record.objectives)]
+    for t in sorted(record.front, key=lambda t: t.number):
+        values = t.objective_values(record.objectives) or []
+        lines.append(f"| {t.number} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _typed(text: str) -> Any:
+    """A param as logged (MLflow stores strings) back to its JSON value where it is one."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,179 @@
+"""The trainer: AdamW, minibatch epochs, evaluation, early stopping that restores the best weights.
+
+Its methods are the primitives a strategy with its own schedule composes
+(``make_optimizer``, ``train_epoch``, ``evaluate``, ``fit``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Dataset, Split
+from .model import MultiTaskModel
+from .weighting import Weighting
+
+EVAL_BATCH = 4096
+
+
+@dataclass
+class TrainConfig:
+    """Training settings of one trial."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class Evaluation:
+    """Metric and mean loss per task on one split."""
+
+    metrics: dict[str, float]
+    losses: dict[str, float]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: dict[str, float]
+    val: Evaluation
+    score: float
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains a MultiTaskModel on a Dataset with a Weighting.
+
+    ``report(metrics)`` is called after every epoch (the search passes Ray Tune's report).
+    Early stopping watches the *score*: the mean over tasks of the val loss divided by that
+    task's val loss after the first epoch, so tasks on different scales count equally.
+    """
+
+    def __init__(self, dataset: Dataset, config: TrainConfig, weighting: Weighting, report: Callable[[dict[str, Any]], None] | None = None):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dataset = dataset.to(self.device)
+        self.problem = dataset.problem
+        self.weighting = weighting.to(self.device)
+        self.report = report
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: list[EpochRecord] = []
+        self._loss_scale: dict[str, float] | None = None
+
+    def make_optimizer(self, model: MultiTaskModel, groups: Iterable[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
+        """AdamW over ``groups`` (default: the model's ``param_groups``) plus the weighting's own parameters."""
+        groups = list(groups if groups is not None else model.param_groups(self.config.lr))
+        own = [p for p in self.weighting.parameters() if p.requires_grad]
+        if own:
+            groups.append({"params": own, "lr": self.config.lr, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def train_epoch(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer, epoch: int, split: Split | None = None) -> dict[str, float]:
+        """One pass over ``split`` (default: train) in shuffled minibatches; mean loss per task."""
+        split = split if split is not None else self.dataset.train
+        model.train()
+        model.on_epoch_start(epoch)
+        sums = {t: 0.0 for t in self.problem.task_names}
+        batches = 0
+        for batch in split.batches(self.config.batch_size, shuffle=True, generator=self.generator):
+            optimizer.zero_grad(set_to_none=True)
+            losses = model.task_losses(batch)
+            total = self.weighting.backward(losses, model.regularization(), model)
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch}")
+            optimizer.step()
+            model.after_step()
+            for name, value in losses.items():
+                sums[name] += float(value.detach())
+            batches += 1
+        means = {t: s / max(batches, 1) for t, s in sums.items()}
+        self.weighting.on_epoch_end(epoch, means)
+        return means
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
+        """Predictions per task over a whole split, in eval mode."""
+        model.eval()
+        parts: dict[str, list[torch.Tensor]] = {t: [] for t in self.problem.task_names}
+        for batch in split.batches(EVAL_BATCH):
+            for name, pred in model(batch.x).items():
+                parts[name].append(pred)
+        return {t: torch.cat(p) for t, p in parts.items()}
+
+    def evaluate(self, model: nn.Module, split: Split) -> Evaluation:
+        """Each task's metric and mean loss over the rows where it has a label."""
+        predictions = self.predict(model, split)
+        metrics, losses = {}, {}
+        for task in self.problem.tasks:
+            pred, target = predictions[task.name], split.y[task.name]
+            mask = split.labelled(task.name)
+            if mask is not None:
+                pred, target = pred[mask], target[mask]
+            metrics[task.name] = task.evaluate(pred, target)
+            losses[task.name] = float(task.loss(pred, target))
+        return Evaluation(metrics, losses)
+
+    def score(self, val_losses: dict[str, float]) -> float:
+        """Mean of per-task val losses normalised by their first-epoch values (lower is better)."""
+        if self._loss_scale is None:
+            self._loss_scale = {t: max(abs(v), 1e-12) for t, v in val_losses.items()}
+        return float(np.mean([val_losses[t] / self._loss_scale[t] for t in val_losses]))
+
+    def fit(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer | None = None, epochs: int | None = None,
+            split: Split | None = None) -> list[EpochRecord]:
+        """Train with early stopping on the score; restore the best epoch's weights. Returns this call's epochs."""
+        optimizer = optimizer or self.make_optimizer(model)
+        epochs = self.config.epochs if epochs is None else epochs
+        best, best_state, since_best = math.inf, None, 0
+        records = []
+        for _ in range(epochs):
+            epoch = len(self.history) + 1
+            train_loss = self.train_epoch(model, optimizer, epoch, split)
+            val = self.evaluate(model, self.dataset.val)
+            record = EpochRecord(epoch, train_loss, val, self.score(val.losses), self.weighting.weights())
+            self.history.append(record)
+            records.append(record)
+            if self.report is not None:
+                self.report(epoch_metrics(record))
+            if record.score < best - 1e-9:
+                best, since_best = record.score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+                if since_best > self.config.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        return records
+
+
+def epoch_metrics(record: EpochRecord) -> dict[str, Any]:
+    """The flat metrics dict reported for one epoch."""
+    out: dict[str, Any] = {"epoch": record.epoch, "score": record.score}
+    for task, value in record.train_loss.items():
+        out[f"train_loss/{task}"] = value
+    for task, value in record.val.metrics.items():
+        out[f"val/{task}"] = value
+    for task, value in record.val.losses.items():
+        out[f"val_loss/{task}"] = value
+    for task, value in record.weights.items():
+        out[f"weight/{task}"] = value
+    return out

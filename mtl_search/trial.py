@@ -1,0 +1,150 @@
+"""What runs inside one Ray Tune trial: decode the sampled configuration, build, train, evaluate, report.
+
+Nothing here knows a strategy by name: the strategy builds its model and, if it has its
+own schedule, trains it through ``Strategy.fit``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .blocks import BackboneKind
+from .data import Dataset
+from .model import MultiTaskModel
+from .problem import Problem
+from .strategy import Strategy
+from .train import TrainConfig, Trainer, seed_everything
+
+STRATEGY_KEY = "strategy"
+NUMBER_KEY = "trial_number"
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class TrialPlan:
+    """Everything a worker needs besides the data (shipped once through Ray's object store)."""
+
+    problem: Problem
+    strategies: dict[str, Strategy]
+    backbone_kind: BackboneKind
+    weightings: dict[str, type]
+    epochs: int
+    patience: int
+    seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+
+
+def param_name(section: str, knob: str) -> str:
+    """The name of a sampled parameter: ``mmoe.experts``, ``backbone.width``, ``training.lr`` ..."""
+    return f"{section}.{knob}"
+
+
+def decode(config: dict[str, Any]) -> dict[str, Any]:
+    """Split a flat sampled configuration into its parts."""
+    strategy = config[STRATEGY_KEY]
+    parts: dict[str, Any] = {"strategy": strategy, "number": int(config.get(NUMBER_KEY, 0)), "knobs": {}, "backbone": {}, "training": {}, "weighting": {}}
+    weighting = config.get("training.weighting", "equal")
+    for key, value in config.items():
+        section, _, knob = key.partition(".")
+        if section == strategy:
+            parts["knobs"][knob] = value
+        elif section == "backbone":
+            parts["backbone"][knob] = value
+        elif section == "training" and knob != "weighting":
+            parts["training"][knob] = value
+        elif section == "weighting" and knob.startswith(weighting + "."):
+            parts["weighting"][knob.split(".", 1)[1]] = value
+    parts["weighting_name"] = weighting
+    return parts
+
+
+def build_model(plan: TrialPlan, parts: dict[str, Any]) -> MultiTaskModel:
+    """The untrained model of a decoded configuration."""
+    backbone = plan.backbone_kind.build(plan.problem.input_shape, **parts["backbone"])
+    return plan.strategies[parts["strategy"]].build(plan.problem, backbone, parts["knobs"])
+
+
+def _sharing_map(model: MultiTaskModel, x: torch.Tensor) -> dict:
+    model.eval()
+    with torch.no_grad():
+        return model.sharing_map(x)
+
+
+def measure_latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
+    """Median seconds per sample of an inference forward pass on ``x``."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / max(len(x), 1)
+
+
+def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, report: Callable[..., None]) -> dict[str, Any]:
+    """Train and evaluate one configuration; ``report(metrics, checkpoint_dir=None)`` receives every epoch and the final result."""
+    parts = decode(config)
+    threads = max(1, int(plan.cpus_per_trial))
+    torch.set_num_threads(threads)
+    device = "cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    seed = plan.seed * 100_003 + parts["number"]
+    seed_everything(seed)
+    dataset.problem = plan.problem
+
+    model = build_model(plan, parts).to(device)
+    weighting = plan.weightings[parts["weighting_name"]](plan.problem.task_names, **parts["weighting"])
+    training = {"batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, **parts["training"]}
+    # Every report must carry every objective Tune's searcher watches; cost objectives are
+    # only final at the end, so epochs carry the parameter count and a NaN latency.
+    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan")}
+    trainer = Trainer(
+        dataset,
+        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **training),
+        weighting,
+        report=lambda metrics: report({**metrics, **per_epoch}),
+    )
+    start = time.perf_counter()
+    model = plan.strategies[parts["strategy"]].fit(model, trainer)
+    train_seconds = time.perf_counter() - start
+
+    val = trainer.evaluate(model, trainer.dataset.val)
+    test = trainer.evaluate(model, trainer.dataset.test)
+    result: dict[str, Any] = {
+        "final": True,
+        "params": float(model.inference_parameters()),
+        "latency": measure_latency(model, trainer.dataset.val.x[:256]),
+        "train_seconds": train_seconds,
+        "epochs_trained": len(trainer.history),
+        "device": device,
+        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in _sharing_map(model, trainer.dataset.val.x[:1024]).items()}),
+    }
+    result.update({f"val/{t}": v for t, v in val.metrics.items()})
+    result.update({f"test/{t}": v for t, v in test.metrics.items()})
+    result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), os.path.join(tmp, MODEL_FILE))
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
+            json.dump(config, fh)
+        report(result, checkpoint_dir=tmp)
+    return result
+
+
+def tune_trainable(config: dict[str, Any], dataset: Dataset, plan: TrialPlan) -> None:
+    """The Ray Tune function trainable (``tune.with_parameters`` supplies ``dataset`` and ``plan``)."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    train_trial(config, dataset, plan, report)

@@ -1,0 +1,1 @@
+"""The built-in strategy families of mtl-search, each a plugin registered through the ``mtl_search`` entry-point group."""
