@@ -55,22 +55,14 @@ class Fixed(Knob):
 
 
 @dataclass(frozen=True)
-class Default(Knob):
+class Default(Fixed):
     """A constant by default (not searched) that a space may replace with anything ``within`` accepts.
 
     For settings a method's paper fixes (a temperature, a loss form) that a user may still
     set or search: ``Default(5.0, Float(0.5, 10.0, minimum=0.0))``.
     """
 
-    value: Any
     within: Knob
-
-    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
-        return self.value
-
-    @property
-    def is_fixed(self) -> bool:
-        return True
 
     def narrow(self, override: Knob, path: str) -> Knob:
         return self.within.narrow(override, path)

@@ -17,7 +17,7 @@ blocks so far share one activation.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -252,7 +252,7 @@ class AdaShare(Strategy):
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         values = {name: knob.value for name, knob in self.knobs.items() if isinstance(knob, Default)} | params
-        schedule = AdaShareSchedule(**{name: values[name] for name in AdaShareSchedule.__dataclass_fields__})
+        schedule = AdaShareSchedule(**{field.name: values[field.name] for field in fields(AdaShareSchedule)})
         return AdaShareModel(problem, backbone, values["tower_width"], values["tau0"], values["sparsity"],
                              values["sharing"], values["loss_form"], schedule)
 

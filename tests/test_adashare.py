@@ -86,13 +86,13 @@ class _SpyTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.policy_phases: list[tuple[int, torch.Tensor]] = []
+        self.policy_phases: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def train_epoch(self, model, optimizer, epoch, split=None):
         losses = super().train_epoch(model, optimizer, epoch, split)
         trains_policy = any(p is model.policy_logits for group in optimizer.param_groups for p in group["params"])
         if trains_policy:
-            self.policy_phases.append((model.unlocked, model.policy_logits.grad.clone()))
+            self.policy_phases.append((model.unlocked, model.policy_logits.grad.clone(), model.policy_logits.detach().clone()))
         return losses
 
 
@@ -108,10 +108,11 @@ def test_curriculum_unlocks_the_last_blocks_one_by_one():
     model = _model(depth=3, problem=data.problem, warmup_epochs=1, search_epochs=4, curriculum_speed=1, samples=1)
     trainer = _SpyTrainer(data, TrainConfig(epochs=1, batch_size=64), Equal(data.problem.task_names))
     AdaShare().fit(model, trainer)
-    assert [k for k, _ in trainer.policy_phases] == [1, 2, 3, 3]
-    for k, grad in trainer.policy_phases:
+    assert [k for k, _, _ in trainer.policy_phases] == [1, 2, 3, 3]
+    for k, grad, logits in trainer.policy_phases:
         locked = 3 - k
         assert torch.count_nonzero(grad[:, :locked]) == 0  # forced to execute: not learnable
+        assert torch.count_nonzero(logits[:, :locked]) == 0  # still at their (equal) initial value
         assert torch.all(grad[:, locked:].abs().sum(-1) > 0)
 
 
