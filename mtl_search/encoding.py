@@ -86,7 +86,10 @@ class EncodedInputModel(MultiTaskModel):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["inner"], name)
+            inner = self.__dict__.get("_modules", {}).get("inner")  # absent while unpickling or copying
+            if inner is None:
+                raise
+            return getattr(inner, name)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.inner(self.input_layer(x))

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import SpaceError, did_you_mean
+
+if TYPE_CHECKING:
+    from .tables import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")
 
@@ -143,7 +146,7 @@ class Problem:
 
     input_shape: tuple[int, ...]
     tasks: tuple[Task, ...] = field(default_factory=tuple)
-    features: Any = field(default=None, compare=False)
+    features: TableFeatures | None = field(default=None, compare=False)
 
     @property
     def task_names(self) -> list[str]:

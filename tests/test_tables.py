@@ -156,6 +156,8 @@ def test_every_strategy_trains_on_a_table(tmp_path, name, encoding):
     if encoding == "embedding":  # the embeddings are trained with the model
         assert not torch.equal(before["embedding.weight"], model.input_layer.embedding.weight)
     assert torch.equal(before["mean"], model.input_layer.mean)  # statistics stay fixed
+    copied = copy.deepcopy(model)  # the wrapper copies (early stopping, checkpoints) like any module
+    assert torch.equal(copied(data.val.x[:4])["price"], model(data.val.x[:4])["price"])
 
 
 def test_masked_rows_give_no_gradient_in_a_training_step(tmp_path):
