@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import SpaceError, did_you_mean
+
+if TYPE_CHECKING:
+    from .tables import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")
 
@@ -134,10 +137,16 @@ class Task:
 
 @dataclass(frozen=True)
 class Problem:
-    """The input shape (without the batch dimension) and the tasks."""
+    """The input shape (without the batch dimension) and the tasks.
+
+    ``features`` describes the columns of a table's ``x`` (``mtl_search.tables.TableFeatures``:
+    numeric values, then categorical codes) when the data came from a table; the model's
+    input layer is built from it. None for inputs the backbone takes as they are.
+    """
 
     input_shape: tuple[int, ...]
     tasks: tuple[Task, ...] = field(default_factory=tuple)
+    features: TableFeatures | None = field(default=None, compare=False)
 
     @property
     def task_names(self) -> list[str]:
