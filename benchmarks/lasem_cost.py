@@ -66,7 +66,7 @@ def measure(depth: int, width: int, batch: int, tasks: int, repeats: int) -> dic
             for task in problem.task_names:
                 for config in bits:
                     h = data.x
-                    for unit in model._path(task, config):
+                    for unit in model.units_of(task, config):
                         h = unit(h)
                     model.towers[task](h)
 

@@ -199,7 +199,8 @@ class LasemModel(MultiTaskModel):
         return losses
 
     # --- the selected model ------------------------------------------------------------------------
-    def _path(self, task: str, bits: list[int]) -> list[nn.Module]:
+    def units_of(self, task: str, bits: list[int]) -> list[nn.Module]:
+        """The units ``task`` runs under a configuration (``bits``: one 0/1 per group, 1 = shared)."""
         return [self.shared[g] if use_shared else self.private[task][g] for g, use_shared in enumerate(bits)]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,7 +209,7 @@ class LasemModel(MultiTaskModel):
         out = {}
         for task, bits in self.configuration().items():
             h, key = x, ()
-            for g, (use_shared, unit) in enumerate(zip(bits, self._path(task, bits))):
+            for g, (use_shared, unit) in enumerate(zip(bits, self.units_of(task, bits))):
                 key = key + ("shared" if use_shared else task,)
                 if key not in computed:
                     computed[key] = unit(h)
@@ -218,7 +219,7 @@ class LasemModel(MultiTaskModel):
 
     def inference_parameters(self) -> int:
         """Parameters the selected configurations use: private copies never selected (and shared units nobody selects) drop out."""
-        used = [unit for task, bits in self.configuration().items() for unit in self._path(task, bits)]
+        used = [unit for task, bits in self.configuration().items() for unit in self.units_of(task, bits)]
         return count_parameters(chain.from_iterable(m.parameters() for m in [*used, *self.towers.values()]))
 
     def shared_parameters(self) -> list[nn.Parameter]:
