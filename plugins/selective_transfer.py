@@ -209,7 +209,7 @@ class LasemModel(MultiTaskModel):
         out = {}
         for task, bits in self.configuration().items():
             h, key = x, ()
-            for g, (use_shared, unit) in enumerate(zip(bits, self.units_of(task, bits))):
+            for use_shared, unit in zip(bits, self.units_of(task, bits)):
                 key = key + ("shared" if use_shared else task,)
                 if key not in computed:
                     computed[key] = unit(h)
