@@ -1,6 +1,7 @@
 """Tasks, their losses and metrics, and the direction in which each metric improves."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -129,6 +130,19 @@ class Task:
         if self.kind == "binary":
             return F.binary_cross_entropy_with_logits(prediction.view(-1), target.view(-1).float(), reduction=reduction)
         return F.cross_entropy(prediction, target.view(-1).long(), reduction=reduction)
+
+    def log_likelihood(self, prediction: torch.Tensor, target: torch.Tensor, variance: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """Per-row log p(target | prediction), shape (rows,).
+
+        Regression: Gaussian with mean ``prediction`` and the given noise ``variance``;
+        binary: Bernoulli with probability sigmoid(logit); multiclass: categorical over
+        softmax(logits). Computed in log space, so it stays finite for very bad predictions.
+        """
+        if self.kind == "regression":
+            variance = torch.as_tensor(variance, dtype=prediction.dtype, device=prediction.device)
+            residual = prediction.reshape(-1) - target.reshape(-1).to(prediction.dtype)
+            return -0.5 * (torch.log(2 * math.pi * variance) + residual.square() / variance)
+        return -self.loss(prediction, target, reduction="none")
 
     def evaluate(self, prediction: torch.Tensor, target: torch.Tensor) -> float:
         """The task's metric over a whole split."""

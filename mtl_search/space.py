@@ -247,7 +247,9 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 f"strategies.{name}",
                 f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
             )
-        strategies[name] = (strategy, _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}"))
+        knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
+        strategy.check(knobs, backbone, f"strategies.{name}")
+        strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)
     weightings = {}
