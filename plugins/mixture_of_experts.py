@@ -32,7 +32,7 @@ from torch import nn
 from mtl_search import (ACTIVATIONS, Backbone, Choice, Float, Int, MultiTaskModel, Problem, SharingMap, StackedLinear, StackedMLP,
                         Strategy, hookimpl, make_tower)
 
-EPSILON = 1e-6  # DSelect-k's entropy and the Shazeer CV^2 guard
+EPSILON = 1e-6  # inside DSelect-k's entropy penalty, as in the paper: -r log(r + 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
