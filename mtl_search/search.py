@@ -98,6 +98,19 @@ def make_sampler(name: str, seed: int, concurrency: int) -> Any:
         raise SpaceError("search.sampler", f"the gp sampler needs extra packages: {exc}") from None
 
 
+def make_trial_plan(plan: Plan) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data)."""
+    space = plan.space
+    return TrialPlan(
+        problem=plan.problem,
+        strategies={name: s for name, (s, _) in plan.strategies.items()},
+        backbone_kind=plan.backbone_kind,
+        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
+        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
+    )
+
+
 @dataclass
 class RunOptions:
     """Command-line overrides of a space."""
@@ -156,14 +169,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         mode=[o["direction"] for o in objectives],
         sampler=make_sampler(space.search.sampler, space.search.seed, concurrency),
     )
-    trial_plan = TrialPlan(
-        problem=plan.problem,
-        strategies={name: s for name, (s, _) in plan.strategies.items()},
-        backbone_kind=plan.backbone_kind,
-        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
-        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
-        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
-    )
+    trial_plan = make_trial_plan(plan)
     ensure_ray(options.address or space.ray.address)
     callback = _TrackingCallback(tracker, search_run_id, objectives, registry, trials, echo)
     resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
