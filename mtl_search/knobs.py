@@ -197,6 +197,23 @@ def _check_bounds(value: float, minimum: float | None, maximum: float | None, pa
         raise SpaceError(path, f"{value!r} is above the largest allowed value {maximum!r}")
 
 
+def knob_bounds(knob: Knob, backbone: dict[str, Knob] | None = None) -> tuple[Any, Any]:
+    """The smallest and largest value a knob's range allows (for checks across knobs, ``Strategy.check``).
+
+    A bound naming a backbone knob (``Int(0, "depth")``) follows that knob's range in ``backbone``.
+    """
+    if isinstance(knob, Fixed):
+        values = [knob.value]
+    elif isinstance(knob, Choice):
+        values = [_thaw(c) for c in knob.choices]
+    elif isinstance(knob, (Int, Float)):
+        values = [knob.low, knob.high]
+    else:  # pragma: no cover - every knob kind is listed above
+        raise TypeError(f"unknown knob {knob!r}")
+    resolved = [b for v in values for b in (knob_bounds((backbone or {})[v], backbone) if isinstance(v, str) else (v, v))]
+    return min(resolved), max(resolved)
+
+
 RANGE_FORMS = ("int", "float", "loguniform", "choice")
 
 

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl_search import (ACTIVATIONS, Backbone, Choice, Float, Int, MultiTaskModel, Problem, SharingMap, StackedLinear, StackedMLP,
-                        Strategy, hookimpl, make_tower)
+from mtl_search import (ACTIVATIONS, Backbone, Choice, Float, Int, Knob, MultiTaskModel, Problem, SharingMap, SpaceError,
+                        StackedLinear, StackedMLP, Strategy, hookimpl, knob_bounds, make_tower)
 
 EPSILON = 1e-6  # inside DSelect-k's entropy penalty, as in the paper: -r log(r + 1e-6)
 
@@ -613,6 +613,12 @@ class TopKMoE(_FamilyStrategy):
         "layers": Int(1, 2, minimum=1),
         **EXPERT_KNOBS,
     }
+
+    def check(self, knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
+        """Every k the space allows must be at most every expert count it allows (top-k of n needs k <= n)."""
+        largest_k, fewest_experts = knob_bounds(knobs["k"])[1], knob_bounds(knobs["experts"])[0]
+        if largest_k > fewest_experts:
+            raise SpaceError(f"{path}.k", f"k may be {largest_k} but experts may be as few as {fewest_experts}; top-k routing needs k <= experts")
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         groups = len(problem.tasks) if params["gates"] == "per_task" else 1

@@ -387,3 +387,14 @@ def test_benchmark_quick_mode_writes_its_table(tmp_path):
     assert {r["strategy"] for r in data["rows"]} >= {"mmoe", "topk_moe k=1", "switch cf=1.0", "ple (2 levels)", "dselect_k k=2"}
     assert all(r["samples_per_s"] > 0 and r["vs_loop"] > 0 for r in data["rows"])
     assert (tmp_path / "moe_step.md").read_text().count("\n| ") == len(data["rows"]) + 2  # header, rule, one row each
+
+
+def test_validate_refuses_k_above_the_expert_count(tmp_path, capsys):
+    from mtl_search.cli import main
+
+    path = tmp_path / "space.yaml"
+    path.write_text("data: {dataset: synthetic_correlated}\nstrategies: {topk_moe: {experts: {int: [2, 8]}, k: 3}}\n")
+    assert main(["validate", str(path)]) == 2
+    assert "strategies.topk_moe.k: k may be 3 but experts may be as few as 2" in capsys.readouterr().err
+    path.write_text("data: {dataset: synthetic_correlated}\nstrategies: {topk_moe: {experts: {int: [3, 8]}, k: 3}}\n")
+    assert main(["validate", str(path)]) == 0
