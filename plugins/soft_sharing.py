@@ -197,11 +197,15 @@ class TensorNormalPrior(nn.Module):
 
     @torch.no_grad()
     def update(self, weight: torch.Tensor) -> None:
-        """S_k <- W_(k) (kron of the other two precisions) W_(k)^T + eps I, scaled to trace = its size; O_k = S_k^-1.
+        """S_k <- W_(k) (kron of the other two precisions) W_(k)^T scaled to trace = its size, + eps I; O_k = S_k^-1.
 
         Every mode is updated from the old precisions (flip-flop). Scaling the trace to the
         size (rather than to 1) keeps the identity start a fixed point; a constant factor
-        only rescales the penalty, whose weight is a knob.
+        only rescales the penalty, whose weight is a knob. The eps ridge comes after the
+        scaling so that it bounds every precision by 1/eps: a mode wider than the product of
+        the other two (D_in > T * D_out, the usual case) has a rank-deficient estimate, and
+        a ridge added before the scaling vanishes next to a large trace and lets the
+        precisions diverge until the inverse fails.
         """
         weight = weight.detach().double()
         old = [p.double().clone() for p in self.precisions()]  # kept apart: the buffers change below
@@ -212,8 +216,8 @@ class TensorNormalPrior(nn.Module):
                     scaled = mode_product(scaled, old[other], other)
             size = weight.shape[mode]
             covariance = torch.tensordot(torch.movedim(scaled, mode, 0), torch.movedim(weight, mode, 0), dims=([1, 2], [1, 2]))
+            covariance = covariance * (size / torch.trace(covariance).clamp_min(torch.finfo(covariance.dtype).tiny))
             covariance = covariance + self.eps * torch.eye(size, dtype=covariance.dtype, device=covariance.device)
-            covariance = covariance * (size / torch.trace(covariance))
             getattr(self, f"covariance{mode}").copy_(covariance)
             getattr(self, f"precision{mode}").copy_(torch.linalg.inv(covariance))
 

@@ -144,16 +144,26 @@ def test_mrn_penalty_matches_the_dense_kronecker_form():
 def test_mrn_update_is_the_flip_flop_estimate():
     prior, old, weight = _prior_with_random_precisions(1)
     prior.update(weight)
-    # dense check of the task mode: W_(T) (O_in kron O_out) W_(T)^T + eps I, trace scaled to 3, all from the old precisions
+    # dense check of the task mode: W_(T) (O_in kron O_out) W_(T)^T with trace scaled to 3, + eps I, from the old precisions
     unfolded = weight.reshape(3, -1)
-    expected = unfolded @ torch.kron(old[1], old[2]) @ unfolded.T + 1e-5 * torch.eye(3, dtype=torch.float64)
-    expected = expected * 3 / torch.trace(expected)
-    assert torch.allclose(prior.covariance0, expected)
+    expected = unfolded @ torch.kron(old[1], old[2]) @ unfolded.T
+    assert torch.allclose(prior.covariance0, expected * 3 / torch.trace(expected) + 1e-5 * torch.eye(3, dtype=torch.float64))
     assert torch.allclose(prior.precision0 @ prior.covariance0, torch.eye(3, dtype=torch.float64), atol=1e-8)
     # the input mode used the OLD task precision, not the one just computed
     unfolded_in = weight.permute(1, 0, 2).reshape(4, -1)
-    expected_in = unfolded_in @ torch.kron(old[0], old[2]) @ unfolded_in.T + 1e-5 * torch.eye(4, dtype=torch.float64)
-    assert torch.allclose(prior.covariance1, expected_in * 4 / torch.trace(expected_in))
+    expected_in = unfolded_in @ torch.kron(old[0], old[2]) @ unfolded_in.T
+    assert torch.allclose(prior.covariance1, expected_in * 4 / torch.trace(expected_in) + 1e-5 * torch.eye(4, dtype=torch.float64))
+
+
+def test_mrn_precisions_stay_bounded_when_a_mode_is_rank_deficient():
+    """D_in = 40 > T * D_out = 6: the input covariance estimate has rank 6; the ridge keeps every precision <= 1/eps."""
+    g = torch.Generator().manual_seed(2)
+    prior = TensorNormalPrior((2, 40, 3))
+    weight = 100.0 * torch.randn(2, 40, 3, generator=g)
+    for _ in range(20):
+        prior.update(weight)
+    for precision in prior.precisions():
+        assert torch.isfinite(precision).all() and torch.linalg.eigvalsh(precision.double()).max() <= 1.0001e5
 
 
 @pytest.mark.parametrize("kind", list(BACKBONES))
