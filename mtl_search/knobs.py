@@ -75,8 +75,9 @@ class Default(Fixed):
 class Int(Knob):
     """An integer in ``[low, high]`` (inclusive). ``minimum``/``maximum`` bound what a space may ask for.
 
-    A bound may be the name of a backbone knob (``Int(0, "depth")``): it is read from the
-    backbone values sampled for the same trial.
+    A bound may be the name of a backbone knob or ``"depth"`` (``Int(0, "depth")``): it is read
+    from the backbone values sampled for the same trial (the depth from the built backbone,
+    as some kinds derive it, e.g. conv from its channel list).
     """
 
     low: int | str
@@ -166,6 +167,35 @@ class Choice(Knob):
 
     def describe(self) -> str:
         return "choice " + ", ".join(repr(_thaw(c)) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class IntList(Knob):
+    """A list of integers (e.g. channels per conv block), sampled among ``choices``.
+
+    A space may fix any list (``channels: [16, 32]``) or give its own ``{choice: [[...], ...]}``;
+    every element must be an integer within ``minimum``/``maximum``.
+    """
+
+    choices: tuple
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> list[int]:
+        return Choice(*self.choices).suggest(trial, name, context)
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        for value in _override_values(override, path):
+            if not isinstance(value, list) or not value:
+                raise SpaceError(path, f"expected a non-empty list of integers, got {value!r}")
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise SpaceError(path, f"expected a list of integers, got {value!r}")
+                _check_bounds(item, self.minimum, self.maximum, path)
+        return override
+
+    def describe(self) -> str:
+        return "choice " + ", ".join(repr(list(c)) for c in self.choices)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -60,6 +60,7 @@ class DefineByRun:
     def __init__(self, plan: Plan):
         self.strategies = {name: knobs for name, (_, knobs) in plan.strategies.items()}
         self.backbone, self.training, self.weighting = plan.backbone, plan.training, plan.weighting
+        self.backbone_kind, self.input_shape = plan.backbone_kind, plan.problem.input_shape
         self.weightings = {name: knobs for name, (_, knobs) in plan.weightings.items()}
         self.inputs = plan.inputs
 
@@ -69,7 +70,9 @@ class DefineByRun:
         config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
         _suggest_all(trial, "inputs", self.inputs, config)
         backbone = _suggest_all(trial, "backbone", self.backbone, config)
-        _suggest_all(trial, strategy, self.strategies[strategy], config, backbone)
+        # a strategy's bound may name a backbone knob or the depth, which some kinds derive (conv: len(channels))
+        depth = self.backbone_kind.build(self.input_shape, **backbone).depth
+        _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, "depth": depth})
         _suggest_all(trial, "training", self.training, config)
         weighting = self.weighting.suggest(trial, "training.weighting")
         config["training.weighting"] = weighting
