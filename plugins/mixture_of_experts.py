@@ -62,6 +62,7 @@ class _MixtureOfExperts(Strategy):
     family = "mixture_of_experts"
     knobs = _KNOBS
     backbones = ("mlp", "residual_mlp")
+    declares_shared_parameters = True
     gate_per_task = True
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
