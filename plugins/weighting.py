@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mtl_search import Float, Problem, Weighting, hookimpl
+from mtl_search import Float, Knob, Problem, Weighting, hookimpl
 
 
 class _EpochMeanWeights(Weighting):
@@ -203,10 +203,12 @@ class _Aggregation(_EpochMeanWeights):
 
     needs_shared_parameters = True
     aggregator_class: ClassVar[str]  # the name in torchjd.aggregation
+    aggregator_defaults: ClassVar[dict[str, Any]] = {}  # arguments the aggregator requires, when no knob sets them
 
     def __init__(self, tasks: list[str], **params: Any):
         import torchjd.aggregation
 
+        params = {**self.aggregator_defaults, **params}
         super().__init__(tasks, **params)
         self.aggregator = getattr(torchjd.aggregation, self.aggregator_class)(**params)
 
@@ -232,50 +234,24 @@ class _Aggregation(_EpochMeanWeights):
         return total.detach()
 
 
-class UPGrad(_Aggregation):
-    name = "upgrad"
-    description = "UPGrad (Quinton & Rey 2024): projects every task gradient onto the dual cone, then averages"
-    aggregator_class = "UPGrad"
+def _aggregation(name: str, attribute: str, description: str, knobs: dict[str, Knob] | None = None,
+                 defaults: dict[str, Any] | None = None) -> type[_Aggregation]:
+    """The weighting class of the torchjd aggregator ``torchjd.aggregation.<attribute>``."""
+    return type(attribute, (_Aggregation,), {
+        "name": name, "description": f"{description} (torchjd {attribute})", "aggregator_class": attribute,
+        "knobs": knobs or {}, "aggregator_defaults": defaults or {}, "__module__": __name__, "__qualname__": attribute,
+    })
 
 
-class MGDA(_Aggregation):
-    name = "mgda"
-    description = "MGDA (Desideri 2012; Sener & Koltun 2018): the minimum-norm point of the task gradients' convex hull"
-    aggregator_class = "MGDA"
-
-
-class PCGrad(_Aggregation):
-    name = "pcgrad"
-    description = "PCGrad (Yu et al. 2020): projects away the conflicting components between task gradients"
-    aggregator_class = "PCGrad"
-
-
-class CAGrad(_Aggregation):
-    name = "cagrad"
-    description = "CAGrad (Liu et al. 2021): the conflict-averse update within radius c of the mean gradient"
-    aggregator_class = "CAGrad"
-    knobs = {"c": Float(0.1, 0.9, minimum=0.0, maximum=0.999)}
-
-    def __init__(self, tasks: list[str], c: float = 0.5, **params: Any):
-        super().__init__(tasks, c=c, **params)
-
-
-class IMTLG(_Aggregation):
-    name = "imtl_g"
-    description = "IMTL-G (Liu et al. 2021): the update with equal projections onto every task gradient"
-    aggregator_class = "IMTLG"
-
-
-class DualProj(_Aggregation):
-    name = "dualproj"
-    description = "DualProj (Quinton & Rey 2024): projects the mean gradient onto the dual cone of the task gradients"
-    aggregator_class = "DualProj"
-
-
-class AlignedMTL(_Aggregation):
-    name = "aligned_mtl"
-    description = "Aligned-MTL (Senushkin et al. 2023): aligns the principal components of the task gradients"
-    aggregator_class = "AlignedMTL"
+# module-level names, so that Ray pickles the classes by reference
+UPGrad = _aggregation("upgrad", "UPGrad", "UPGrad (Quinton & Rey 2024): projects every task gradient onto the dual cone, then averages")
+MGDA = _aggregation("mgda", "MGDA", "MGDA (Desideri 2012; Sener & Koltun 2018): the minimum-norm point of the task gradients' convex hull")
+PCGrad = _aggregation("pcgrad", "PCGrad", "PCGrad (Yu et al. 2020): projects away the conflicting components between task gradients")
+CAGrad = _aggregation("cagrad", "CAGrad", "CAGrad (Liu et al. 2021): the conflict-averse update within radius c of the mean gradient",
+                      knobs={"c": Float(0.1, 0.9, minimum=0.0, maximum=0.999)}, defaults={"c": 0.5})
+IMTLG = _aggregation("imtl_g", "IMTLG", "IMTL-G (Liu et al. 2021): the update with equal projections onto every task gradient")
+DualProj = _aggregation("dualproj", "DualProj", "DualProj (Quinton & Rey 2024): projects the mean gradient onto the dual cone of the task gradients")
+AlignedMTL = _aggregation("aligned_mtl", "AlignedMTL", "Aligned-MTL (Senushkin et al. 2023): aligns the principal components of the task gradients")
 
 
 def available_aggregations() -> list[type[_Aggregation]]:
