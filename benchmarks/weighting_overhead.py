@@ -2,9 +2,9 @@
 
 A hard-sharing model (shared trunk, per-task blocks and towers) on the synthetic correlated
 data set; one step = task losses, ``Weighting.backward``, the optimiser step and
-``after_step``. Methods are timed in interleaved rounds (so machine load drifts hit all of
-them alike); each method's time is the median over rounds, reported as a ratio to
-``equal``'s median in the same run.
+``after_step``. Methods are timed in interleaved rounds, in a shuffled order per round (so
+drifts in machine load hit all of them alike); each method's time is the median over
+rounds, reported as a ratio to ``equal``'s median in the same run.
 
     python -m benchmarks.weighting_overhead            # the README table
     python -m benchmarks.weighting_overhead --quick    # a smoke run (used by the tests)
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from mtl_search.plugins import load_registry
 from mtl_search_plugins.datasets import synthetic_correlated
 from mtl_search_plugins.hard_sharing import HardSharing
 
-FULL = {"tasks": 3, "samples": 4096, "input_dim": 64, "depth": 3, "width": 128, "batch": 256, "steps": 10, "rounds": 7}
+FULL = {"tasks": 3, "samples": 4096, "input_dim": 64, "depth": 3, "width": 128, "batch": 256, "steps": 20, "rounds": 15}
 QUICK = {"tasks": 2, "samples": 256, "input_dim": 8, "depth": 2, "width": 16, "batch": 64, "steps": 2, "rounds": 2}
 
 
@@ -72,8 +73,11 @@ def run(settings: dict) -> dict:
         time_steps(trainer, model, optimizer, batches, 1)  # warm-up (allocations, solver imports)
         setups[name] = (trainer, model, optimizer)
     times: dict[str, list[float]] = {name: [] for name in methods}
+    order, shuffler = list(setups), random.Random(0)
     for _ in range(settings["rounds"]):
-        for name, (trainer, model, optimizer) in setups.items():
+        shuffler.shuffle(order)  # no method always runs right after the same (cache-evicting) one
+        for name in order:
+            trainer, model, optimizer = setups[name]
             times[name].append(time_steps(trainer, model, optimizer, batches, settings["steps"]))
     medians = {name: statistics.median(values) for name, values in times.items()}
     shared = sum(p.numel() for p in setups["equal"][1].shared_parameters())
