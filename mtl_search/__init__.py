@@ -16,7 +16,7 @@ from .blocks import (
 from .data import Dataset, Split, make_dataset, split_rows
 from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
-from .knobs import Choice, Fixed, Float, Int, Knob
+from .knobs import Choice, Default, Fixed, Float, Int, Knob
 from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
 from .problem import Problem, Task
 from .results import SearchRecord, TrialRecord
@@ -27,7 +27,7 @@ from .weighting import Weighting
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Backbone", "BackboneKind", "Choice", "Dataset", "Evaluation", "Fixed", "Float", "Int", "Knob",
+    "ACTIVATIONS", "Backbone", "BackboneKind", "Choice", "Dataset", "Default", "Evaluation", "Fixed", "Float", "Int", "Knob",
     "MtlSearchError", "MultiTaskModel", "PluginError", "Problem", "ResidualMLPBlock", "SearchRecord", "SharingMap",
     "SpaceError", "Split", "StackedLinear", "StackedMLP", "Strategy", "Task", "TrainConfig", "Trainer", "TrialRecord",
     "Weighting", "count_parameters", "hookimpl", "make_dataset", "make_norm", "make_tower", "mlp_layer", "split_rows",
