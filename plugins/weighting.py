@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mtl_search import Float, Knob, Problem, Weighting, hookimpl
+from mtl_search import Default, Float, Knob, Problem, Weighting, hookimpl
 
 
 class _EpochMeanWeights(Weighting):
@@ -116,8 +116,8 @@ class Uncertainty(_EpochMeanWeights):
 class DynamicWeightAverage(_LossWeighting):
     name = "dwa"
     description = "dynamic weight average (Liu et al. 2019): softmax over the tasks' loss descent rates of the last two epochs"
-    # the paper's Temp = 2; a space may search it under training.weighting_options.dwa.temperature
-    knobs = {"temperature": Float(2.0, 2.0, minimum=1e-3)}
+    # the paper's Temp = 2; a space may set or search it under training.weighting_options.dwa.temperature
+    knobs = {"temperature": Default(2.0, Float(0.5, 10.0, minimum=1e-3))}
 
     def __init__(self, tasks: list[str], temperature: float = 2.0, **params: Any):
         super().__init__(tasks, temperature=temperature, **params)

@@ -8,26 +8,20 @@ import pytest
 import torch
 
 from benchmarks.weighting_overhead import knob_midpoints
-from mtl_search import MultiTaskModel, Problem, SpaceError, Strategy, Task, TrainConfig, Trainer, make_dataset
-from mtl_search.blocks import build_mlp
+from mtl_search import Fixed, Problem, SpaceError, Strategy, Task, TrainConfig, Trainer, make_dataset
+from mtl_search.blocks import build_mlp, build_residual_mlp
 from mtl_search.plugins import load_registry
 from mtl_search.space import parse_space, resolve
+from mtl_search_plugins.adashare import AdaShare
 from mtl_search_plugins.hard_sharing import HardSharing
 from mtl_search_plugins.mixture_of_experts import MMoE
 from mtl_search_plugins.weighting import (
     MGDA, DynamicWeightAverage, GradNorm, RandomLossWeighting, Uncertainty, UPGrad, available_aggregations,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TASKS = ["a", "b"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 REGRESSION = Problem((6,), (Task("a", "regression", "mse"), Task("b", "regression", "mse")))
 
 
@@ -217,24 +211,29 @@ def test_aggregator_leaves_private_gradients_as_the_plain_sum():
 # ---------------------------------------------------------------- every method x strategy
 
 
+def _adashare_short_schedule() -> dict:
+    knobs = {name: knob.value for name, knob in AdaShare.knobs.items() if isinstance(knob, Fixed)}
+    return {**knobs, "tower_width": 4, "warmup_epochs": 1, "search_epochs": 1, "samples": 1}
+
+
 @pytest.mark.parametrize("name", sorted(load_registry().weightings))
-@pytest.mark.parametrize("strategy, params", [
-    (HardSharing(), {"shared_depth": 1, "tower_width": 4}),
-    (HardSharing(), {"shared_depth": 0, "tower_width": 4}),
-    (MMoE(), {"experts": 2, "expert_width": 8, "expert_depth": 1, "tower_width": 4}),
-])
-def test_every_weighting_trains_every_declaring_strategy(name, strategy, params):
+@pytest.mark.parametrize("strategy, params, build", [
+    (HardSharing(), {"shared_depth": 1, "tower_width": 4}, build_mlp),
+    (HardSharing(), {"shared_depth": 0, "tower_width": 4}, build_mlp),
+    (MMoE(), {"experts": 2, "expert_width": 8, "expert_depth": 1, "tower_width": 4}, build_mlp),
+    (AdaShare(), _adashare_short_schedule(), build_residual_mlp),  # its own schedule: warm-up, weight/policy phases, retraining
+], ids=["hard_sharing", "hard_sharing_depth0", "mmoe", "adashare"])
+def test_every_weighting_trains_every_declaring_strategy(name, strategy, params, build):
     data = _noisy_data({"a": 0.1, "b": 0.5}, samples=200)
     cls = load_registry().weightings[name]
-    knobs = knob_midpoints(cls)
     torch.manual_seed(0)
-    model = strategy.build(REGRESSION, build_mlp((6,), depth=2, width=8), params)
+    model = strategy.build(REGRESSION, build((6,), depth=2, width=8), params)
     reports = []
-    trainer = Trainer(data, TrainConfig(epochs=3, batch_size=64, lr=0.01), cls(TASKS, **knobs), report=reports.append)
+    trainer = Trainer(data, TrainConfig(epochs=2, batch_size=64, lr=0.01), cls(TASKS, **knob_midpoints(cls)), report=reports.append)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer.fit(model, epochs=3)
+    strategy.fit(model, trainer)
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
-    assert all(math.isfinite(r[f"weight/{t}"]) for r in reports for t in TASKS)
+    assert reports and all(math.isfinite(r[f"weight/{t}"]) for r in reports for t in TASKS)
 
 
 class _NoSharedDeclaration(Strategy):
