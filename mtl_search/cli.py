@@ -87,6 +87,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.space}: ok — data set {space.dataset!r} ({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test rows), "
           f"tasks {', '.join(plan.problem.task_names)}; strategies {', '.join(plan.strategies)}; "
           f"objectives {', '.join(o.name for o in plan.objectives)}")
+    counts = dataset.labelled_counts()
+    print("labelled rows per task: " + "; ".join(
+        f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
     return 0
 
 

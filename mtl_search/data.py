@@ -81,6 +81,13 @@ class Dataset:
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.problem, self.train.to(device), self.val.to(device), self.test.to(device))
 
+    def labelled_counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {task: rows with that task's label}}``."""
+        counts = {}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            counts[name] = {t: int(m.sum()) if (m := split.labelled(t)) is not None else len(split) for t in self.problem.task_names}
+        return counts
+
 
 def split_rows(n: int, val: float, test: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shuffled row indices for train / val / test with the given fractions."""

@@ -20,12 +20,15 @@ from .knobs import Knob
 from .plugins import Registry, load_registry
 from .results import SearchRecord, TrialRecord, format_table, hypervolume_history, mark_front, trial_table
 from .space import Plan, Space, resolve
+from .tables import load_table
 from .tracking import Tracker, default_store_dir, resolve_tracking_uri
 from .trial import NUMBER_KEY, STRATEGY_KEY, TrialPlan, param_name, tune_trainable
 
 
 def build_dataset(space: Space, registry: Registry) -> Dataset:
-    """Build the space's data set with its options; unknown options and bad values are SpaceErrors."""
+    """Build the space's data set (a registered one with its options, or the user's table); bad input is a SpaceError."""
+    if space.table is not None:
+        return load_table(space.table, space.tasks)
     entry = registry.lookup("datasets", space.dataset, "data.dataset")
     for key in space.dataset_options:
         if key not in entry.options:
@@ -58,11 +61,13 @@ class DefineByRun:
         self.strategies = {name: knobs for name, (_, knobs) in plan.strategies.items()}
         self.backbone, self.training, self.weighting = plan.backbone, plan.training, plan.weighting
         self.weightings = {name: knobs for name, (_, knobs) in plan.weightings.items()}
+        self.inputs = plan.inputs
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         names = list(self.strategies)
         strategy = trial.suggest_categorical(STRATEGY_KEY, names) if len(names) > 1 else names[0]
         config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
+        _suggest_all(trial, "inputs", self.inputs, config)
         backbone = _suggest_all(trial, "backbone", self.backbone, config)
         _suggest_all(trial, strategy, self.strategies[strategy], config, backbone)
         _suggest_all(trial, "training", self.training, config)
