@@ -43,39 +43,45 @@ class _EpochMeanWeights(Weighting):
     def __init__(self, tasks: list[str], **params: Any):
         super().__init__(tasks, **params)
         self._weight_sum = torch.zeros(len(self.tasks))
-        self._steps = 0
+        self._steps = torch.zeros(len(self.tasks))
         self._epoch_weights = {t: 1.0 for t in self.tasks}
 
-    def record(self, weights: torch.Tensor) -> None:
-        """Add one step's weights (one per task, in ``self.tasks`` order)."""
-        self._weight_sum += weights.detach().float().cpu()
-        self._steps += 1
+    def record(self, weights: torch.Tensor, index: torch.Tensor) -> None:
+        """Add one step's weights of the tasks at ``index`` (see ``present``)."""
+        self._weight_sum[index] += weights.detach().float().cpu()
+        self._steps[index] += 1
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
-        if self._steps:
-            self._epoch_weights = dict(zip(self.tasks, (self._weight_sum / self._steps).tolist()))
+        for i, task in enumerate(self.tasks):  # a task trained in no step this epoch keeps its last value
+            if self._steps[i]:
+                self._epoch_weights[task] = float(self._weight_sum[i] / self._steps[i])
         self._weight_sum.zero_()
-        self._steps = 0
+        self._steps.zero_()
 
     def weights(self) -> dict[str, float]:
         return dict(self._epoch_weights)
 
-    def stacked(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The task losses as one vector in ``self.tasks`` order."""
-        return torch.stack([losses[t] for t in self.tasks])
+    def present(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positions (in ``self.tasks``) of the tasks with a loss this step, and those losses as a vector.
+
+        Usually every task; a schedule that trains one task at a time (LASEM's sequential
+        mode) passes only the tasks it trains.
+        """
+        index = [i for i, t in enumerate(self.tasks) if t in losses]
+        return torch.tensor(index, dtype=torch.long), torch.stack([losses[self.tasks[i]] for i in index])
 
 
 class _LossWeighting(_EpochMeanWeights):
     """A weighted sum of the task losses with weights from ``step_weights``."""
 
-    def step_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        """This step's weight per task (``losses``: the task losses in task order)."""
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        """This step's weight of each task at ``index`` (positions in ``self.tasks``)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        vector = self.stacked(losses)
-        weights = self.step_weights(vector).to(vector)
-        self.record(weights)
+        index, vector = self.present(losses)
+        weights = self.step_weights(index).to(vector)
+        self.record(weights, index)
         return (weights * vector).sum()
 
 
@@ -83,8 +89,8 @@ class Equal(_LossWeighting):
     name = "equal"
     description = "sum of the task losses, every weight 1"
 
-    def step_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return torch.ones_like(losses)
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(index))
 
 
 class Uncertainty(_EpochMeanWeights):
@@ -104,9 +110,11 @@ class Uncertainty(_EpochMeanWeights):
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         if torch.isnan(self.precision_scale).any():
             raise RuntimeError("uncertainty weighting: call setup(problem) first (the trainer does)")
-        weights = self.precision_scale * torch.exp(-self.log_variance)
-        self.record(weights)
-        return (weights * self.stacked(losses)).sum() + 0.5 * self.log_variance.sum()
+        index, vector = self.present(losses)
+        log_variance = self.log_variance[index.to(vector.device)]
+        weights = self.precision_scale[index.to(vector.device)] * torch.exp(-log_variance)
+        self.record(weights, index)
+        return (weights * vector).sum() + 0.5 * log_variance.sum()
 
     def variances(self) -> dict[str, float]:
         """The learned sigma^2 per task."""
@@ -125,8 +133,8 @@ class DynamicWeightAverage(_LossWeighting):
         self.history: list[torch.Tensor] = []
         self.register_buffer("lambdas", torch.ones(len(self.tasks)))
 
-    def step_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return self.lambdas
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return self.lambdas[index.to(self.lambdas.device)]
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         super().on_epoch_end(epoch, train_losses)
@@ -141,8 +149,8 @@ class RandomLossWeighting(_LossWeighting):
     name = "rlw"
     description = "random loss weighting (Lin et al. 2022): softmax of standard normal draws, new every step"
 
-    def step_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(torch.randn(len(self.tasks)), dim=0)
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.randn(len(index)), dim=0)
 
 
 def last_shared_layer(model: nn.Module) -> nn.Parameter | None:
@@ -177,17 +185,18 @@ class GradNorm(_EpochMeanWeights):
         return torch.stack(norms).detach()
 
     def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        vector = self.stacked(losses)
+        index, vector = self.present(losses)
+        index = index.to(vector.device)
         layer = last_shared_layer(model)
         if layer is not None:  # no shared layer: no norms to balance, the weights stay put
-            if torch.isnan(self.initial_losses).any():
-                self.initial_losses.copy_(vector.detach())
-            norms = self.task_weights * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
-            inverse_rate = vector.detach() / self.initial_losses.clamp_min(1e-12)
+            first = torch.isnan(self.initial_losses[index])  # L_t(0): a task's loss at its first step
+            self.initial_losses[index[first]] = vector.detach()[first]
+            norms = self.task_weights[index] * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
+            inverse_rate = vector.detach() / self.initial_losses[index].clamp_min(1e-12)
             target = (norms.mean() * (inverse_rate / inverse_rate.mean()) ** self.alpha).detach()
             (self.task_weights.grad,) = torch.autograd.grad((norms - target).abs().sum(), self.task_weights)
-        weights = self.task_weights.detach()
-        self.record(weights)
+        weights = self.task_weights.detach()[index]
+        self.record(weights, index)
         total = (weights * vector).sum() + extra
         total.backward()
         return total
@@ -215,18 +224,18 @@ class _Aggregation(_EpochMeanWeights):
     def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
         from torchjd.autojac import backward as jacobian_backward, jac_to_grad
 
-        vector = self.stacked(losses)
+        index, vector = self.present(losses)
         total = vector.sum() + extra
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         if not shared:
-            self.record(torch.ones(len(self.tasks)))
+            self.record(torch.ones(len(index)), index)
             total.backward()
             return total
         shared_ids = {id(p) for p in shared}
         private = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
         jacobian_backward(list(vector), inputs=shared, retain_graph=True)
         weights = jac_to_grad(shared, self.aggregator)
-        self.record(weights if weights is not None else torch.ones(len(self.tasks)))
+        self.record(weights if weights is not None else torch.ones(len(index)), index)
         if private:
             torch.autograd.backward(vector.sum(), inputs=private, retain_graph=extra.requires_grad)
         if extra.requires_grad:

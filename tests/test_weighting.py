@@ -22,6 +22,7 @@ from mtl_search_plugins.weighting import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASKS = ["a", "b"]
+ALL_THREE = torch.arange(3)  # step_weights' index when all of three tasks train
 REGRESSION = Problem((6,), (Task("a", "regression", "mse"), Task("b", "regression", "mse")))
 
 
@@ -77,17 +78,16 @@ def test_uncertainty_optimum_follows_the_papers_form_per_task_kind():
 def test_dwa_follows_the_formula_on_a_scripted_loss_history():
     weighting = DynamicWeightAverage(["a", "b", "c"])
     history = [{"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 0.5, "b": 1.8, "c": 3.3}, {"a": 0.4, "b": 0.9, "c": 3.3}]
-    losses = {t: torch.tensor(1.0) for t in "abc"}
     applied = []
     for epoch, epoch_losses in enumerate(history, start=1):
-        applied.append(weighting.step_weights(weighting.stacked(losses)).tolist())
+        applied.append(weighting.step_weights(ALL_THREE).tolist())
         weighting.on_epoch_end(epoch, epoch_losses)
     assert applied[0] == [1.0, 1.0, 1.0] and applied[1] == [1.0, 1.0, 1.0]  # the first two epochs
     for k, (previous, before) in enumerate([(history[1], history[0]), (history[2], history[1])]):
         rates = {t: previous[t] / before[t] for t in "abc"}
         denominator = sum(math.exp(r / 2.0) for r in rates.values())
         expected = [3 * math.exp(rates[t] / 2.0) / denominator for t in "abc"]
-        got = weighting.step_weights(torch.ones(3)).tolist() if k == 1 else applied[2]
+        got = weighting.step_weights(ALL_THREE).tolist() if k == 1 else applied[2]
         assert got == pytest.approx(expected, rel=1e-6)
     # a task whose loss stopped falling gets the largest weight
     assert max(range(3), key=lambda i: applied[2][i]) == 2
@@ -109,7 +109,7 @@ def test_dwa_weights_logged_are_those_applied_during_the_epoch():
 
 
 def _weighted_norm_spread(weighting: GradNorm, model, batch) -> float:
-    norms = weighting.task_weights.detach() * weighting.gradient_norms(weighting.stacked(_losses(model, batch)), last_layer(model))
+    norms = weighting.task_weights.detach() * weighting.gradient_norms(weighting.present(_losses(model, batch))[1], last_layer(model))
     return float(norms.max() / norms.min())
 
 
@@ -236,6 +236,22 @@ def test_every_weighting_trains_every_declaring_strategy(name, strategy, params,
     assert reports and all(math.isfinite(r[f"weight/{t}"]) for r in reports for t in TASKS)
 
 
+@pytest.mark.parametrize("name", sorted(load_registry().weightings))
+def test_a_step_training_only_some_tasks_weights_only_those(name):
+    # a schedule that trains one task at a time (LASEM's sequential mode) passes only its losses
+    cls = load_registry().weightings[name]
+    weighting = cls(TASKS, **knob_midpoints(cls))
+    weighting.setup(REGRESSION)
+    model = _hard_sharing()
+    losses = model.task_losses(_noisy_data({"a": 0.1, "b": 0.5}, samples=100).train)
+    weighting.backward({"a": losses["a"]}, model.regularization(), model)
+    tower_b = [p.grad for p in model.towers["b"].parameters()]
+    assert all(g is None or not g.any() for g in tower_b)  # b's loss took no part
+    assert any(p.grad is not None and p.grad.any() for p in model.towers["a"].parameters())
+    weighting.on_epoch_end(1, {"a": float(losses["a"].detach()), "b": 0.0})
+    assert weighting.weights()["b"] == 1.0 and math.isfinite(weighting.weights()["a"])
+
+
 class _NoSharedDeclaration(Strategy):
     name = "columns"
     family = "test"
@@ -284,7 +300,7 @@ def test_bad_weighting_options_name_their_key_path(training, message):
 
 def test_random_loss_weighting_draws_fresh_softmax_weights():
     weighting = RandomLossWeighting(["a", "b", "c"])
-    draws = torch.stack([weighting.step_weights(torch.ones(3)) for _ in range(200)])
+    draws = torch.stack([weighting.step_weights(ALL_THREE) for _ in range(200)])
     assert torch.allclose(draws.sum(1), torch.ones(200))
     assert (draws > 0).all() and draws.std(0).min() > 0.05
     assert torch.allclose(draws.mean(0), torch.full((3,), 1 / 3), atol=0.03)
