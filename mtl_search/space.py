@@ -57,6 +57,7 @@ class Space:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, Knob] = field(default_factory=dict)
     weighting: Knob = Fixed("equal")
+    weighting_options: dict[str, dict[str, Knob]] = field(default_factory=dict)
     epochs: int = 20
     patience: int = 5
     search: SearchSpec = field(default_factory=SearchSpec)
@@ -132,13 +133,20 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         strategies[str(name)] = {k: parse_range(v, f"strategies.{name}.{k}") for k, v in overrides.items()}
 
     training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
-    _known_keys(training_raw, ("epochs", "patience", "weighting", *TRAINING_KNOBS), "training")
+    _known_keys(training_raw, ("epochs", "patience", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
     epochs = _int(training_raw.get("epochs", 20), "training.epochs", minimum=1)
     patience = _int(training_raw.get("patience", 5), "training.patience", minimum=0)
     training = {k: parse_range(training_raw.get(k, TRAINING_DEFAULTS[k]), f"training.{k}") for k in TRAINING_KNOBS}
     weighting = parse_range(training_raw.get("weighting", "equal"), "training.weighting")
     if isinstance(weighting, (Int, Float)):
         raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
+    weighting_options = {}
+    options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
+                           "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
+    for name, overrides in options_raw.items():
+        where = f"training.weighting_options.{name}"
+        overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
+        weighting_options[str(name)] = {k: parse_range(v, f"{where}.{k}") for k, v in overrides.items()}
 
     search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
     _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point"), "search")
@@ -187,6 +195,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     return Space(
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
+        weighting_options=weighting_options,
         epochs=epochs, patience=patience, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
@@ -263,7 +272,16 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         if not isinstance(name, str):
             raise SpaceError("training.weighting", f"expected weighting names, got {name!r}")
         cls = registry.lookup("weightings", name, "training.weighting")
-        weightings[name] = (cls, dict(cls.knobs))
+        overrides = space.weighting_options.get(name, {})
+        weightings[name] = (cls, _merge_knobs(cls.knobs, overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
+        for strategy_name, (strategy, _) in strategies.items():
+            reason = cls.incompatibility(strategy)
+            if reason:
+                raise SpaceError("training.weighting", f"weighting {name!r} cannot train strategy {strategy_name!r}: {reason}")
+    for name in space.weighting_options:
+        if name not in weightings:
+            raise SpaceError(f"training.weighting_options.{name}",
+                             f"{name!r} is not a weighting of this space; training.weighting offers {', '.join(weightings)}")
 
     objectives = []
     valid_objectives = problem.task_names + list(COST_OBJECTIVES)
