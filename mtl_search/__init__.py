@@ -18,6 +18,7 @@ from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
 from .knobs import Choice, Fixed, Float, Int, Knob
 from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .models import load_model, predict
 from .problem import Problem, Task
 from .results import SearchRecord, TrialRecord
 from .strategy import Strategy
@@ -30,6 +31,6 @@ __all__ = [
     "ACTIVATIONS", "Backbone", "BackboneKind", "Choice", "Dataset", "Evaluation", "Fixed", "Float", "Int", "Knob",
     "MtlSearchError", "MultiTaskModel", "PluginError", "Problem", "ResidualMLPBlock", "SearchRecord", "SharingMap",
     "SpaceError", "Split", "StackedLinear", "StackedMLP", "Strategy", "Task", "TrainConfig", "Trainer", "TrialRecord",
-    "Weighting", "count_parameters", "hookimpl", "make_dataset", "make_norm", "make_tower", "mlp_layer", "split_rows",
+    "Weighting", "count_parameters", "hookimpl", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "predict", "split_rows",
     "task_losses",
 ]
