@@ -16,21 +16,22 @@ from .blocks import (
 from .data import Dataset, Split, make_dataset, split_rows
 from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
-from .knobs import Choice, Fixed, Float, Int, Knob
+from .knobs import Choice, Default, Fixed, Float, Int, Knob
 from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
 from .models import load_model, predict
 from .problem import Problem, Task
 from .results import SearchRecord, TrialRecord
 from .strategy import Strategy
+from .tables import CategoricalFeature, NumericFeature, TableFeatures
 from .train import Evaluation, TrainConfig, Trainer
 from .weighting import Weighting
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Backbone", "BackboneKind", "Choice", "Dataset", "Evaluation", "Fixed", "Float", "Int", "Knob",
-    "MtlSearchError", "MultiTaskModel", "PluginError", "Problem", "ResidualMLPBlock", "SearchRecord", "SharingMap",
-    "SpaceError", "Split", "StackedLinear", "StackedMLP", "Strategy", "Task", "TrainConfig", "Trainer", "TrialRecord",
-    "Weighting", "count_parameters", "hookimpl", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "predict", "split_rows",
-    "task_losses",
+    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "count_parameters", "Dataset",
+    "Default", "Evaluation", "Fixed", "Float", "hookimpl", "Int", "Knob", "load_model", "make_dataset", "make_norm", "make_tower",
+    "mlp_layer", "MtlSearchError", "MultiTaskModel", "NumericFeature", "PluginError", "predict", "Problem", "ResidualMLPBlock",
+    "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear", "StackedMLP", "Strategy",
+    "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord", "Weighting",
 ]

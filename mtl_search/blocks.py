@@ -146,34 +146,45 @@ class StackedLinear(nn.Module):
     """``n`` independent linear maps applied as one batched contraction.
 
     Input ``(batch, in)`` (the same rows for every map) or ``(n, batch, in)``; output
-    ``(n, batch, out)``. Each map is initialised like ``nn.Linear``.
+    ``(n, batch, out)``. Each map is initialised like ``nn.Linear``; ``bias=False`` gives
+    ``x W`` alone (e.g. the gates ``softmax(W_t x)`` of mixture-of-experts models).
     """
 
-    def __init__(self, n: int, in_features: int, out_features: int):
+    def __init__(self, n: int, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
-            return torch.einsum("bi,nio->nbo", x, self.weight) + self.bias
-        return torch.baddbmm(self.bias, x, self.weight)
+            out = torch.einsum("bi,nio->nbo", x, self.weight)
+            return out if self.bias is None else out + self.bias
+        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
 
 
 class StackedMLP(nn.Module):
-    """``n`` MLPs of equal shape computed together (no Python loop over the ``n``): ``(batch, in) -> (n, batch, widths[-1])``."""
+    """``n`` MLPs of equal shape computed together (no Python loop over the ``n``): ``(batch, in) -> (n, batch, widths[-1])``.
 
-    def __init__(self, n: int, in_features: int, widths: list[int], activation: str = "relu", dropout: float = 0.0):
+    Input ``(batch, in)`` feeds the same rows to every MLP, ``(n, rows, in)`` its own rows to
+    each. ``activate_output=False`` leaves the last layer linear (a residual branch's FFN).
+    """
+
+    def __init__(self, n: int, in_features: int, widths: list[int], activation: str = "relu", dropout: float = 0.0,
+                 activate_output: bool = True):
         super().__init__()
         dims = [in_features, *widths]
         self.layers = nn.ModuleList(StackedLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.activate_output = activate_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = self.dropout(self.activation(layer(x)))
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last or self.activate_output:
+                x = self.dropout(self.activation(x))
         return x
 
 

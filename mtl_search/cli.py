@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a space and the plugins it needs")
     validate.add_argument("space", type=Path)
 
-    sub.add_parser("plugins", help="list plugins, where they come from and what they provide")
+    plugins = sub.add_parser("plugins", help="list plugins, where they come from and what they provide")
+    plugins.add_argument("--verbose", action="store_true", help="also show each strategy's knobs and default ranges")
+
+    new_plugin = sub.add_parser("new-plugin", help="scaffold an installable strategy plugin package")
+    new_plugin.add_argument("name", help="strategy name (lower-case letters, digits, underscores)")
+    new_plugin.add_argument("--dir", type=Path, default=Path("."), help="where to create the package (default: here)")
 
     report = sub.add_parser("report", help="print the latest search's front (or every trial)")
     report.add_argument("--experiment", help="experiment name (default: the latest search in the store)")
@@ -89,6 +94,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.space}: ok — data set {space.dataset!r} ({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test rows), "
           f"tasks {', '.join(plan.problem.task_names)}; strategies {', '.join(plan.strategies)}; "
           f"objectives {', '.join(o.name for o in plan.objectives)}")
+    counts = dataset.labelled_counts()
+    print("labelled rows per task: " + "; ".join(
+        f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
     return 0
 
 
@@ -101,6 +109,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{info.name}  [{info.source}]  {status}")
         for kind, names in info.provides.items():
             print(f"    {kind}: {', '.join(names)}")
+            if args.verbose:
+                for name in names:
+                    _print_knobs(kind, name, registry)
+    return 0
+
+
+def _print_knobs(kind: str, name: str, registry) -> None:
+    item = getattr(registry, kind)[name]
+    if kind == "datasets":
+        knobs = {k: repr(v) for k, v in item.options.items()}
+    else:
+        knobs = {k: knob.describe() for k, knob in getattr(item, "knobs", {}).items()}
+    detail = f" — {item.description}" if getattr(item, "description", "") else ""
+    print(f"      {name}{detail}")
+    for knob, text in knobs.items():
+        print(f"        {knob}: {text}")
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import scaffold_plugin
+
+    root = scaffold_plugin(args.name, args.dir)
+    print(f"created {root}\nnext: pip install -e '{root}[test]' && pytest {root} && mtl-search plugins")
     return 0
 
 
@@ -158,7 +189,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report, "predict": cmd_predict, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,20 @@ class Split:
             {k: v[index] for k, v in self.mask.items()},
         )
 
+    def partition(self, fraction: float, generator: torch.Generator | None = None) -> tuple["Split", "Split"]:
+        """Two disjoint random parts of this split: about ``fraction`` of the rows, and the rest.
+
+        For schedules that fit different parameters on different data (e.g. weights on one
+        part, architecture parameters on the other). Each part keeps at least one row.
+        """
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
+        if len(self) < 2:
+            raise ValueError(f"cannot partition a split of {len(self)} row(s)")
+        order = torch.randperm(len(self), generator=generator).to(self.x.device)
+        cut = min(max(1, round(len(self) * fraction)), len(self) - 1)
+        return self.subset(order[:cut]), self.subset(order[cut:])
+
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator["Split"]:
         """Minibatches as Splits; slicing tensors directly is much faster than a DataLoader here."""
         n = len(self)
@@ -66,6 +80,13 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.problem, self.train.to(device), self.val.to(device), self.test.to(device))
+
+    def labelled_counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {task: rows with that task's label}}``."""
+        counts = {}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            counts[name] = {t: int(m.sum()) if (m := split.labelled(t)) is not None else len(split) for t in self.problem.task_names}
+        return counts
 
 
 def split_rows(n: int, val: float, test: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -55,6 +55,23 @@ class Fixed(Knob):
 
 
 @dataclass(frozen=True)
+class Default(Fixed):
+    """A constant by default (not searched) that a space may replace with anything ``within`` accepts.
+
+    For settings a method's paper fixes (a temperature, a loss form) that a user may still
+    set or search: ``Default(5.0, Float(0.5, 10.0, minimum=0.0))``.
+    """
+
+    within: Knob
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        return self.within.narrow(override, path)
+
+    def describe(self) -> str:
+        return f"{self.value!r} (may be set: {self.within.describe()})"
+
+
+@dataclass(frozen=True)
 class Int(Knob):
     """An integer in ``[low, high]`` (inclusive). ``minimum``/``maximum`` bound what a space may ask for.
 

@@ -4,7 +4,7 @@ A model directory (a trial's checkpoint; the ``model/`` artifact of a trial on t
 
 - ``model.pt``: the state dict, for ``torch.load(path, weights_only=True)``;
 - ``config.json``: the trial's exact sampled configuration (strategy, backbone, knobs, training);
-- ``problem.json``: the problem (input shape, tasks) and the backbone kind.
+- ``problem.json``: the problem (input shape, tasks, a table's features) and the backbone kind.
 
 Rebuilding calls the strategy's ``build`` with the recorded problem, backbone and knobs,
 so the plugin that provides the strategy (and backbone kind) must be installed.
@@ -31,12 +31,17 @@ MODEL_ARTIFACT = "model"  # the artifact folder of a trial run
 
 
 def problem_to_json(problem: Problem) -> dict[str, Any]:
+    """The problem as JSON: input shape, tasks, and a table's feature description (the model's input layer depends on it)."""
     return {"input_shape": list(problem.input_shape),
-            "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes} for t in problem.tasks]}
+            "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes} for t in problem.tasks],
+            "features": problem.features.to_dict() if problem.features is not None else None}
 
 
 def problem_from_json(data: dict[str, Any]) -> Problem:
-    return Problem(tuple(data["input_shape"]), tuple(Task(**task) for task in data["tasks"]))
+    from .tables import TableFeatures
+
+    features = TableFeatures.from_dict(data["features"]) if data.get("features") else None
+    return Problem(tuple(data["input_shape"]), tuple(Task(**task) for task in data["tasks"]), features=features)
 
 
 def save_model(directory: str | Path, model: MultiTaskModel, config: dict[str, Any], problem: Problem, backbone_kind: str) -> None:

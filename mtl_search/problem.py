@@ -1,13 +1,17 @@
 """Tasks, their losses and metrics, and the direction in which each metric improves."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import SpaceError, did_you_mean
+
+if TYPE_CHECKING:
+    from .tables import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")
 
@@ -127,6 +131,19 @@ class Task:
             return F.binary_cross_entropy_with_logits(prediction.view(-1), target.view(-1).float(), reduction=reduction)
         return F.cross_entropy(prediction, target.view(-1).long(), reduction=reduction)
 
+    def log_likelihood(self, prediction: torch.Tensor, target: torch.Tensor, variance: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """Per-row log p(target | prediction), shape (rows,).
+
+        Regression: Gaussian with mean ``prediction`` and the given noise ``variance``;
+        binary: Bernoulli with probability sigmoid(logit); multiclass: categorical over
+        softmax(logits). Computed in log space, so it stays finite for very bad predictions.
+        """
+        if self.kind == "regression":
+            variance = torch.as_tensor(variance, dtype=prediction.dtype, device=prediction.device)
+            residual = prediction.reshape(-1) - target.reshape(-1).to(prediction.dtype)
+            return -0.5 * (torch.log(2 * math.pi * variance) + residual.square() / variance)
+        return -self.loss(prediction, target, reduction="none")
+
     def evaluate(self, prediction: torch.Tensor, target: torch.Tensor) -> float:
         """The task's metric over a whole split."""
         return METRICS[self.kind][self.metric].fn(prediction, target)
@@ -134,10 +151,16 @@ class Task:
 
 @dataclass(frozen=True)
 class Problem:
-    """The input shape (without the batch dimension) and the tasks."""
+    """The input shape (without the batch dimension) and the tasks.
+
+    ``features`` describes the columns of a table's ``x`` (``mtl_search.tables.TableFeatures``:
+    numeric values, then categorical codes) when the data came from a table; the model's
+    input layer is built from it. None for inputs the backbone takes as they are.
+    """
 
     input_shape: tuple[int, ...]
     tasks: tuple[Task, ...] = field(default_factory=tuple)
+    features: TableFeatures | None = field(default=None, compare=False)
 
     @property
     def task_names(self) -> list[str]:

@@ -20,12 +20,15 @@ from .knobs import Knob
 from .plugins import Registry, load_registry
 from .results import SearchRecord, TrialRecord, format_table, hypervolume_history, mark_front, trial_table
 from .space import Plan, Space, resolve
+from .tables import load_table
 from .tracking import Tracker, default_store_dir, resolve_tracking_uri
 from .trial import NUMBER_KEY, STRATEGY_KEY, TrialPlan, param_name, tune_trainable
 
 
 def build_dataset(space: Space, registry: Registry) -> Dataset:
-    """Build the space's data set with its options; unknown options and bad values are SpaceErrors."""
+    """Build the space's data set (a registered one with its options, or the user's table); bad input is a SpaceError."""
+    if space.table is not None:
+        return load_table(space.table, space.tasks)
     entry = registry.lookup("datasets", space.dataset, "data.dataset")
     for key in space.dataset_options:
         if key not in entry.options:
@@ -58,11 +61,13 @@ class DefineByRun:
         self.strategies = {name: knobs for name, (_, knobs) in plan.strategies.items()}
         self.backbone, self.training, self.weighting = plan.backbone, plan.training, plan.weighting
         self.weightings = {name: knobs for name, (_, knobs) in plan.weightings.items()}
+        self.inputs = plan.inputs
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         names = list(self.strategies)
         strategy = trial.suggest_categorical(STRATEGY_KEY, names) if len(names) > 1 else names[0]
         config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
+        _suggest_all(trial, "inputs", self.inputs, config)
         backbone = _suggest_all(trial, "backbone", self.backbone, config)
         _suggest_all(trial, strategy, self.strategies[strategy], config, backbone)
         _suggest_all(trial, "training", self.training, config)
@@ -91,6 +96,19 @@ def make_sampler(name: str, seed: int, concurrency: int) -> Any:
         return optuna.samplers.GPSampler(seed=seed)
     except ImportError as exc:  # GPSampler needs scipy
         raise SpaceError("search.sampler", f"the gp sampler needs extra packages: {exc}") from None
+
+
+def make_trial_plan(plan: Plan) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data)."""
+    space = plan.space
+    return TrialPlan(
+        problem=plan.problem,
+        strategies={name: s for name, (s, _) in plan.strategies.items()},
+        backbone_kind=plan.backbone_kind,
+        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
+        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
+    )
 
 
 @dataclass
@@ -151,14 +169,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         mode=[o["direction"] for o in objectives],
         sampler=make_sampler(space.search.sampler, space.search.seed, concurrency),
     )
-    trial_plan = TrialPlan(
-        problem=plan.problem,
-        strategies={name: s for name, (s, _) in plan.strategies.items()},
-        backbone_kind=plan.backbone_kind,
-        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
-        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
-        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
-    )
+    trial_plan = make_trial_plan(plan)
     ensure_ray(options.address or space.ray.address)
     callback = _TrackingCallback(tracker, search_run_id, objectives, registry, trials, echo)
     resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}

@@ -9,11 +9,13 @@ import yaml
 
 from .errors import SpaceError, did_you_mean
 from .knobs import Choice, Fixed, Float, Int, Knob, parse_range
+from .encoding import INPUT_KNOBS, has_categories
 from .problem import KINDS, Problem, Task
+from .tables import TABLE_FORMATS, SplitSpec, TableSpec
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 COST_OBJECTIVES = {"params": "min", "latency": "min"}
-TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "backbone", "strategies", "training", "search", "tracking", "ray")
+TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray")
 
 TRAINING_KNOBS: dict[str, Knob] = {
     "batch_size": Int(16, 1024, log=True, minimum=1),
@@ -45,9 +47,11 @@ class Space:
     """A parsed space. Ranges are Knobs; ``resolve`` checks them against the registered plugins."""
 
     experiment: str
-    dataset: str
+    dataset: str  # a registered data set's name, or "csv"/"parquet" for the user's table
     dataset_options: dict[str, Any]
     strategies: dict[str, dict[str, Knob]]
+    table: TableSpec | None = None
+    inputs: dict[str, Knob] = field(default_factory=dict)
     backbone_kind: str = "mlp"
     backbone: dict[str, Knob] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -91,12 +95,16 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     if not isinstance(experiment, str) or not experiment.strip():
         raise SpaceError("experiment", f"expected a non-empty name, got {experiment!r}")
 
-    data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options')")
-    _known_keys(data, ("dataset", "options"), "data")
-    dataset = data.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
-        raise SpaceError("data.dataset", f"expected the name of a registered data set, got {dataset!r}")
-    options = _mapping(data.get("options", {}), "data.options", "expected a mapping of option values")
+    data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options'), or 'csv'/'parquet' with a table's path")
+    table = _parse_table(data, path.parent if path else Path.cwd()) if any(k in data for k in TABLE_FORMATS) else None
+    if table is not None:
+        dataset, options = table.format, {}
+    else:
+        _known_keys(data, ("dataset", "options", *TABLE_FORMATS), "data")
+        dataset = data.get("dataset")
+        if not isinstance(dataset, str) or not dataset:
+            raise SpaceError("data.dataset", f"expected the name of a registered data set (or csv:/parquet: a table's path), got {dataset!r}")
+        options = _mapping(data.get("options", {}), "data.options", "expected a mapping of option values")
 
     tasks = {}
     for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
@@ -105,6 +113,9 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         if "kind" in spec and spec["kind"] not in KINDS:
             raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
         tasks[str(name)] = spec
+
+    inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
+    inputs = {k: parse_range(v, f"inputs.{k}") for k, v in inputs_raw.items()}
 
     backbone_raw = _mapping(top.get("backbone", {}), "backbone", "expected a mapping like {kind: mlp, depth: 3}")
     backbone_kind = backbone_raw.get("kind", "mlp")
@@ -174,7 +185,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         raise SpaceError("plugins", f"expected a list of module names or .py paths, got {plugins!r}")
 
     return Space(
-        experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies,
+        experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
         epochs=epochs, patience=patience, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
@@ -203,6 +214,7 @@ class Plan:
     weightings: dict[str, tuple[type, dict[str, Knob]]]
     weighting: Knob
     objectives: list[Objective]
+    inputs: dict[str, Knob] = field(default_factory=dict)  # the input layer's knobs; empty without categorical features
 
 
 def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> Problem:
@@ -235,7 +247,9 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 f"strategies.{name}",
                 f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
             )
-        strategies[name] = (strategy, _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}"))
+        knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
+        strategy.check(knobs, backbone, f"strategies.{name}")
+        strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)
     weightings = {}
@@ -259,7 +273,69 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
             raise SpaceError(f"search.reference_point.{name}", f"not an objective of this search; objectives: {', '.join(o.name for o in objectives)}")
 
     training = _merge_knobs(TRAINING_KNOBS, space.training, "training", "training")
-    return Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives)
+    inputs = _merge_knobs(INPUT_KNOBS, space.inputs, "inputs", "the input layer")
+    if space.inputs and not has_categories(problem):
+        raise SpaceError("inputs", "the data set has no categorical features, so there is nothing to encode")
+    return Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
+                inputs if has_categories(problem) else {})
+
+
+TABLE_KEYS = (*TABLE_FORMATS, "features", "exclude", "categorical", "numeric", "max_integer_levels", "split", "split_column", "group_column")
+
+
+def _parse_table(data: dict, base_dir: Path) -> TableSpec:
+    """The ``data:`` section naming a CSV or Parquet file; its path is relative to the space file."""
+    _known_keys(data, TABLE_KEYS, "data")
+    formats = [f for f in TABLE_FORMATS if f in data]
+    if len(formats) > 1:
+        raise SpaceError("data", "give one of csv: or parquet:, not both")
+    fmt = formats[0]
+    if not isinstance(data[fmt], str) or not data[fmt]:
+        raise SpaceError(f"data.{fmt}", f"expected a file path, got {data[fmt]!r}")
+    path = Path(data[fmt]).expanduser()
+    features = data.get("features")
+    if features is not None:
+        features = _names(features, "data.features")
+        if not features:
+            raise SpaceError("data.features", "expected at least one feature column (or leave features out: every other column)")
+    if "split" in data and "split_column" in data:
+        raise SpaceError("data.split", "give split: (fractions) or split_column:, not both")
+    split_raw = _mapping(data.get("split", {}), "data.split", "expected a mapping like {val: 0.15, test: 0.15, seed: 0}")
+    _known_keys(split_raw, ("val", "test", "seed", "stratify"), "data.split")
+    split = SplitSpec(
+        val=_number(split_raw.get("val", 0.15), "data.split.val", positive=True),
+        test=_number(split_raw.get("test", 0.15), "data.split.test", positive=True),
+        seed=_int(split_raw.get("seed", 0), "data.split.seed", minimum=0),
+        stratify=split_raw.get("stratify"),
+    )
+    if split.val + split.test >= 1:
+        raise SpaceError("data.split", f"val + test must stay below 1, got {split.val} + {split.test}")
+    if split.stratify is not None and "group_column" in data:
+        raise SpaceError("data.split.stratify", "a group split cannot also be stratified; use one of them")
+    return TableSpec(
+        format=fmt,
+        path=path if path.is_absolute() else (base_dir / path).resolve(),
+        features=features,
+        exclude=_names(data.get("exclude", []), "data.exclude"),
+        categorical=_names(data.get("categorical", []), "data.categorical"),
+        numeric=_names(data.get("numeric", []), "data.numeric"),
+        max_integer_levels=_int(data.get("max_integer_levels", 10), "data.max_integer_levels", minimum=0),
+        split=split,
+        split_column=_column(data.get("split_column"), "data.split_column"),
+        group_column=_column(data.get("group_column"), "data.group_column"),
+    )
+
+
+def _names(value: Any, path: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SpaceError(path, f"expected a list of column names, got {value!r}")
+    return value
+
+
+def _column(value: Any, path: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SpaceError(path, f"expected a column name, got {value!r}")
+    return value
 
 
 def _merge_knobs(declared: dict[str, Knob], overrides: dict[str, Knob], path: str, owner: str) -> dict[str, Knob]:

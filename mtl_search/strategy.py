@@ -37,6 +37,15 @@ class Strategy:
         """Whether this strategy can build on a backbone of this kind."""
         return self.backbones is None or backbone_kind in self.backbones
 
+    def check(self, knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
+        """Validate knob ranges together, before any trial runs (default: nothing to check).
+
+        ``knobs`` are this strategy's knobs after a space's overrides, ``backbone`` the
+        backbone kind's knobs after overrides (ranges, not sampled values: a check reasons
+        about every value a range allows). Raise ``SpaceError(f"{path}.{knob}", why)`` for a
+        combination no trial could run; ``mtl-search validate`` then exits 2 naming the key.
+        """
+
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         """A new model for ``problem`` on ``backbone`` with the sampled knob values ``params``."""
         raise NotImplementedError  # pragma: no cover - abstract

@@ -137,6 +137,24 @@ class Trainer:
             self._loss_scale = {t: max(abs(v), 1e-12) for t, v in val_losses.items()}
         return float(np.mean([val_losses[t] / self._loss_scale[t] for t in val_losses]))
 
+    @property
+    def next_epoch(self) -> int:
+        """The number of the next epoch (1-based, counted over every phase this trainer has run)."""
+        return len(self.history) + 1
+
+    def end_epoch(self, model: nn.Module, epoch: int, train_loss: dict[str, float]) -> EpochRecord:
+        """Evaluate on val, score, append to the history and report: the bookkeeping after any training epoch.
+
+        A strategy with its own schedule calls it after its own epochs (made of one or more
+        ``train_epoch`` calls) so they are reported like the trainer's.
+        """
+        val = self.evaluate(model, self.dataset.val)
+        record = EpochRecord(epoch, train_loss, val, self.score(val.losses), self.weighting.weights())
+        self.history.append(record)
+        if self.report is not None:
+            self.report(epoch_metrics(record))
+        return record
+
     def fit(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer | None = None, epochs: int | None = None,
             split: Split | None = None) -> list[EpochRecord]:
         """Train with early stopping on the score; restore the best epoch's weights. Returns this call's epochs."""
@@ -145,14 +163,9 @@ class Trainer:
         best, best_state, since_best = math.inf, None, 0
         records = []
         for _ in range(epochs):
-            epoch = len(self.history) + 1
-            train_loss = self.train_epoch(model, optimizer, epoch, split)
-            val = self.evaluate(model, self.dataset.val)
-            record = EpochRecord(epoch, train_loss, val, self.score(val.losses), self.weighting.weights())
-            self.history.append(record)
+            epoch = self.next_epoch
+            record = self.end_epoch(model, epoch, self.train_epoch(model, optimizer, epoch, split))
             records.append(record)
-            if self.report is not None:
-                self.report(epoch_metrics(record))
             if record.score < best - 1e-9:
                 best, since_best = record.score, 0
                 best_state = copy.deepcopy(model.state_dict())

@@ -15,6 +15,7 @@ import torch
 
 from .blocks import BackboneKind
 from .data import Dataset
+from .encoding import input_layer_for, with_input_layer
 from .model import MultiTaskModel
 from .models import save_model
 from .problem import Problem
@@ -48,14 +49,14 @@ def param_name(section: str, knob: str) -> str:
 def decode(config: dict[str, Any]) -> dict[str, Any]:
     """Split a flat sampled configuration into its parts."""
     strategy = config[STRATEGY_KEY]
-    parts: dict[str, Any] = {"strategy": strategy, "number": int(config.get(NUMBER_KEY, 0)), "knobs": {}, "backbone": {}, "training": {}, "weighting": {}}
+    parts: dict[str, Any] = {"strategy": strategy, "number": int(config.get(NUMBER_KEY, 0)), "knobs": {}, "backbone": {}, "training": {}, "weighting": {}, "inputs": {}}
     weighting = config.get("training.weighting", "equal")
     for key, value in config.items():
         section, _, knob = key.partition(".")
         if section == strategy:
             parts["knobs"][knob] = value
-        elif section == "backbone":
-            parts["backbone"][knob] = value
+        elif section in ("backbone", "inputs"):
+            parts[section][knob] = value
         elif section == "training" and knob != "weighting":
             parts["training"][knob] = value
         elif section == "weighting" and knob.startswith(weighting + "."):
@@ -66,8 +67,9 @@ def decode(config: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(plan: TrialPlan, parts: dict[str, Any]) -> MultiTaskModel:
     """The untrained model of a decoded configuration."""
-    backbone = plan.backbone_kind.build(plan.problem.input_shape, **parts["backbone"])
-    return plan.strategies[parts["strategy"]].build(plan.problem, backbone, parts["knobs"])
+    problem, input_layer = input_layer_for(plan.problem, parts["inputs"])
+    backbone = plan.backbone_kind.build(problem.input_shape, **parts["backbone"])
+    return with_input_layer(plan.problem, input_layer, plan.strategies[parts["strategy"]].build(problem, backbone, parts["knobs"]))
 
 
 def _sharing_map(model: MultiTaskModel, x: torch.Tensor) -> dict:

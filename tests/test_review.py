@@ -291,3 +291,14 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
         log.close()
+
+
+def test_problem_json_keeps_a_tables_features():
+    from mtl_search.models import problem_from_json, problem_to_json
+    from mtl_search.problem import Problem, Task
+    from mtl_search.tables import CategoricalFeature, NumericFeature, TableFeatures
+
+    features = TableFeatures((NumericFeature("age", 40.0, 12.0, False),), (CategoricalFeature("city", ("a", "b")),))
+    problem = Problem((2,), (Task("y", "binary"),), features=features)
+    back = problem_from_json(json.loads(json.dumps(problem_to_json(problem))))
+    assert back == problem and back.features == features

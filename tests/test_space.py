@@ -27,7 +27,7 @@ BAD_SPACES = [
     ("unknown dataset option", "data: {dataset: synthetic_correlated, options: {colour: red}}\nstrategies: {hard_sharing: {}}\n", "data.options.colour: unknown option"),
     ("bad dataset option value", "data: {dataset: synthetic_correlated, options: {correlation: 3}}\nstrategies: {hard_sharing: {}}\n", "data.options: data set 'synthetic_correlated' rejected its options: correlation must lie"),
     ("empty strategies", "data: {dataset: synthetic_correlated}\nstrategies: {}\n", "strategies: expected a non-empty mapping"),
-    ("unknown strategy", "data: {dataset: synthetic_correlated}\nstrategies: {mmoee: {}}\n", "strategies.mmoee: unknown strategy 'mmoee'; valid names: hard_sharing, mmoe, omoe"),
+    ("unknown strategy", "data: {dataset: synthetic_correlated}\nstrategies: {mmoee: {}}\n", "strategies.mmoee: unknown strategy 'mmoee'; valid names: "),
     ("unknown knob", "data: {dataset: synthetic_correlated}\nstrategies: {mmoe: {expertz: 4}}\n", "strategies.mmoe.expertz: unknown knob 'expertz'"),
     ("wrong knob type", "data: {dataset: synthetic_correlated}\nstrategies: {mmoe: {experts: many}}\n", "strategies.mmoe.experts: expected an integer, got 'many'"),
     ("inverted range", "data: {dataset: synthetic_correlated}\nstrategies: {mmoe: {experts: {int: [8, 2]}}}\n", "strategies.mmoe.experts.int: lower bound 8 is above upper bound 2"),

@@ -1,0 +1,378 @@
+"""The user's own table (CSV or Parquet) as a Dataset: column projection, feature types, labels, masks, splits.
+
+Read with pyarrow, projected onto the columns in use. Features become one float tensor per
+split, laid out as :class:`TableFeatures` describes: numeric columns first (raw values, NaN
+where missing), then categorical columns as integer codes (0 = missing or unseen). The
+statistics used for standardisation, imputation and category vocabularies are computed on
+the training split only and travel with the Problem into the model's input layer
+(:mod:`mtl_search.encoding`), so they are saved with the model and applied at prediction.
+
+Every problem with the data is a ``SpaceError`` naming the key of the space that points
+at it, raised before any trial starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import Dataset, Split
+from .errors import SpaceError
+from .problem import Problem, Task
+
+SPLIT_NAMES = ("train", "val", "test")
+TABLE_FORMATS = ("csv", "parquet")
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A numeric column; ``mean``/``std`` from the training split; ``indicator``: it had missing training values."""
+
+    name: str
+    mean: float
+    std: float
+    indicator: bool
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical column; code ``i + 1`` is ``categories[i]`` (seen in training), code 0 is missing or unseen."""
+
+    name: str
+    categories: tuple[str, ...]
+
+    @property
+    def levels(self) -> int:
+        """Number of codes, the unknown code included."""
+        return len(self.categories) + 1
+
+
+@dataclass(frozen=True)
+class TableFeatures:
+    """How the columns of ``x`` are laid out: the numeric features, then the categorical codes."""
+
+    numeric: tuple[NumericFeature, ...]
+    categorical: tuple[CategoricalFeature, ...]
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + len(self.categorical)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
+
+    def encode(self, table: Any) -> torch.Tensor:
+        """The raw ``x`` of new rows (a pyarrow Table with the feature columns), for prediction."""
+        x = np.empty((table.num_rows, self.width), dtype=np.float32)
+        for i, feature in enumerate(self.numeric):
+            x[:, i] = _as_float(table.column(feature.name))
+        for j, feature in enumerate(self.categorical):
+            x[:, len(self.numeric) + j] = _codes(table.column(feature.name), feature.categories)
+        return torch.from_numpy(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"numeric": [vars(f) for f in self.numeric],
+                "categorical": [{"name": f.name, "categories": list(f.categories)} for f in self.categorical]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TableFeatures":
+        return cls(tuple(NumericFeature(**f) for f in data["numeric"]),
+                   tuple(CategoricalFeature(f["name"], tuple(f["categories"])) for f in data["categorical"]))
+
+
+@dataclass
+class SplitSpec:
+    """Random (optionally stratified on one classification task) fractions, or a column naming each row's split."""
+
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+    stratify: str | None = None
+
+
+@dataclass
+class TableSpec:
+    """The ``data:`` section of a space that names a table. ``path`` is already resolved against the space file."""
+
+    format: str
+    path: Path
+    features: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    max_integer_levels: int = 10
+    split: SplitSpec = field(default_factory=SplitSpec)
+    split_column: str | None = None
+    group_column: str | None = None
+
+
+def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
+    """Read the table, check it, and build the Dataset (labels, masks, splits, feature layout)."""
+    key = f"data.{spec.format}"
+    columns = _column_names(spec, key)
+    _check_columns(spec, tasks, columns)
+    feature_names = spec.features if spec.features is not None else [
+        c for c in columns if c not in tasks and c not in spec.exclude and c not in (spec.split_column, spec.group_column)
+    ]
+    if not feature_names:
+        raise SpaceError("data.features", "no feature columns left after removing the targets and excluded columns")
+    extra = [c for c in (spec.split_column, spec.group_column) if c]
+    table = _read(spec, list(dict.fromkeys([*feature_names, *tasks, *extra])), key)
+    if table.num_rows < 3:
+        raise SpaceError(key, f"{spec.path} has {table.num_rows} rows; at least 3 are needed for train/val/test")
+
+    labels = {name: _labels(name, t, table.column(name)) for name, t in tasks.items()}
+    rows = _split_rows(spec, table, labels)
+    for name, (_, mask, _) in labels.items():
+        for split, index in zip(SPLIT_NAMES, rows):
+            if not bool(mask[index].any()):
+                raise SpaceError(f"tasks.{name}", f"no labelled rows in the {split} split "
+                                 f"({int(mask.sum())} labelled rows in the whole table); label more rows or change data.split")
+
+    train = rows[0]
+    numeric, categorical = _feature_types(spec, table, feature_names)
+    features = TableFeatures(
+        tuple(_numeric_feature(name, _as_float(table.column(name))[train]) for name in numeric),
+        tuple(CategoricalFeature(name, _vocabulary(table.column(name).take(train))) for name in categorical),
+    )
+    x = features.encode(table)
+    problem = Problem((features.width,), tuple(task for _, _, task in labels.values()), features=features)
+    y = {name: target for name, (target, _, _) in labels.items()}
+    masks = {name: torch.from_numpy(mask) for name, (_, mask, _) in labels.items() if not bool(mask.all())}
+    full = Split(x, y, masks)
+    return Dataset(problem, *(full.subset(torch.from_numpy(index)) for index in rows))
+
+
+def _column_names(spec: TableSpec, key: str) -> list[str]:
+    if not spec.path.is_file():
+        raise SpaceError(key, f"no such file: {spec.path}")
+    try:
+        if spec.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(spec.path).names)
+        import csv
+
+        with open(spec.path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+    except Exception as exc:  # a corrupt file: say which and why
+        raise SpaceError(key, f"cannot read {spec.path} as {spec.format}: {exc}") from None
+    if not header:
+        raise SpaceError(key, f"{spec.path} is empty (no header row)")
+    return header
+
+
+def _check_columns(spec: TableSpec, tasks: dict[str, dict[str, Any]], columns: list[str]) -> None:
+    known = set(columns)
+
+    def check(names: list[str], path: str) -> None:
+        for name in names:
+            if name not in known:
+                raise SpaceError(path, f"unknown column {name!r}; columns of {spec.path.name}: {', '.join(columns)}")
+
+    if not tasks:
+        raise SpaceError("tasks", "a table needs tasks: {column: {kind: regression|binary|multiclass, metric: ...}}")
+    for name, task in tasks.items():
+        check([name], f"tasks.{name}")
+        if "kind" not in task:
+            raise SpaceError(f"tasks.{name}.kind", "missing; a task of a table needs a kind (regression, binary or multiclass)")
+    check(spec.features or [], "data.features")
+    check(spec.exclude, "data.exclude")
+    check(spec.categorical, "data.categorical")
+    check(spec.numeric, "data.numeric")
+    for path, column in (("data.split_column", spec.split_column), ("data.group_column", spec.group_column)):
+        if column:
+            check([column], path)
+    for name in spec.features or []:
+        if name in tasks:
+            raise SpaceError("data.features", f"{name!r} is a task's target and cannot also be a feature")
+    if spec.split.stratify is not None:
+        if spec.split.stratify not in tasks:
+            raise SpaceError("data.split.stratify", f"unknown task {spec.split.stratify!r}; tasks: {', '.join(tasks)}")
+        if tasks[spec.split.stratify].get("kind") == "regression":
+            raise SpaceError("data.split.stratify", "stratify on a binary or multiclass task, not a regression one")
+
+
+def _read(spec: TableSpec, columns: list[str], key: str) -> Any:
+    try:
+        if spec.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(spec.path, columns=columns)
+        import pyarrow.csv as pcsv
+
+        return pcsv.read_csv(spec.path, convert_options=pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True))
+    except Exception as exc:
+        raise SpaceError(key, f"cannot read {spec.path}: {exc}") from None
+
+
+def _is_numeric(arrow_type: Any) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_integer(arrow_type) or pt.is_floating(arrow_type) or pt.is_boolean(arrow_type) or pt.is_decimal(arrow_type)
+
+
+def _as_float(column: Any) -> np.ndarray:
+    """A numeric column as float64 with NaN where a value is missing."""
+    import pyarrow as pa
+
+    return column.cast(pa.float64()).to_numpy().astype(np.float64, copy=False)
+
+
+def _present(column: Any) -> np.ndarray:
+    """True where a value is present (not null, not NaN)."""
+    present = column.is_valid().to_numpy()
+    if _is_numeric(column.type):
+        present &= ~np.isnan(_as_float(column))
+    return present
+
+
+def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor, np.ndarray, Task]:
+    """The target tensor, the mask of labelled rows and the Task (classes inferred) of one target column."""
+    kind = task["kind"]
+    present = _present(column)
+    if not present.any():
+        raise SpaceError(f"tasks.{name}", f"column {name!r} has no labels (every value is empty)")
+    if kind == "regression":
+        if not _is_numeric(column.type):
+            example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
+            raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
+        values = np.nan_to_num(_as_float(column), nan=0.0)
+        return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""))
+    classes = _vocabulary(column)
+    if len(classes) < 2:
+        raise SpaceError(f"tasks.{name}", f"target {name!r} has one class ({classes[0]!r}); a {kind} task needs at least two")
+    if kind == "binary" and len(classes) > 2:
+        raise SpaceError(f"tasks.{name}", f"a binary target has two classes; {name!r} has {len(classes)} "
+                         f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); use kind: multiclass")
+    if "classes" in task and int(task["classes"]) != len(classes):
+        raise SpaceError(f"tasks.{name}.classes", f"the data has {len(classes)} classes ({', '.join(classes)}), not {task['classes']}")
+    codes = _codes(column, classes) - 1  # -1 where missing
+    target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
+    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0)
+
+
+def _parses_as_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _text(column: Any) -> Any:
+    import pyarrow as pa
+
+    return column.cast(pa.string()) if not (column.type == pa.string() or column.type == pa.large_string()) else column
+
+
+def _vocabulary(column: Any) -> tuple[str, ...]:
+    """The distinct present values as text, sorted (numbers numerically)."""
+    import pyarrow.compute as pc
+
+    values = pc.unique(column.drop_null()).to_pylist()
+    values = [v for v in values if not (isinstance(v, float) and np.isnan(v))]
+    return tuple(str(v) for v in sorted(values))
+
+
+def _codes(column: Any, categories: tuple[str, ...]) -> np.ndarray:
+    """Code ``i + 1`` for ``categories[i]``; 0 for a missing value or one not in ``categories``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = _text(column.combine_chunks() if hasattr(column, "combine_chunks") else column)
+    index = pc.index_in(text, value_set=pa.array(categories, type=text.type))
+    return pc.fill_null(index, -1).to_numpy().astype(np.int64) + 1
+
+
+def _feature_types(spec: TableSpec, table: Any, names: list[str]) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature names: strings/booleans and integers with few levels are categorical."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    numeric, categorical = [], []
+    for name in names:
+        column = table.column(name)
+        if name in spec.numeric:
+            if not _is_numeric(column.type):
+                raise SpaceError("data.numeric", f"column {name!r} is listed as numeric but holds {column.type} values")
+            numeric.append(name)
+        elif name in spec.categorical or not _is_numeric(column.type) or pt.is_boolean(column.type) or (
+            pt.is_integer(column.type) and pc.count_distinct(column).as_py() <= spec.max_integer_levels
+        ):
+            categorical.append(name)
+        else:
+            numeric.append(name)
+    return numeric, categorical
+
+
+def _numeric_feature(name: str, train_values: np.ndarray) -> NumericFeature:
+    present = train_values[~np.isnan(train_values)]
+    mean = float(present.mean()) if present.size else 0.0
+    std = float(present.std()) if present.size else 1.0
+    return NumericFeature(name, mean, std if std > 1e-12 else 1.0, bool(present.size < train_values.size))
+
+
+def _split_rows(spec: TableSpec, table: Any, labels: dict[str, tuple[torch.Tensor, np.ndarray, Task]]) -> tuple[np.ndarray, ...]:
+    """Row indices of train, val and test."""
+    if spec.split_column:
+        return _rows_from_column(spec.split_column, table.column(spec.split_column))
+    split = spec.split
+    rng = np.random.default_rng(split.seed)
+    if spec.group_column:
+        return _group_split(table.column(spec.group_column), split, rng)
+    if split.stratify:
+        target, present, _ = labels[split.stratify]
+        strata = np.where(present, target.numpy(), -1)  # unlabelled rows form their own stratum
+    else:
+        strata = np.zeros(table.num_rows, dtype=np.int64)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
+        n_val, n_test = round(len(members) * split.val), round(len(members) * split.test)
+        parts[1].append(members[:n_val])
+        parts[2].append(members[n_val : n_val + n_test])
+        parts[0].append(members[n_val + n_test :])
+    rows = tuple(np.sort(np.concatenate(p)) for p in parts)
+    _check_nonempty(rows, "data.split")
+    return rows
+
+
+def _group_split(groups: Any, split: SplitSpec, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Whole groups go to one split each, in a shuffled order, until each split holds its fraction of the rows."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(_text(groups.combine_chunks())).indices
+    group_of_row = pc.fill_null(encoded, -1).to_numpy().astype(np.int64)
+    if (group_of_row < 0).any():
+        raise SpaceError("data.group_column", f"{int((group_of_row < 0).sum())} rows have no group value")
+    sizes = np.bincount(group_of_row)
+    order = rng.permutation(len(sizes))
+    ends = np.cumsum(sizes[order]) / len(group_of_row)  # fraction of rows up to and including each group
+    position = np.empty(len(sizes), dtype=np.int64)
+    position[order] = np.arange(len(sizes))
+    split_of_group = np.where(ends[position] <= split.val + 1e-12, 1, np.where(ends[position] <= split.val + split.test + 1e-12, 2, 0))
+    split_of_row = split_of_group[group_of_row]
+    rows = tuple(np.flatnonzero(split_of_row == s) for s in range(3))
+    _check_nonempty(rows, "data.group_column", f" ({len(sizes)} groups; a split needs at least one whole group)")
+    return rows
+
+
+def _rows_from_column(name: str, column: Any) -> tuple[np.ndarray, ...]:
+    values = np.array(_text(column).to_pylist(), dtype=object)
+    unknown = sorted({str(v) for v in values if v not in SPLIT_NAMES})
+    if unknown:
+        raise SpaceError("data.split_column", f"column {name!r} must hold train, val or test; it holds {', '.join(unknown[:5])}")
+    rows = tuple(np.flatnonzero(values == s) for s in SPLIT_NAMES)
+    _check_nonempty(rows, "data.split_column")
+    return rows
+
+
+def _check_nonempty(rows: tuple[np.ndarray, ...], path: str, hint: str = "") -> None:
+    for split, index in zip(SPLIT_NAMES, rows):
+        if len(index) == 0:
+            raise SpaceError(path, f"the {split} split is empty{hint}")

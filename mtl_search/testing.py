@@ -1,0 +1,158 @@
+"""Test helpers for plugin authors: check a Strategy against the contract on a tiny problem.
+
+::
+
+    from mtl_search.testing import check_strategy
+
+    def test_my_strategy_meets_the_contract():
+        check_strategy(MyStrategy())
+
+``check_strategy`` raises ``AssertionError`` naming the broken promise.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import torch
+
+from .blocks import Backbone, BackboneKind
+from .data import Dataset, make_dataset
+from .knobs import Choice, Fixed, Float, Int, Knob
+from .model import MultiTaskModel, SharingMap
+from .problem import Problem, Task
+from .strategy import Strategy
+from .train import TrainConfig, Trainer, seed_everything
+from .weighting import Weighting
+
+ROWS = 384
+
+
+def contract_problem(input_shape: tuple[int, ...]) -> Problem:
+    """Three tasks, one of each kind, on inputs of ``input_shape``."""
+    return Problem(tuple(input_shape), (Task("reg", "regression"), Task("bin", "binary"), Task("cls", "multiclass", "accuracy", 3)))
+
+
+def contract_dataset(input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
+    """A learnable data set: every task is a simple function of the inputs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(ROWS, *input_shape, generator=g)
+    flat = x.flatten(1)
+    w = torch.randn(flat.shape[1], 3, generator=g) / math.sqrt(flat.shape[1])
+    z = flat @ w
+    y = {"reg": z[:, 0], "bin": (z[:, 1] > 0).float(), "cls": torch.bucketize(z[:, 2].contiguous(), torch.tensor([-0.4, 0.4]))}
+    return make_dataset(contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
+
+
+def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
+    """A small, valid value of a knob: the low end of a range (at least 2 for integers where allowed)."""
+    if isinstance(knob, Fixed):
+        return knob.value
+    if isinstance(knob, Choice):
+        value = knob.choices[0]
+        return list(value) if isinstance(value, tuple) else value
+    if isinstance(knob, Int):
+        low, high = ((context or {}).get(b, b) for b in (knob.low, knob.high))
+        return min(max(low, 2), high)
+    if isinstance(knob, Float):
+        return knob.low
+    raise TypeError(f"unknown knob type {knob!r}")
+
+
+def default_input_shape(kind: BackboneKind) -> tuple[int, ...]:
+    """Inputs a backbone kind accepts: images (1, 8, 8) for kinds with a ``channels`` knob, else vectors of 8."""
+    return (1, 8, 8) if "channels" in kind.knobs else (8,)
+
+
+def check_strategy(strategy: Strategy, backbones: dict[str, BackboneKind] | None = None,
+                   params: dict[str, Any] | None = None, epochs: int = 6) -> None:
+    """Check ``strategy`` on every registered backbone kind it supports.
+
+    For each kind: it builds a MultiTaskModel; forward gives one prediction per task of the
+    right shape; ``regularization()`` is a finite scalar; every sharing map has the tasks as
+    rows and values in [0, 1]; training (through ``Strategy.fit``) lowers the training loss;
+    the state dict survives ``torch.save`` / ``torch.load(weights_only=True)`` into a fresh
+    build with identical predictions. ``params`` overrides the knob values used.
+    """
+    assert isinstance(strategy, Strategy), f"{strategy!r} is not a mtl_search.Strategy"
+    assert strategy.name and strategy.family, "a strategy needs a name and a family"
+    if backbones is None:
+        from .plugins import load_registry
+
+        backbones = load_registry().backbones
+    kinds = [k for k in backbones.values() if strategy.supports(k.name)]
+    assert kinds, f"strategy {strategy.name!r} supports none of the backbone kinds {sorted(backbones)}"
+    for kind in kinds:
+        _check_on(strategy, kind, params or {}, epochs)
+
+
+def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any], epochs: int) -> None:
+    where = f"{strategy.name} on {kind.name}"
+    seed_everything(0)
+    input_shape = default_input_shape(kind)
+    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    backbone = kind.build(input_shape, **backbone_params)
+    params = {name: small_value(knob, backbone_params) for name, knob in strategy.knobs.items()} | overrides
+    data = contract_dataset(input_shape)
+    problem = data.problem
+
+    model = _build(strategy, problem, backbone, params, where)
+    out = model(data.train.x[:5])
+    assert isinstance(out, dict) and sorted(out) == sorted(problem.task_names), f"{where}: forward must return one prediction per task, got {sorted(out) if isinstance(out, dict) else type(out)}"
+    for task in problem.tasks:
+        assert tuple(out[task.name].shape) == (5, task.output_dim), f"{where}: prediction of {task.name} has shape {tuple(out[task.name].shape)}, expected (5, {task.output_dim})"
+    reg = model.regularization()
+    assert isinstance(reg, torch.Tensor) and reg.dim() == 0 and torch.isfinite(reg), f"{where}: regularization() must be a finite scalar tensor, got {reg!r}"
+
+    _check_sharing_maps(model, data.val.x, problem, where)
+
+    trainer = Trainer(data, TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, patience=epochs), _SumOfLosses(problem.task_names))
+    before = _train_loss(trainer, model)
+    model = strategy.fit(model, trainer)
+    after = _train_loss(trainer, model)
+    assert after < before, f"{where}: training did not lower the loss ({before:.4f} -> {after:.4f})"
+    _check_sharing_maps(model, data.val.x, problem, where)
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = _build(strategy, problem, backbone, params, where)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        a, b = model(data.test.x), fresh(data.test.x)
+    for task in problem.task_names:
+        assert torch.allclose(a[task], b[task], atol=1e-5), f"{where}: predictions of {task} differ after a save/load round trip"
+
+
+def _build(strategy: Strategy, problem: Problem, backbone: Backbone, params: dict[str, Any], where: str) -> MultiTaskModel:
+    model = strategy.build(problem, backbone, dict(params))
+    assert isinstance(model, MultiTaskModel), f"{where}: build() must return a MultiTaskModel, got {type(model).__name__}"
+    return model
+
+
+def _check_sharing_maps(model: MultiTaskModel, x: torch.Tensor, problem: Problem, where: str) -> None:
+    model.eval()
+    with torch.no_grad():
+        maps = model.sharing_map(x)
+    assert isinstance(maps, dict) and maps, f"{where}: sharing_map(x) must return at least one named SharingMap"
+    for name, smap in maps.items():
+        assert isinstance(smap, SharingMap), f"{where}: sharing map {name!r} is a {type(smap).__name__}, not a SharingMap"
+        assert smap.rows == problem.task_names, f"{where}: sharing map {name!r} rows {smap.rows} are not the tasks {problem.task_names}"
+        values = smap.values
+        assert torch.isfinite(values).all() and values.min() >= 0 and values.max() <= 1, f"{where}: sharing map {name!r} has values outside [0, 1]"
+
+
+def _train_loss(trainer: Trainer, model: MultiTaskModel) -> float:
+    return sum(trainer.evaluate(model, trainer.dataset.train).losses.values())
+
+
+class _SumOfLosses(Weighting):
+    """The plain sum of the task losses (the core cannot rely on the built-in ``equal`` plugin)."""
+
+    name = "sum_of_losses"
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(losses.values())
