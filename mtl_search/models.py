@@ -47,7 +47,9 @@ def problem_from_json(data: dict[str, Any]) -> Problem:
 def save_model(directory: str | Path, model: MultiTaskModel, config: dict[str, Any], problem: Problem, backbone_kind: str) -> None:
     """Write ``model.pt``, ``config.json`` and ``problem.json`` into ``directory``."""
     directory = Path(directory)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / MODEL_FILE)
+    # CPU tensors, so a model trained on a GPU loads anywhere; non-tensor entries (a module's extra state) stay as they are
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
     (directory / CONFIG_FILE).write_text(json.dumps(config))
     (directory / PROBLEM_FILE).write_text(json.dumps({"problem": problem_to_json(problem), "backbone_kind": backbone_kind}))
 
