@@ -198,8 +198,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         record = SearchRecord(experiment, search_run_id, objectives, callback.records)
         record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
         history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
-        figure = _front_figure(record)
-        tracker.finish_search(record, history, figure, status)
+        tracker.finish_search(record, history, status)
         registry.notify("search_finished", search=record)
     echo("\nPareto front (validation):")
     columns = ["number", "strategy", *[f"val/{o['name']}" for o in objectives if o["key"].startswith("val/")], *[f"test/{t}" for t in plan.problem.task_names]]
@@ -208,17 +207,6 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     echo(f"\n{len(record.trials)} trials ({sum(t.status == 'failed' for t in record.trials)} failed), front size {len(record.front)}, hypervolume {hv}")
     echo("review: mtl-search ui   |   mtl-search report --format json")
     return record
-
-
-def _front_figure(record: SearchRecord) -> Any:
-    scored = [(t, t.objective_values(record.objectives)) for t in record.trials]
-    scored = [(t, v) for t, v in scored if v is not None]
-    if not scored:
-        return None
-    from .plots import front_figure
-
-    return front_figure([v for _, v in scored], [o["name"] for o in record.objectives], [o["direction"] for o in record.objectives],
-                        [t.strategy for t, _ in scored], [f"trial-{t.number:03d}" for t, _ in scored], [t.pareto for t, _ in scored])
 
 
 def _tune_callback_base() -> type:
@@ -239,7 +227,8 @@ class _TrackingCallback(_tune_callback_base()):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = dict(trial.config)
-        self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), config[STRATEGY_KEY], config)
+        strategy = config[STRATEGY_KEY]
+        self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), strategy, config, self._family(strategy))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if not result.get("final") and "epoch" in result:
@@ -258,6 +247,9 @@ class _TrackingCallback(_tune_callback_base()):
         error = _error_text(trial)
         self._finish(trial, self.run_ids[trial.trial_id], "failed", trial.last_result or {}, error)
 
+    def _family(self, strategy: str) -> str:
+        return self.registry.strategies[strategy].family
+
     def _finish(self, trial: Any, run_id: str, status: str, result: dict, error: str | None) -> None:
         config = dict(trial.config)
         if status == "failed":
@@ -269,6 +261,7 @@ class _TrackingCallback(_tune_callback_base()):
             test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if status == "finished" else {},
             metrics={k: v for k, v in result.items() if k in ("params", "latency", "train_seconds") and isinstance(v, (int, float))},
             error=error, checkpoint=checkpoint.path if checkpoint is not None and status == "finished" else None,
+            family=self._family(config[STRATEGY_KEY]),
         )
         self.records.append(record)
         mark_front(self.records, self.objectives)

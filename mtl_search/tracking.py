@@ -5,20 +5,21 @@ All logging happens on the driver (workers need no tracking access). The default
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .errors import MtlSearchError
 from .model import SharingMap
-from .results import SearchRecord, TrialRecord, trial_table
+from .results import SearchRecord, TrialRecord, trial_run_name
+from .review import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, log_search_review, set_review_view
 
 ROLE = "mtl_search.role"
 STRATEGY = "mtl_search.strategy"
+FAMILY = "mtl_search.family"
 PARETO = "mtl_search.pareto"
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
@@ -66,6 +67,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment = experiment
 
     # --- the search (parent) run -------------------------------------------------------
@@ -75,7 +77,7 @@ class Tracker:
         self.client.log_text(run.info.run_id, space_text, "space.yaml")
         return run.info.run_id
 
-    def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], figure: Any, status: str = "FINISHED") -> None:
+    def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
 
         run_id = record.search_run_id
@@ -91,20 +93,17 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         if record.reference_point is not None:
             self.client.log_param(run_id, "reference_point", json.dumps([round(v, 6) for v in record.reference_point]))
-        self.client.log_dict(run_id, record.to_json(), "front/search.json")
-        self.client.log_text(run_id, _csv(trial_table(record)), "front/trials.csv")
-        self.client.log_text(run_id, _csv(trial_table(record, only_front=True)), "front/front.csv")
-        if figure is not None:
-            self.client.log_figure(run_id, figure, "front/front.png")
+        log_search_review(self.client, run_id, record, history)
+        set_review_view(self.client, self.experiment_id, record)
         self.client.set_tag(run_id, NOTE, summary_markdown(record))
         self.client.set_terminated(run_id, status)
 
     # --- trial (child) runs --------------------------------------------------------------
-    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any]) -> str:
+    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any], family: str = "") -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{number:03d}-{strategy}",
-            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, NUMBER: str(number)},
+            run_name=trial_run_name(number, strategy),
+            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, FAMILY: family, NUMBER: str(number)},
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -150,11 +149,8 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
 
-def load_search(uri: str, experiment: str | None) -> SearchRecord:
-    """The latest search of ``experiment`` (default: the experiment of the latest search) as recorded in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+def _latest_search_runs(client: Any, uri: str, experiment: str | None) -> list:
+    """The latest search run of ``experiment`` (default: of any experiment), as a list of zero or one run."""
     if experiment:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -163,7 +159,23 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
         experiment_ids = [found.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+    return client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+
+
+def latest_search_experiment(uri: str) -> str | None:
+    """The id of the experiment holding the store's latest search, or None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    runs = _latest_search_runs(MlflowClient(tracking_uri=uri), uri, None)
+    return runs[0].info.experiment_id if runs else None
+
+
+def load_search(uri: str, experiment: str | None) -> SearchRecord:
+    """The latest search of ``experiment`` (default: the experiment of the latest search) as recorded in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = _latest_search_runs(client, uri, experiment)
     if not runs:
         raise MtlSearchError(f"no search recorded in {uri}" + (f" for experiment {experiment!r}" if experiment else "") + "; run `mtl-search run SPACE` first")
     parent = runs[0]
@@ -183,6 +195,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
             metrics={k: v for k, v in metrics.items() if "/" not in k},
             error=run.data.tags.get("mtl_search.error"),
             pareto=run.data.tags.get(PARETO) == "true",
+            family=run.data.tags.get(FAMILY, ""),
         ))
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
@@ -191,35 +204,39 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
 
 
 def summary_markdown(record: SearchRecord) -> str:
-    """The search run's description: best value per objective, the front, failures."""
-    finished = [t for t in record.trials if t.status == "finished"]
+    """The search run's description: trial counts by status, best value per objective, per-family best, the front."""
+    counts = Counter(t.status for t in record.trials)
+    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
     lines = [f"## Search `{record.experiment}`", "",
-             f"{len(finished)} finished, {len(record.trials) - len(finished)} failed; "
-             f"front: {len(record.front)} trials; hypervolume: {record.hypervolume if record.hypervolume is not None else 'n/a'}", ""]
+             f"{len(record.trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) +
+             f"; front: {len(record.front)} trials; hypervolume: {hv}", ""]
+    names = [o["name"] for o in record.objectives]
     lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
     for obj in record.objectives:
-        best = None
-        for t in finished:
-            values = t.objective_values([obj])
-            if values and (best is None or (values[0] < best[0] if obj["direction"] == "min" else values[0] > best[0])):
-                best = (values[0], t)
+        best = _best(record.trials, obj)
         if best:
-            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].number} | {best[1].strategy} |")
-    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(o["name"] for o in record.objectives) + " |",
-              "|---|---|" + "---|" * len(record.objectives)]
+            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].run_name} | {best[1].strategy} |")
+    lines += ["", "### Best per family", "", "| family | trials | on the front | " + " | ".join(f"best {n}" for n in names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for family in sorted({t.family for t in record.trials}):
+        members = [t for t in record.trials if t.family == family]
+        bests = [_best(members, obj) for obj in record.objectives]
+        cells = [f"{b[0]:.4g} ({b[1].run_name})" if b else "n/a" for b in bests]
+        lines.append(f"| {family or '?'} | {len(members)} | {sum(t.pareto for t in members)} | " + " | ".join(cells) + " |")
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for t in sorted(record.front, key=lambda t: t.number):
         values = t.objective_values(record.objectives) or []
-        lines.append(f"| {t.number} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def _best(trials: list[TrialRecord], objective: dict[str, str]) -> tuple[float, TrialRecord] | None:
+    """The best finished value of one objective and the trial that reached it."""
+    scored = [(values[0], t) for t in trials if t.status == "finished" and (values := t.objective_values([objective]))]
+    if not scored:
+        return None
+    pick = min if objective["direction"] == "min" else max
+    return pick(scored, key=lambda pair: pair[0])
 
 
 def _typed(text: str) -> Any:

@@ -6,7 +6,6 @@ own schedule, trains it through ``Strategy.fit``.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,14 +17,13 @@ from .blocks import BackboneKind
 from .data import Dataset
 from .encoding import input_layer_for, with_input_layer
 from .model import MultiTaskModel
+from .models import save_model
 from .problem import Problem
 from .strategy import Strategy
 from .train import TrainConfig, Trainer, seed_everything
 
 STRATEGY_KEY = "strategy"
 NUMBER_KEY = "trial_number"
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
 
 
 @dataclass
@@ -134,9 +132,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.state_dict(), os.path.join(tmp, MODEL_FILE))
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
-            json.dump(config, fh)
+        save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
         report(result, checkpoint_dir=tmp)
     return result
 
