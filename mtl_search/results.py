@@ -16,13 +16,14 @@ class TrialRecord:
     run_id: str
     strategy: str
     params: dict[str, Any]
-    status: str  # finished | failed
+    status: str  # finished | failed | stopped (ended early by the scheduler or a cancel) | killed (by a crash)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     checkpoint: str | None = None
     pareto: bool = False
+    placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
 
     def objective_values(self, objectives: list[dict[str, str]]) -> list[float] | None:
         """Values of the objectives, or None when the trial has no finite value for one of them."""
@@ -36,7 +37,7 @@ class TrialRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "params": self.params,
-                "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto}
+                "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto, **self.placement}
 
 
 @dataclass
@@ -49,6 +50,7 @@ class SearchRecord:
     trials: list[TrialRecord]
     hypervolume: float | None = None
     reference_point: list[float] | None = None
+    aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
 
     @property
     def front(self) -> list[TrialRecord]:
