@@ -350,6 +350,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         if control.abort_reason:
             status = "FAILED"
         logger = control.logger
+        logger.stop_unfinished()
         record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason)
         record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
         history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
@@ -472,6 +473,7 @@ class TrialLogger:
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.registry, self.total, self.echo, self.control = registry, total, echo, control
         self.run_ids: dict[str, str] = {}
+        self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
         self.placed: set[str] = set()
         self.records: list[TrialRecord] = list(earlier)
         self.recorded = {t.number for t in earlier}
@@ -480,6 +482,8 @@ class TrialLogger:
         config = dict(trial.config)
         if int(config[NUMBER_KEY]) not in self.recorded:
             self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), config[STRATEGY_KEY], config)
+            self.running[trial.trial_id] = trial
+            self.echo(f"trial {config[NUMBER_KEY]} {config[STRATEGY_KEY]}: started")
 
     def result(self, trial: Any, result: dict) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -512,7 +516,14 @@ class TrialLogger:
         self._finish(trial, run_id, "failed", trial.last_result or {}, error)
         self.control.count_failure()
 
+    def stop_unfinished(self) -> None:
+        """Record as stopped the trials Tune left running when it stopped the whole search (second Ctrl-C, max_failures)."""
+        for trial_id, trial in list(self.running.items()):
+            self.tracker.stop_trial(self.run_ids[trial_id])
+            self._finish(trial, self.run_ids[trial_id], "stopped", {}, None)
+
     def _finish(self, trial: Any, run_id: str, status: str, result: dict, error: str | None) -> None:
+        self.running.pop(trial.trial_id, None)
         config = dict(trial.config)
         self.recorded.add(int(config[NUMBER_KEY]))
         checkpoint = getattr(trial, "checkpoint", None)

@@ -264,8 +264,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}  # str() of a bool or None, as _log_params writes them
+
+
 def _typed(text: str) -> Any:
-    """A param as logged (MLflow stores strings) back to its JSON value where it is one."""
+    """A param as logged (MLflow stores strings) back to its JSON (or Python literal) value where it is one."""
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except ValueError:

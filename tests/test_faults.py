@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import tiny_space
 from mtl_search.cli import main
+from mtl_search.knobs import Choice
 from mtl_search.search import RunOptions, run_search
 from mtl_search.space import load_space
 from mtl_search.tracking import default_tracking_uri
@@ -139,13 +140,15 @@ def test_first_ctrl_c_lets_running_trials_finish_and_schedules_no_more(ray_sessi
 
 def test_second_ctrl_c_cancels_running_trials(ray_session, workdir):
     lines: list[str] = []
-    # the grid runs a fast and a slow trial side by side; both Ctrl-C come when the fast one ends
-    space = load_space(fault_space(workdir, ["none", "slow"], trials=4, search={"sampler": "grid"}))
-    record = run_search(space, RunOptions(), echo=_interrupting_echo(lines, "[1/4]", 2))
+    # both Ctrl-C come as the first (slow) trial starts: it is cancelled, and no other trial starts
+    space = load_space(fault_space(workdir, ["slow", "none"], trials=3, search={"concurrency": 1, "sampler": "grid"}))
+    space.strategies["faulty"]["fault"] = Choice("slow")
+    record = run_search(space, RunOptions(), echo=_interrupting_echo(lines, ": started", 2))
     assert any("cancelling running trials" in line for line in lines)
-    assert sorted(t.status for t in record.trials) == ["finished", "stopped"]  # no third trial was started
-    assert record.front == [t for t in record.trials if t.status == "finished"]
+    assert [t.status for t in record.trials] == ["stopped"]
+    assert not record.front and record.hypervolume is None
     assert all(r.info.status != "RUNNING" for r in mlflow_trials())
+    assert MlflowClient(default_tracking_uri()).get_run(record.search_run_id).info.status == "FINISHED"
 
 
 def test_same_seed_same_configurations_and_metrics(ray_session, workdir):
