@@ -14,6 +14,7 @@ from typing import Sequence
 from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
+EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (auto, host:port, ray://host:10001); default: a local instance")
     run.add_argument("--tracking-uri", help="MLflow tracking URI; default sqlite:///<cwd>/mlflow/mlflow.db")
     run.add_argument("--experiment", help="MLflow experiment name (overrides experiment)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the experiment's interrupted search: finished trials are kept, unfinished ones run again")
 
     validate = sub.add_parser("validate", help="check a space and the plugins it needs")
     validate.add_argument("space", type=Path)
@@ -81,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
 
     space = load_space(args.space)
-    run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment))
-    return 0
+    record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume))
+    return EXIT_ABORTED if record.aborted else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ class TrialRecord:
     run_id: str
     strategy: str
     params: dict[str, Any]
-    status: str  # finished | failed
+    status: str  # finished | failed | stopped (ended early by the scheduler or a cancel) | killed (by a crash)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -30,6 +30,7 @@ class TrialRecord:
     checkpoint: str | None = None
     pareto: bool = False
     family: str = ""
+    placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
 
     @property
     def run_name(self) -> str:
@@ -49,7 +50,7 @@ class TrialRecord:
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
                 "params": self.params, "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto,
-                "metrics": self.metrics, "error": self.error}
+                "metrics": self.metrics, "error": self.error, **self.placement}
 
 
 @dataclass
@@ -62,6 +63,7 @@ class SearchRecord:
     trials: list[TrialRecord]
     hypervolume: float | None = None
     reference_point: list[float] | None = None
+    aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
 
     @property
     def front(self) -> list[TrialRecord]:

@@ -23,6 +23,9 @@ FAMILY = "mtl_search.family"
 PARETO = "mtl_search.pareto"
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
+TUNE_PATH = "mtl_search.tune_path"  # the search's Ray Tune experiment directory (for --resume)
+STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a second Ctrl-C) ended early
+PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 EPOCH_PREFIXES = ("train_loss/", "val/", "val_loss/", "weight/")
@@ -71,11 +74,29 @@ class Tracker:
         self.experiment = experiment
 
     # --- the search (parent) run -------------------------------------------------------
-    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives)})
+    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str,
+                     tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives), **(tags or {})})
         self._log_params(run.info.run_id, params)
         self.client.log_text(run.info.run_id, space_text, "space.yaml")
         return run.info.run_id
+
+    def latest_search(self) -> Any:
+        """The experiment's most recent search (parent) run, or None."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def reopen_search(self, run_id: str) -> list[TrialRecord]:
+        """Take up an interrupted search: its trials left RUNNING become KILLED; returns the trials it recorded before."""
+        for run in self._children(run_id):
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.update_run(run_id, status="RUNNING")
+        return [t for t in (_trial_record(run) for run in self._children(run_id)) if t.status != "killed"]
+
+    def _children(self, parent_id: str) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 
     def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
@@ -108,6 +129,12 @@ class Tracker:
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def record_placement(self, run_id: str, result: dict[str, Any]) -> None:
+        """Tag the trial with the device and Ray node it runs on."""
+        for key, tag in PLACEMENT_TAGS.items():
+            if key in result:
+                self.client.set_tag(run_id, tag, str(result[key]))
+
     def log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
 
@@ -125,7 +152,6 @@ class Tracker:
         step, now = int(result.get("epochs_trained", 0)), _now_ms()
         keys = [k for k in result if k.startswith(("val/", "test/", "model/")) or k in ("params", "latency", "train_seconds", "epochs_trained")]
         self.client.log_batch(run_id, metrics=[Metric(k, float(result[k]), now, step) for k in keys if _finite(result[k])])
-        self.client.set_tag(run_id, "mtl_search.device", str(result.get("device", "cpu")))
         maps = json.loads(result.get("sharing_map_json") or "{}")
         self.client.log_dict(run_id, maps, "sharing_map.json")
         if maps:
@@ -135,6 +161,11 @@ class Tracker:
             self.client.log_figure(run_id, figure, "sharing_map.png")
             plt.close(figure)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def stop_trial(self, run_id: str) -> None:
+        """A trial ended early (scheduler or cancel): KILLED in MLflow, tagged ``stopped``, kept out of the front."""
+        self.client.set_tag(run_id, STATUS, "stopped")
+        self.client.set_terminated(run_id, "KILLED")
 
     def fail_trial(self, run_id: str, error: str) -> None:
         self.client.log_text(run_id, error, "error.txt")
@@ -181,26 +212,36 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     parent = runs[0]
     objectives = json.loads(parent.data.tags[OBJECTIVES])
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'", max_results=50000)
-    trials = []
-    for run in children:
-        metrics = run.data.metrics
-        trials.append(TrialRecord(
-            number=int(run.data.tags.get(NUMBER, -1)),
-            run_id=run.info.run_id,
-            strategy=run.data.tags.get(STRATEGY, ""),
-            params={k: _typed(v) for k, v in run.data.params.items()},
-            status={"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(run.info.status, run.info.status.lower()),
-            val={k[4:]: v for k, v in metrics.items() if k.startswith("val/")},
-            test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
-            metrics={k: v for k, v in metrics.items() if "/" not in k},
-            error=run.data.tags.get("mtl_search.error"),
-            pareto=run.data.tags.get(PARETO) == "true",
-            family=run.data.tags.get(FAMILY, ""),
-        ))
+    trials = [_trial_record(run) for run in children]
+    # A trial killed by a crash and run again after --resume has a newer run with the same number.
+    rerun = {t.number for t in trials if t.status != "killed"}
+    trials = [t for t in trials if t.status != "killed" or t.number not in rerun]
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None)
+
+
+def _trial_record(run: Any) -> TrialRecord:
+    """A trial as MLflow holds it."""
+    metrics, tags = run.data.metrics, run.data.tags
+    status = tags.get(STATUS) or {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(run.info.status, run.info.status.lower())
+    # per-epoch val metrics of a trial that did not finish are not its result
+    final = metrics if status == "finished" else {}
+    return TrialRecord(
+        number=int(tags.get(NUMBER, -1)),
+        run_id=run.info.run_id,
+        strategy=tags.get(STRATEGY, ""),
+        params={k: _typed(v) for k, v in run.data.params.items()},
+        status=status,
+        val={k[4:]: v for k, v in final.items() if k.startswith("val/")},
+        test={k[5:]: v for k, v in final.items() if k.startswith("test/")},
+        metrics={k: v for k, v in metrics.items() if "/" not in k},
+        error=tags.get("mtl_search.error"),
+        pareto=tags.get(PARETO) == "true",
+        family=tags.get(FAMILY, ""),
+        placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
+    )
 
 
 def summary_markdown(record: SearchRecord) -> str:
@@ -239,8 +280,13 @@ def _best(trials: list[TrialRecord], objective: dict[str, str]) -> tuple[float, 
     return pick(scored, key=lambda pair: pair[0])
 
 
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}  # str() of a bool or None, as _log_params writes them
+
+
 def _typed(text: str) -> Any:
-    """A param as logged (MLflow stores strings) back to its JSON value where it is one."""
+    """A param as logged (MLflow stores strings) back to its JSON (or Python literal) value where it is one."""
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except ValueError:
