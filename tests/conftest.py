@@ -54,9 +54,9 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models: one torch thread avoids oversubscribing a machine shared with other jobs (far faster there)."""
+    """Tiny models: one torch thread avoids oversubscribing a 2-core machine (far faster there)."""
     import torch
 
     threads = torch.get_num_threads()

@@ -17,7 +17,6 @@ from mtl_search_plugins.weighting import Equal
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROBLEM = Problem((6,), (Task("a", "regression"), Task("b", "regression"), Task("c", "binary")))

@@ -21,15 +21,6 @@ from mtl_search_plugins.weighting import Equal
 PROBLEM = Problem((6,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The shared CI machine is oversubscribed: tiny models run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(backbone=build_mlp, depth=3, groups=3, prior="running_mean", mode="joint", problem=PROBLEM, **backbone_args):
     return Lasem().build(problem, backbone(problem.input_shape, depth=depth, width=backbone_args.pop("width", 5), **backbone_args),
                          {"groups": groups, "tower_width": 4, "prior": prior, "mode": mode})

@@ -19,7 +19,6 @@ from mtl_search_plugins.weighting import (
     MGDA, DynamicWeightAverage, GradNorm, RandomLossWeighting, Uncertainty, UPGrad, available_aggregations,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASKS = ["a", "b"]
 ALL_THREE = torch.arange(3)  # step_weights' index when all of three tasks train
