@@ -315,6 +315,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Tune snapshots its state whenever a trial checkpoints; with short trials it warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The run prints its own progress lines; Tune's console output (a config box, TensorBoard hints) is noise here.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C is ours (SearchControl.interrupt): Tune's handler would stop running trials at once.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trial_plan = make_trial_plan(plan)
