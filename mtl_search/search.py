@@ -98,6 +98,18 @@ def make_sampler(name: str, seed: int, concurrency: int) -> Any:
         raise SpaceError("search.sampler", f"the gp sampler needs extra packages: {exc}") from None
 
 
+def make_trial_plan(space: Space, plan: Plan) -> TrialPlan:
+    """What every trial of the search needs besides the data (also lets a caller run ``train_trial`` without Ray)."""
+    return TrialPlan(
+        problem=plan.problem,
+        strategies={name: s for name, (s, _) in plan.strategies.items()},
+        backbone_kind=plan.backbone_kind,
+        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
+        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
+    )
+
+
 @dataclass
 class RunOptions:
     """Command-line overrides of a space."""
@@ -156,20 +168,13 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         mode=[o["direction"] for o in objectives],
         sampler=make_sampler(space.search.sampler, space.search.seed, concurrency),
     )
-    trial_plan = TrialPlan(
-        problem=plan.problem,
-        strategies={name: s for name, (s, _) in plan.strategies.items()},
-        backbone_kind=plan.backbone_kind,
-        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
-        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
-        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
-    )
+    trial_plan = make_trial_plan(space, plan)
     ensure_ray(options.address or space.ray.address)
     callback = _TrackingCallback(tracker, search_run_id, objectives, registry, trials, echo)
     resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=trial_plan), resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=tune.RunConfig(
             name=f"{experiment}-{stamp}",
