@@ -6,9 +6,13 @@ from .blocks import (
     ACTIVATIONS,
     Backbone,
     BackboneKind,
+    ResidualBlock,
+    ResidualConvBlock,
     ResidualMLPBlock,
     StackedLinear,
     StackedMLP,
+    conv_layer,
+    forward_with_intermediate,
     make_norm,
     make_tower,
     mlp_layer,
@@ -16,7 +20,7 @@ from .blocks import (
 from .data import Dataset, Split, make_dataset, split_rows
 from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
-from .knobs import Choice, Default, Fixed, Float, Int, Knob
+from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds
 from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
 from .problem import Problem, Task
 from .results import SearchRecord, TrialRecord
@@ -28,9 +32,10 @@ from .weighting import Weighting
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "count_parameters", "Dataset",
-    "Default", "Evaluation", "Fixed", "Float", "hookimpl", "Int", "Knob", "make_dataset", "make_norm", "make_tower",
-    "mlp_layer", "MtlSearchError", "MultiTaskModel", "NumericFeature", "PluginError", "Problem", "ResidualMLPBlock",
+    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "count_parameters",
+    "Dataset", "Default", "Evaluation", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
+    "Knob", "knob_bounds", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError", "MultiTaskModel",
+    "NumericFeature", "PluginError", "Problem", "ResidualBlock", "ResidualConvBlock", "ResidualMLPBlock",
     "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear", "StackedMLP", "Strategy",
     "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord", "Weighting",
 ]

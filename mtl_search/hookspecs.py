@@ -63,7 +63,9 @@ def register_weightings(register: Callable[[Any], None]) -> None:
 def register_backbones(register: Callable[[Any], None]) -> None:
     """Register backbone kinds: call ``register(mtl_search.BackboneKind(...))``.
 
-    A kind names its knobs and a ``build(input_shape, **params) -> Backbone`` function.
+    A kind names its knobs and a ``build(input_shape, **params) -> Backbone`` function, and
+    optionally the input ranks it can build on (``input_ranks``; a space pairing it with data
+    of another rank is rejected by ``validate``).
     """
 
 

@@ -75,8 +75,9 @@ class Default(Fixed):
 class Int(Knob):
     """An integer in ``[low, high]`` (inclusive). ``minimum``/``maximum`` bound what a space may ask for.
 
-    A bound may be the name of a backbone knob (``Int(0, "depth")``): it is read from the
-    backbone values sampled for the same trial.
+    A bound may be the name of a backbone knob or ``"depth"`` (``Int(0, "depth")``): it is read
+    from the backbone values sampled for the same trial (the depth from the built backbone,
+    as some kinds derive it, e.g. conv from its channel list).
     """
 
     low: int | str
@@ -168,6 +169,35 @@ class Choice(Knob):
         return "choice " + ", ".join(repr(_thaw(c)) for c in self.choices)
 
 
+@dataclass(frozen=True)
+class IntList(Knob):
+    """A list of integers (e.g. channels per conv block), sampled among ``choices``.
+
+    A space may fix any list (``channels: [16, 32]``) or give its own ``{choice: [[...], ...]}``;
+    every element must be an integer within ``minimum``/``maximum``.
+    """
+
+    choices: tuple
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> list[int]:
+        return Choice(*self.choices).suggest(trial, name, context)
+
+    def narrow(self, override: Knob, path: str) -> Knob:
+        for value in _override_values(override, path):
+            if not isinstance(value, list) or not value:
+                raise SpaceError(path, f"expected a non-empty list of integers, got {value!r}")
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise SpaceError(path, f"expected a list of integers, got {value!r}")
+                _check_bounds(item, self.minimum, self.maximum, path)
+        return override
+
+    def describe(self) -> str:
+        return "choice " + ", ".join(repr(list(c)) for c in self.choices)
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
@@ -195,6 +225,23 @@ def _check_bounds(value: float, minimum: float | None, maximum: float | None, pa
         raise SpaceError(path, f"{value!r} is below the smallest allowed value {minimum!r}")
     if maximum is not None and value > maximum:
         raise SpaceError(path, f"{value!r} is above the largest allowed value {maximum!r}")
+
+
+def knob_bounds(knob: Knob, backbone: dict[str, Knob] | None = None) -> tuple[Any, Any]:
+    """The smallest and largest value a knob's range allows (for checks across knobs, ``Strategy.check``).
+
+    A bound naming a backbone knob (``Int(0, "depth")``) follows that knob's range in ``backbone``.
+    """
+    if isinstance(knob, Fixed):
+        values = [knob.value]
+    elif isinstance(knob, Choice):
+        values = [_thaw(c) for c in knob.choices]
+    elif isinstance(knob, (Int, Float)):
+        values = [knob.low, knob.high]
+    else:  # pragma: no cover - every knob kind is listed above
+        raise TypeError(f"unknown knob {knob!r}")
+    resolved = [b for v in values for b in (knob_bounds((backbone or {})[v], backbone) if isinstance(v, str) else (v, v))]
+    return min(resolved), max(resolved)
 
 
 RANGE_FORMS = ("int", "float", "loguniform", "choice")

@@ -60,6 +60,7 @@ class DefineByRun:
     def __init__(self, plan: Plan):
         self.strategies = {name: knobs for name, (_, knobs) in plan.strategies.items()}
         self.backbone, self.training, self.weighting = plan.backbone, plan.training, plan.weighting
+        self.backbone_kind, self.input_shape = plan.backbone_kind, plan.problem.input_shape
         self.weightings = {name: knobs for name, (_, knobs) in plan.weightings.items()}
         self.inputs = plan.inputs
 
@@ -69,7 +70,9 @@ class DefineByRun:
         config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
         _suggest_all(trial, "inputs", self.inputs, config)
         backbone = _suggest_all(trial, "backbone", self.backbone, config)
-        _suggest_all(trial, strategy, self.strategies[strategy], config, backbone)
+        # a strategy's bound may name a backbone knob or the depth, which some kinds derive (conv: len(channels))
+        depth = self.backbone_kind.build(self.input_shape, **backbone).depth
+        _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, "depth": depth})
         _suggest_all(trial, "training", self.training, config)
         weighting = self.weighting.suggest(trial, "training.weighting")
         config["training.weighting"] = weighting
@@ -98,8 +101,9 @@ def make_sampler(name: str, seed: int, concurrency: int) -> Any:
         raise SpaceError("search.sampler", f"the gp sampler needs extra packages: {exc}") from None
 
 
-def make_trial_plan(space: Space, plan: Plan) -> TrialPlan:
-    """What every trial of the search needs besides the data (also lets a caller run ``train_trial`` without Ray)."""
+def make_trial_plan(plan: Plan) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data)."""
+    space = plan.space
     return TrialPlan(
         problem=plan.problem,
         strategies={name: s for name, (s, _) in plan.strategies.items()},
@@ -168,7 +172,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         mode=[o["direction"] for o in objectives],
         sampler=make_sampler(space.search.sampler, space.search.seed, concurrency),
     )
-    trial_plan = make_trial_plan(space, plan)
+    trial_plan = make_trial_plan(plan)
     ensure_ray(options.address or space.ray.address)
     callback = _TrackingCallback(tracker, search_run_id, objectives, registry, trials, echo)
     resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}

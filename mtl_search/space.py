@@ -237,6 +237,12 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
     problem = apply_task_overrides(problem, space.tasks)
 
     kind = registry.lookup("backbones", space.backbone_kind, "backbone.kind")
+    if kind.input_ranks is not None and len(problem.input_shape) not in kind.input_ranks:
+        raise SpaceError(
+            "backbone.kind",
+            f"backbone kind {kind.name!r} needs inputs with {' or '.join(map(str, kind.input_ranks))} axes; "
+            f"data set {space.dataset!r} has input shape {tuple(problem.input_shape)}",
+        )
     backbone = _merge_knobs(kind.knobs, space.backbone, "backbone", f"backbone kind {kind.name!r}")
 
     strategies = {}

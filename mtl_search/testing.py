@@ -19,7 +19,7 @@ import torch
 
 from .blocks import Backbone, BackboneKind
 from .data import Dataset, make_dataset
-from .knobs import Choice, Fixed, Float, Int, Knob
+from .knobs import Choice, Fixed, Float, Int, IntList, Knob
 from .model import MultiTaskModel, SharingMap
 from .problem import Problem, Task
 from .strategy import Strategy
@@ -49,7 +49,7 @@ def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
     """A small, valid value of a knob: the low end of a range (at least 2 for integers where allowed)."""
     if isinstance(knob, Fixed):
         return knob.value
-    if isinstance(knob, Choice):
+    if isinstance(knob, (Choice, IntList)):
         value = knob.choices[0]
         return list(value) if isinstance(value, tuple) else value
     if isinstance(knob, Int):
@@ -93,7 +93,8 @@ def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any],
     input_shape = default_input_shape(kind)
     backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
     backbone = kind.build(input_shape, **backbone_params)
-    params = {name: small_value(knob, backbone_params) for name, knob in strategy.knobs.items()} | overrides
+    context = {**backbone_params, "depth": backbone.depth}  # as in a search: a bound may name the depth
+    params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | overrides
     data = contract_dataset(input_shape)
     problem = data.problem
 

@@ -2,6 +2,8 @@
 
 ``synthetic_correlated``: the MMoE paper's synthetic benchmark (METHODS.md section 7) with
 controllable task correlation.
+``multi_digits``: the MultiMNIST construction (two digits side by side or overlapped, each
+randomly shifted) on scikit-learn's bundled 8x8 digits.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import math
 
 import torch
 
-from mtl_search import Dataset, Problem, Task, hookimpl, make_dataset
+from mtl_search import Dataset, Problem, Split, Task, hookimpl, make_dataset, split_rows
 
 SYNTHETIC_DEFAULTS = {
     "correlation": 0.5,  # cosine between task weight vectors, p
@@ -65,7 +67,84 @@ def synthetic_correlated(correlation: float, tasks: int, samples: int, input_dim
     return make_dataset(problem, x.float(), {n: y[:, t].float() for t, n in enumerate(names)}, val, test, seed)
 
 
+MULTI_DIGITS_DEFAULTS = {
+    "samples": 6000,
+    "overlap": 0.0,      # fraction of a digit's width the two digits share: 0 side by side, 1 on top of each other
+    "shift": 1,          # each digit moves by up to this many pixels right and down
+    "noise": 0.0,        # standard deviation of Gaussian pixel noise (pixels lie in [0, 1])
+    "seed": 0,
+    "tasks": ["left", "right"],  # any of left, right (10 classes each) and sum (regression: left + right)
+    "val": 0.15,
+    "test": 0.15,
+}
+MULTI_DIGITS_TASKS = {
+    "left": Task("left", "multiclass", "accuracy", 10),
+    "right": Task("right", "multiclass", "accuracy", 10),
+    "sum": Task("sum", "regression", "mse"),
+}
+DIGIT = 8  # side of a source image
+
+
+def compose_digits(images: torch.Tensor, left: torch.Tensor, right: torch.Tensor, overlap: float, shift: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Canvases (n, 1, 8 + shift, offset + 8 + shift) holding ``images[left]`` and ``images[right]``.
+
+    The right digit starts ``offset = 8 - round(8 * overlap)`` columns after the left one;
+    each digit moves by a random shift in [0, shift] on both axes; where they overlap the
+    brighter pixel wins (the pixel-wise maximum, as in MultiMNIST).
+    """
+    offset = DIGIT - round(DIGIT * overlap)
+    n = left.shape[0]
+    canvas = torch.zeros(n, DIGIT + shift, offset + DIGIT + shift)
+    moves = torch.randint(0, shift + 1, (n, 2, 2), generator=generator)  # (sample, digit, [dy, dx])
+    for digit, (index, start) in enumerate(((left, 0), (right, offset))):
+        for dy in range(shift + 1):
+            for dx in range(shift + 1):
+                rows = ((moves[:, digit, 0] == dy) & (moves[:, digit, 1] == dx)).nonzero().squeeze(1)
+                region = canvas[rows, dy : dy + DIGIT, start + dx : start + dx + DIGIT]
+                canvas[rows, dy : dy + DIGIT, start + dx : start + dx + DIGIT] = torch.maximum(region, images[index[rows]])
+    return canvas.unsqueeze(1)
+
+
+def multi_digits(samples: int, overlap: float, shift: int, noise: float, seed: int, tasks: list[str], val: float, test: float) -> Dataset:
+    """Pairs of scikit-learn 8x8 digits; tasks: the left digit, the right digit, optionally their sum.
+
+    The source images are split into train/val/test pools first, so no source digit of a
+    validation or test image is seen in training (MultiMNIST builds its test set from MNIST's).
+    """
+    from sklearn.datasets import load_digits
+
+    if not isinstance(tasks, list) or not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(MULTI_DIGITS_TASKS):
+        raise ValueError(f"tasks must be a list of distinct names among {', '.join(MULTI_DIGITS_TASKS)}, got {tasks!r}")
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must lie in [0, 1], got {overlap!r}")
+    if not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift must be an integer >= 0, got {shift!r}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    if samples < 20:
+        raise ValueError(f"samples must be at least 20, got {samples}")
+    source = load_digits()
+    images = torch.tensor(source.images, dtype=torch.float32) / 16.0
+    labels = torch.tensor(source.target)
+    g = torch.Generator().manual_seed(seed)
+    pools = split_rows(len(images), val, test, seed)  # train, val, test source digits
+    counts = [samples - round(samples * val) - round(samples * test), round(samples * val), round(samples * test)]
+    splits = []
+    for pool, count in zip(pools, counts):
+        left = pool[torch.randint(len(pool), (count,), generator=g)]
+        right = pool[torch.randint(len(pool), (count,), generator=g)]
+        x = compose_digits(images, left, right, overlap, shift, g)
+        x = x + noise * torch.randn(x.shape, generator=g)
+        targets = {"left": labels[left], "right": labels[right], "sum": (labels[left] + labels[right]).float()}
+        splits.append(Split(x, {name: targets[name] for name in tasks}))
+    problem = Problem(tuple(splits[0].x.shape[1:]), tuple(MULTI_DIGITS_TASKS[name] for name in tasks))
+    return Dataset(problem, *splits)
+
+
 @hookimpl
 def register_datasets(register):
     register("synthetic_correlated", synthetic_correlated, SYNTHETIC_DEFAULTS,
              "MMoE synthetic benchmark: regression tasks whose correlation is controlled")
+    register("multi_digits", multi_digits, MULTI_DIGITS_DEFAULTS,
+             "two 8x8 digits side by side or overlapped (MultiMNIST construction); tasks left, right, optionally sum")

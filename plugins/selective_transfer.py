@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from itertools import chain
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from mtl_search import (
-    Backbone, Choice, Fixed, Float, Int, Knob, MultiTaskModel, Problem, SharingMap, SpaceError, Split, Strategy,
-    Trainer, count_parameters, hookimpl, make_tower,
+    Backbone, Choice, Int, Knob, MultiTaskModel, Problem, SharingMap, SpaceError, Split, Strategy,
+    Trainer, count_parameters, hookimpl, knob_bounds, make_tower,
 )
 
 MAX_CONFIGURATIONS = 64  # per task: 2^6, i.e. at most 6 block groups
@@ -256,19 +256,6 @@ class LasemModel(MultiTaskModel):
                 unit.load_state_dict(state)
 
 
-def _extreme(knob: Knob, backbone: dict[str, Knob], pick: Callable[[list[Any]], Any]) -> Any:
-    """The largest (``pick=max``) or smallest value a knob's range allows; bounds naming a backbone knob follow its range."""
-    if isinstance(knob, Fixed):
-        values = [knob.value]
-    elif isinstance(knob, Choice):
-        values = list(knob.choices)
-    elif isinstance(knob, (Int, Float)):
-        values = [knob.low, knob.high]
-    else:  # pragma: no cover - every knob kind is listed above
-        raise TypeError(f"unknown knob {knob!r}")
-    return pick(_extreme(backbone[v], backbone, pick) if isinstance(v, str) else v for v in values)
-
-
 class Lasem(Strategy):
     name = "lasem"
     family = "selective_transfer"
@@ -282,14 +269,14 @@ class Lasem(Strategy):
 
     def check(self, knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
         """Refuse group ranges that allow more than MAX_CONFIGURATIONS configurations, or more groups than blocks."""
-        most = _extreme(knobs["groups"], backbone, max)
+        most = knob_bounds(knobs["groups"], backbone)[1]
         if 2**most > MAX_CONFIGURATIONS:
             raise SpaceError(
                 f"{path}.groups",
                 f"up to {most} block groups allow {2**most} transfer configurations per task, above the limit of "
                 f"{MAX_CONFIGURATIONS}; set groups to at most {MAX_GROUPS} (blocks are then grouped, LASEMG)",
             )
-        fewest_blocks = _extreme(backbone["depth"], backbone, min)
+        fewest_blocks = knob_bounds(backbone["depth"], backbone)[0]
         if not (isinstance(knobs["groups"], Int) and knobs["groups"].high == "depth") and most > fewest_blocks:
             raise SpaceError(f"{path}.groups", f"up to {most} groups, but the backbone may have only {fewest_blocks} blocks")
 

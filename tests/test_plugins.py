@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -78,7 +77,7 @@ def test_installed_third_party_plugin_is_listed_and_broken_ones_are_isolated(tmp
     assert "bad_hook" in out and "BROKEN: PluginValidationError" in out
     assert "raising" in out and "BROKEN: register_strategies raised: RuntimeError: boom" in out
     # the built-ins still load next to the broken ones
-    assert "strategies: mmoe, omoe" in out and "strategies: hard_sharing" in out
+    assert "strategies: cgc, dselect_k, mmoe, omoe, ple, switch, topk_moe" in out and "strategies: hard_sharing" in out
 
 
 def test_two_plugins_registering_one_name_is_an_error():
