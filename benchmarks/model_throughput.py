@@ -1,10 +1,10 @@
 """Training step throughput (samples/s, forward + backward + optimiser step) of every registered strategy at two sizes.
 
 The strategies come from the plugin registry, so a new family is measured without
-touching this file. Each strategy is built on the first backbone kind it supports (mlp
-first) with its knobs at the low end of their ranges (``mtl_search.testing.small_value``) except
-widths (experts', towers'), which follow the size,
-three tasks (regression, binary, 3-class) and two sizes of backbone; one step is
+touching this file. Each strategy is built on the first backbone kind it supports (vector
+kinds first, mlp first of them) with its knobs at the low end of their ranges
+(``mtl_search.testing.small_value``) except widths (experts', towers' ...), which follow the
+size; three tasks (regression, binary, 3-class); two sizes of backbone. One step is
 ``task_losses`` on a batch, their sum backward, one AdamW step and the model's
 ``after_step`` (a strategy with its own schedule, e.g. AdaShare's phases, is timed on this
 generic step). Median of repeats, one torch thread; the ratio column is each strategy's
@@ -80,7 +80,7 @@ def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     registry = load_registry()
     sizes, repeats = (QUICK_SIZES, 2) if quick else (SIZES, 15)
-    kinds = sorted(registry.backbones.values(), key=lambda k: (k.name != "mlp", k.name))
+    kinds = sorted(registry.backbones.values(), key=lambda k: ("channels" in k.knobs, k.name != "mlp", k.name))  # vectors first, mlp first
     rows = []
     for name, strategy in sorted(registry.strategies.items()):
         kind = next((k for k in kinds if strategy.supports(k.name)), None)

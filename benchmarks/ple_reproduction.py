@@ -30,8 +30,8 @@ MODELS = (
     Model("hard sharing", "hard_sharing", {"shared_depth": 1, "tower_width": 8}, width=113),
     Model("MMoE", "mmoe", {"experts": 8, **EXPERTS}),
     # 4 experts per task + 4 shared = MMoE's 8 per task's gate
-    Model("CGC", "cgc", {"task_experts": 4, "shared_experts": 4, **EXPERTS}),
-    Model("PLE", "ple", {"task_experts": 4, "shared_experts": 4, "levels": 2, **EXPERTS}),
+    Model("CGC", "cgc", {"experts_per_task": 4, "shared_experts": 4, **EXPERTS}),
+    Model("PLE", "ple", {"experts_per_task": 4, "shared_experts": 4, "levels": 2, **EXPERTS}),
 )
 
 
