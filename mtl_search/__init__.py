@@ -22,6 +22,7 @@ from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
 from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds
 from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .models import load_model, predict
 from .problem import Problem, Task
 from .results import SearchRecord, TrialRecord
 from .strategy import Strategy
@@ -34,8 +35,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "count_parameters",
     "Dataset", "Default", "Evaluation", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
-    "Knob", "knob_bounds", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError", "MultiTaskModel",
-    "NumericFeature", "PluginError", "Problem", "ResidualBlock", "ResidualConvBlock", "ResidualMLPBlock",
-    "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear", "StackedMLP", "Strategy",
-    "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord", "Weighting",
+    "Knob", "knob_bounds", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError",
+    "MultiTaskModel", "NumericFeature", "PluginError", "predict", "Problem", "ResidualBlock", "ResidualConvBlock",
+    "ResidualMLPBlock", "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear",
+    "StackedMLP", "Strategy", "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord",
+    "Weighting",
 ]

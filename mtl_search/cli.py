@@ -1,12 +1,10 @@
-"""The command line: ``mtl-search run | validate | plugins | report | ui``.
+"""The command line: ``mtl-search run | validate | plugins | report | predict | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from typing import Sequence
 from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
+EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (auto, host:port, ray://host:10001); default: a local instance")
     run.add_argument("--tracking-uri", help="MLflow tracking URI; default sqlite:///<cwd>/mlflow/mlflow.db")
     run.add_argument("--experiment", help="MLflow experiment name (overrides experiment)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the experiment's interrupted search: finished trials are kept, unfinished ones run again")
 
     validate = sub.add_parser("validate", help="check a space and the plugins it needs")
     validate.add_argument("space", type=Path)
@@ -47,14 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     new_plugin.add_argument("name", help="strategy name (lower-case letters, digits, underscores)")
     new_plugin.add_argument("--dir", type=Path, default=Path("."), help="where to create the package (default: here)")
 
-    report = sub.add_parser("report", help="print the latest search's trials and front")
+    report = sub.add_parser("report", help="print the latest search's front (or every trial)")
     report.add_argument("--experiment", help="experiment name (default: the latest search in the store)")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    report.add_argument("--family", help="only this strategy family's trials, with the family's own front and hypervolume")
+    report.add_argument("--all", action="store_true", help="every trial, not only the front (table and csv; json always lists every trial)")
     report.add_argument("--tracking-uri")
+
+    predict = sub.add_parser("predict", help="predict with a trial's model (trials on the front carry one)")
+    predict.add_argument("run_id", help="the trial's MLflow run id")
+    predict.add_argument("data", type=Path, help="a numeric CSV of input features (header row optional)")
+    predict.add_argument("--output", type=Path, help="write the predictions CSV here (default: stdout)")
+    predict.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=_positive, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--workers", type=_positive, default=1, help="server worker processes (MLflow's default of 4 is slow to start on a laptop)")
     ui.add_argument("--tracking-uri")
     return parser
 
@@ -74,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .space import load_space
 
     space = load_space(args.space)
-    run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment))
-    return 0
+    record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume))
+    return EXIT_ABORTED if record.aborted else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -129,34 +139,60 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .results import format_table, trial_table
+    from .results import family_record, format_table, trial_table
+    from .review import csv_text
     from .tracking import load_search, resolve_tracking_uri
 
     record = load_search(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    if args.family:
+        record = family_record(record, args.family)
     if args.format == "json":
         print(json.dumps(record.to_json(), indent=2))
-    elif args.format == "csv":
-        rows = trial_table(record)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
-        print(buffer.getvalue(), end="")
+        return 0
+    rows = trial_table(record, only_front=not args.all)
+    if args.format == "csv":
+        print(csv_text(rows), end="")
+        return 0
+    scope = f"family {args.family!r}, " if args.family else ""
+    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
+    print(f"experiment {record.experiment!r}, search run {record.search_run_id}, {scope}"
+          f"{'every trial' if args.all else 'Pareto front'} ({len(record.front)} of {len(record.trials)} trials on the front), hypervolume {hv}")
+    print(format_table(rows))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import math
+
+    from .models import load_model, prediction_rows, read_features
+    from .review import csv_text
+
+    model = load_model(args.run_id, args.tracking_uri)
+    x = read_features(args.data, math.prod(model.problem.input_shape))
+    text = csv_text(prediction_rows(model, x))
+    if args.output:
+        args.output.write_text(text)
+        print(f"{len(x)} predictions written to {args.output}")
     else:
-        print(f"experiment {record.experiment!r}, search run {record.search_run_id}, hypervolume {record.hypervolume}")
-        print(format_table(trial_table(record)))
+        print(text, end="")
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .tracking import resolve_tracking_uri
+    from .tracking import latest_search_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop")
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)])
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
+    experiment_id = latest_search_experiment(uri)
+    if experiment_id is not None:
+        from .review import experiment_url
+
+        print(f"latest search: {experiment_url(base, experiment_id)}", flush=True)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,7 +55,11 @@ def register_weightings(register: Callable[[Any], None]) -> None:
     """Register loss weighting methods: call ``register(weighting_class)``.
 
     A weighting is a subclass of ``mtl_search.Weighting`` with a unique ``name``; the
-    trainer builds one per trial and calls it to turn per-task losses into one loss.
+    trainer builds one per trial and calls its ``backward(losses, regularization, model)``
+    every step (its ``after_step`` after the optimiser step, its ``on_epoch_end`` after each
+    epoch, and records ``weights()`` per epoch). A method that acts on the gradients of the
+    shared parameters sets ``needs_shared_parameters = True``; ``validate`` then pairs it
+    only with strategies whose ``declares_shared_parameters`` is True.
     """
 
 

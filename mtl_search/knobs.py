@@ -28,6 +28,13 @@ class Knob:
     def is_fixed(self) -> bool:
         return False
 
+    def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
+        """Every value ``suggest`` can hand Optuna (for the grid sampler), or None when it suggests nothing.
+
+        ``bounds`` gives the smallest and largest value of backbone knobs that bound this one.
+        """
+        raise SpaceError(path, f"the grid sampler needs discrete values; got {self.describe()} (fix it or use {{choice: [...]}})")
+
     def describe(self) -> str:
         raise NotImplementedError  # pragma: no cover - abstract
 
@@ -40,6 +47,9 @@ class Fixed(Knob):
 
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
         return self.value
+
+    def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
+        return None
 
     @property
     def is_fixed(self) -> bool:
@@ -94,6 +104,12 @@ class Int(Knob):
             return low
         return trial.suggest_int(name, low, high, log=self.log)
 
+    def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
+        bounds = bounds or {}
+        low = bounds[self.low][0] if isinstance(self.low, str) else self.low
+        high = bounds[self.high][1] if isinstance(self.high, str) else self.high
+        return list(range(low, high + 1)) if low < high else None
+
     def narrow(self, override: Knob, path: str) -> Knob:
         values = _override_values(override, path)
         for value in values:
@@ -123,6 +139,9 @@ class Float(Knob):
             return self.low
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
+        return None if self.low == self.high else super().grid(path, bounds)
+
     def narrow(self, override: Knob, path: str) -> Knob:
         values = _override_values(override, path)
         for value in values:
@@ -151,12 +170,18 @@ class Choice(Knob):
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
         if len(self.choices) == 1:
             return _thaw(self.choices[0])
-        # Optuna's categorical accepts only scalars: index lists by their position.
-        if all(_is_scalar(c) for c in self.choices):
-            return trial.suggest_categorical(name, list(self.choices))
-        labels = [str(list(c)) if isinstance(c, tuple) else str(c) for c in self.choices]
+        labels = self._labels()
         picked = trial.suggest_categorical(name, labels)
         return _thaw(self.choices[labels.index(picked)])
+
+    def _labels(self) -> list[Any]:
+        # Optuna's categorical accepts only scalars: lists are offered by their text.
+        if all(_is_scalar(c) for c in self.choices):
+            return list(self.choices)
+        return [str(list(c)) if isinstance(c, tuple) else str(c) for c in self.choices]
+
+    def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
+        return self._labels() if len(self.choices) > 1 else None
 
     def narrow(self, override: Knob, path: str) -> Knob:
         for value in _override_values(override, path):

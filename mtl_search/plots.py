@@ -1,45 +1,168 @@
-"""Figures recorded in MLflow: the Pareto front of a search and a trial's sharing maps."""
+"""Figures recorded in MLflow: the Pareto fronts of a search (PNG and interactive HTML), its hypervolume history, a trial's sharing maps."""
 from __future__ import annotations
 
+import html
 import itertools
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .model import SharingMap  # noqa: E402
 
 
-def front_figure(values: Sequence[Sequence[float]], names: Sequence[str], directions: Sequence[str],
-                 strategies: Sequence[str], labels: Sequence[str], on_front: Sequence[bool]) -> plt.Figure:
-    """Scatter of every trial, coloured by strategy, front points ringed and labelled.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
+FRONT_COLOUR = "#000000"
+FAINT_COLOUR = "#bbbbbb"
 
-    Two objectives: one panel; more: a grid of pairwise projections.
+
+@dataclass
+class FrontData:
+    """The trials of a search with finite objective values, in the order the plots index them."""
+
+    values: list[list[float]]
+    names: list[str]
+    directions: list[str]
+    labels: list[str]  # the child run names
+    families: list[str]
+    on_front: list[bool]  # the global front
+    on_family_front: list[bool]  # non-dominated within the trial's own family
+    hover: list[str]
+
+    def family_colours(self) -> dict[str, str]:
+        return {family: PALETTE[i % len(PALETTE)] for i, family in enumerate(sorted(set(self.families)))}
+
+
+@dataclass
+class Series:
+    """One layer of a front plot: which points, drawn how.
+
+    style: ``points`` (filled, coloured), ``faint`` (grey, dominated background), ``ring``
+    (open black circles, labelled with the run name); ``connect`` joins the points in
+    order of the x axis when there are exactly two objectives.
     """
-    pairs = list(itertools.combinations(range(len(names)), 2)) or [(0, 0)]
+
+    name: str
+    colour: str
+    indices: list[int]
+    style: str
+    connect: bool = False
+
+
+def trials_by_family(data: FrontData) -> list[Series]:
+    """Every trial coloured by its family, the global front ringed, labelled and joined."""
+    series = [Series(family, colour, [k for k, f in enumerate(data.families) if f == family], "points")
+              for family, colour in data.family_colours().items()]
+    return series + [Series("Pareto front", FRONT_COLOUR, [k for k, f in enumerate(data.on_front) if f], "ring", connect=True)]
+
+
+def fronts_per_family(data: FrontData) -> list[Series]:
+    """Each family's own front in its colour (dominated trials faint), and the global front ringed."""
+    series = [Series("dominated in its family", FAINT_COLOUR, [k for k, f in enumerate(data.on_family_front) if not f], "faint")]
+    series += [Series(f"{family} front", colour, [k for k, f in enumerate(data.families) if f == family and data.on_family_front[k]], "points", connect=True)
+               for family, colour in data.family_colours().items()]
+    return series + [Series("global front", FRONT_COLOUR, [k for k, f in enumerate(data.on_front) if f], "ring", connect=True)]
+
+
+def _pairs(n: int) -> list[tuple[int, int]]:
+    """The objective pairs a figure shows: one panel for two objectives, every pair for more."""
+    return list(itertools.combinations(range(n), 2)) or [(0, 0)]
+
+
+def _axis_title(name: str, direction: str) -> str:
+    return f"{name} ({'lower' if direction == 'min' else 'higher'} is better)"
+
+
+def _ordered(data: FrontData, series: Series, i: int) -> list[int]:
+    return sorted(series.indices, key=lambda k: data.values[k][i])
+
+
+def front_png(data: FrontData, series: list[Series], title: str) -> plt.Figure:
+    """A matplotlib figure of the series: one panel for two objectives, a grid of pairwise projections for more."""
+    pairs = _pairs(len(data.names))
     cols = min(3, len(pairs))
     rows = (len(pairs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.5 * rows), squeeze=False)
-    palette = plt.get_cmap("tab10")
-    colours = {s: palette(i % 10) for i, s in enumerate(sorted(set(strategies)))}
     for ax, (i, j) in zip(axes.flat, pairs):
-        for strategy, colour in colours.items():
-            idx = [k for k, s in enumerate(strategies) if s == strategy]
-            ax.scatter([values[k][i] for k in idx], [values[k][j] for k in idx], color=colour, label=strategy, alpha=0.75)
-        front = sorted((k for k, f in enumerate(on_front) if f), key=lambda k: values[k][i])
-        ax.plot([values[k][i] for k in front], [values[k][j] for k in front], "k--", linewidth=1)
-        ax.scatter([values[k][i] for k in front], [values[k][j] for k in front], s=140, facecolors="none", edgecolors="black", label="Pareto front")
-        for k in front:
-            ax.annotate(labels[k], (values[k][i], values[k][j]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel(f"{names[i]} ({'lower' if directions[i] == 'min' else 'higher'} is better)")
-        ax.set_ylabel(f"{names[j]} ({'lower' if directions[j] == 'min' else 'higher'} is better)")
+        for layer in series:
+            order = _ordered(data, layer, i)
+            xs, ys = [data.values[k][i] for k in order], [data.values[k][j] for k in order]
+            if layer.connect and len(data.names) == 2 and len(order) > 1:
+                ax.plot(xs, ys, "--", color=layer.colour, linewidth=1)
+            if layer.style == "ring":
+                ax.scatter(xs, ys, s=140, facecolors="none", edgecolors=layer.colour, label=layer.name)
+                for k in order:
+                    ax.annotate(data.labels[k], (data.values[k][i], data.values[k][j]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            else:
+                ax.scatter(xs, ys, color=layer.colour, label=layer.name, alpha=0.4 if layer.style == "faint" else 0.8, s=20 if layer.style == "faint" else 36)
+        ax.set_xlabel(_axis_title(data.names[i], data.directions[i]))
+        ax.set_ylabel(_axis_title(data.names[j], data.directions[j]))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(pairs):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Trials and Pareto front (validation metrics)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def front_plotly(data: FrontData, series: list[Series], title: str) -> Any:
+    """The same figure in plotly: hover shows each trial's run name, strategy, values and knobs."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pairs = _pairs(len(data.names))
+    cols = min(3, len(pairs))
+    rows = (len(pairs) + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols)
+    for panel, (i, j) in enumerate(pairs):
+        row, col = panel // cols + 1, panel % cols + 1
+        for layer in series:
+            order = _ordered(data, layer, i)
+            ring = layer.style == "ring"
+            connect = layer.connect and len(data.names) == 2
+            marker = dict(size=14, color="rgba(0,0,0,0)", line=dict(color=layer.colour, width=2)) if ring else \
+                dict(size=7 if layer.style == "faint" else 9, color=layer.colour, opacity=0.5 if layer.style == "faint" else 0.85)
+            fig.add_trace(go.Scatter(
+                x=[data.values[k][i] for k in order], y=[data.values[k][j] for k in order],
+                mode=("lines+" if connect else "") + ("markers+text" if ring else "markers"),
+                text=[data.labels[k] for k in order] if ring else None, textposition="top right",
+                hovertext=[data.hover[k] for k in order], hoverinfo="text",
+                marker=marker, line=dict(dash="dash", color=layer.colour, width=1),
+                name=layer.name, legendgroup=layer.name, showlegend=panel == 0,
+            ), row=row, col=col)
+        fig.update_xaxes(title_text=_axis_title(data.names[i], data.directions[i]), row=row, col=col)
+        fig.update_yaxes(title_text=_axis_title(data.names[j], data.directions[j]), row=row, col=col)
+    fig.update_layout(title=title, height=450 * rows, width=560 * cols, template="plotly_white")
+    return fig
+
+
+def plotly_page(figures: list[Any], title: str) -> str:
+    """One self-contained HTML page (plotly.js embedded once: the MLflow UI may have no internet)."""
+    import plotly.io as pio
+
+    parts = [pio.to_html(fig, full_html=False, include_plotlyjs=(k == 0)) for k, fig in enumerate(figures)]
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>{''.join(parts)}</body></html>"
+
+
+def hypervolume_figure(history: Sequence[tuple[float, int]], reference: Sequence[float], names: Sequence[str]) -> plt.Figure:
+    """Hypervolume and front size after each finished trial (one reference point throughout)."""
+    steps = list(range(1, len(history) + 1))
+    fig, (hv_ax, size_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    hv_ax.step(steps, [hv for hv, _ in history], where="post", marker="o")
+    hv_ax.set_xlabel("finished trials")
+    hv_ax.set_ylabel("hypervolume")
+    hv_ax.set_title("reference point: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, reference)), fontsize=9)
+    size_ax.step(steps, [size for _, size in history], where="post", marker="o", color="black")
+    size_ax.set_xlabel("finished trials")
+    size_ax.set_ylabel("front size")
+    for ax in (hv_ax, size_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 

@@ -116,7 +116,8 @@ def load_registry(space_plugins: list[str] = (), base_dir: Path | None = None, e
 
     Raises PluginError when two plugins register the same name under one kind.
     """
-    import cloudpickle
+    # Ray serialises with its own vendored cloudpickle: registering with the standalone package has no effect there.
+    import ray.cloudpickle as cloudpickle
 
     from . import blocks
 

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import pareto
+
+COST_METRICS = ("params", "latency", "train_seconds")  # a trial's final figures besides per-task metrics
+
+def trial_run_name(number: int, strategy: str) -> str:
+    """The name of a trial's MLflow run, e.g. ``trial-007-mmoe``."""
+    return f"trial-{number:03d}-{strategy}"
 
 
 @dataclass
@@ -16,13 +22,20 @@ class TrialRecord:
     run_id: str
     strategy: str
     params: dict[str, Any]
-    status: str  # finished | failed
+    status: str  # finished | failed | stopped (ended early by the scheduler or a cancel) | killed (by a crash)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     checkpoint: str | None = None
     pareto: bool = False
+    family: str = ""
+    placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
+
+    @property
+    def run_name(self) -> str:
+        """The child run's name in MLflow (what the plots label front points with)."""
+        return trial_run_name(self.number, self.strategy)
 
     def objective_values(self, objectives: list[dict[str, str]]) -> list[float] | None:
         """Values of the objectives, or None when the trial has no finite value for one of them."""
@@ -35,8 +48,9 @@ class TrialRecord:
         return values
 
     def to_json(self) -> dict[str, Any]:
-        return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "params": self.params,
-                "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto}
+        return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
+                "params": self.params, "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto,
+                "metrics": self.metrics, "error": self.error, **self.placement}
 
 
 @dataclass
@@ -49,6 +63,7 @@ class SearchRecord:
     trials: list[TrialRecord]
     hypervolume: float | None = None
     reference_point: list[float] | None = None
+    aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -93,16 +108,39 @@ def hypervolume_history(trials_in_finish_order: list[TrialRecord], objectives: l
     return history
 
 
-def trial_table(record: SearchRecord, only_front: bool = False) -> list[dict[str, Any]]:
-    """Flat rows (for CSV and the terminal): number, strategy, status, pareto, val/test per task, the strategy's knobs."""
+def family_record(record: SearchRecord, family: str) -> SearchRecord:
+    """The search restricted to one family's trials, with that family's own front and hypervolume
+    (against the whole search's reference point, so families compare)."""
+    families = sorted({t.family for t in record.trials})
+    if family not in families:
+        from .errors import MtlSearchError
+
+        raise MtlSearchError(f"no trial of family {family!r} in this search; families: {', '.join(families) or 'none'}")
+    trials = [replace(t) for t in record.trials if t.family == family]
+    subset = SearchRecord(record.experiment, record.search_run_id, record.objectives, trials, reference_point=record.reference_point)
+    subset.hypervolume, _ = mark_front(trials, record.objectives, record.reference_point)
+    return subset
+
+
+def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool = False) -> list[dict[str, Any]]:
+    """Flat rows: number, strategy, family, status, pareto, val/test per task, the strategy's knobs.
+
+    ``detailed`` (the table artifacts) adds the run, cost figures, error and every sampled
+    parameter as a ``config/<name>`` column.
+    """
     rows = []
     for t in sorted(record.trials, key=lambda t: t.number):
         if only_front and not t.pareto:
             continue
-        row: dict[str, Any] = {"number": t.number, "strategy": t.strategy, "status": t.status, "pareto": t.pareto}
+        row: dict[str, Any] = {"number": t.number, "strategy": t.strategy, "family": t.family, "status": t.status, "pareto": t.pareto}
         row.update({f"val/{k}": v for k, v in t.val.items()})
         row.update({f"test/{k}": v for k, v in t.test.items()})
         row["knobs"] = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in t.params.items() if k.startswith(t.strategy + "."))
+        if detailed:
+            row.update({"run_name": t.run_name, "run_id": t.run_id})
+            row.update({name: t.metrics.get(name) for name in COST_METRICS})
+            row["error"] = (t.error or "").strip().splitlines()[-1] if t.error else ""
+            row.update({f"config/{k}": v for k, v in t.params.items()})
         rows.append(row)
     return rows
 

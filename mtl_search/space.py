@@ -13,7 +13,8 @@ from .encoding import INPUT_KNOBS, has_categories
 from .problem import KINDS, Problem, Task
 from .tables import TABLE_FORMATS, SplitSpec, TableSpec
 
-SAMPLERS = ("tpe", "nsga2", "random", "gp")
+SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
+EARLY_STOPPING = ("none", "asha", "median")
 COST_OBJECTIVES = {"params": "min", "latency": "min"}
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray")
 
@@ -33,6 +34,8 @@ class SearchSpec:
     concurrency: int = 1
     seed: int = 0
     reference_point: dict[str, float] = field(default_factory=dict)
+    early_stopping: str = "none"  # none | asha | median, on the trainer's scalarised ``score``
+    max_failures: int | None = None  # failed trials tolerated before the search aborts; None: no limit
 
 
 @dataclass
@@ -57,8 +60,10 @@ class Space:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, Knob] = field(default_factory=dict)
     weighting: Knob = Fixed("equal")
+    weighting_options: dict[str, dict[str, Knob]] = field(default_factory=dict)
     epochs: int = 20
     patience: int = 5
+    max_trial_seconds: float | None = None
     search: SearchSpec = field(default_factory=SearchSpec)
     ray: RaySpec = field(default_factory=RaySpec)
     tracking_uri: str | None = None
@@ -132,19 +137,35 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         strategies[str(name)] = {k: parse_range(v, f"strategies.{name}.{k}") for k, v in overrides.items()}
 
     training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
-    _known_keys(training_raw, ("epochs", "patience", "weighting", *TRAINING_KNOBS), "training")
+    _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
     epochs = _int(training_raw.get("epochs", 20), "training.epochs", minimum=1)
     patience = _int(training_raw.get("patience", 5), "training.patience", minimum=0)
+    max_trial_seconds = training_raw.get("max_trial_seconds")
+    if max_trial_seconds is not None:
+        max_trial_seconds = _number(max_trial_seconds, "training.max_trial_seconds", positive=True)
     training = {k: parse_range(training_raw.get(k, TRAINING_DEFAULTS[k]), f"training.{k}") for k in TRAINING_KNOBS}
     weighting = parse_range(training_raw.get("weighting", "equal"), "training.weighting")
     if isinstance(weighting, (Int, Float)):
         raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
+    weighting_options = {}
+    options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
+                           "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
+    for name, overrides in options_raw.items():
+        where = f"training.weighting_options.{name}"
+        overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
+        weighting_options[str(name)] = {k: parse_range(v, f"{where}.{k}") for k, v in overrides.items()}
 
     search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
-    _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point"), "search")
+    _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures"), "search")
     sampler = search_raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
+    early_stopping = search_raw.get("early_stopping", "none")
+    if early_stopping not in EARLY_STOPPING:
+        raise SpaceError("search.early_stopping", f"unknown early stopping {early_stopping!r}; {did_you_mean(str(early_stopping), EARLY_STOPPING)}")
+    max_failures = search_raw.get("max_failures")
+    if max_failures is not None:
+        max_failures = _int(max_failures, "search.max_failures", minimum=0)
     objectives = search_raw.get("objectives", [])
     if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
         raise SpaceError("search.objectives", f"expected a list of task names (and optionally params, latency), got {objectives!r}")
@@ -161,6 +182,8 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         concurrency=_int(search_raw.get("concurrency", 1), "search.concurrency", minimum=1),
         seed=_int(search_raw.get("seed", 0), "search.seed", minimum=0),
         reference_point={str(k): float(v) for k, v in reference.items()},
+        early_stopping=early_stopping,
+        max_failures=max_failures,
     )
 
     tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
@@ -187,7 +210,8 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     return Space(
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
-        epochs=epochs, patience=patience, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
+        weighting_options=weighting_options,
+        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
 
@@ -263,7 +287,16 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         if not isinstance(name, str):
             raise SpaceError("training.weighting", f"expected weighting names, got {name!r}")
         cls = registry.lookup("weightings", name, "training.weighting")
-        weightings[name] = (cls, dict(cls.knobs))
+        overrides = space.weighting_options.get(name, {})
+        weightings[name] = (cls, _merge_knobs(cls.knobs, overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
+        for strategy_name, (strategy, _) in strategies.items():
+            reason = cls.incompatibility(strategy)
+            if reason:
+                raise SpaceError("training.weighting", f"weighting {name!r} cannot train strategy {strategy_name!r}: {reason}")
+    for name in space.weighting_options:
+        if name not in weightings:
+            raise SpaceError(f"training.weighting_options.{name}",
+                             f"{name!r} is not a weighting of this space; training.weighting offers {', '.join(weightings)}")
 
     objectives = []
     valid_objectives = problem.task_names + list(COST_OBJECTIVES)

@@ -21,6 +21,10 @@ class Strategy:
     - ``family``: the family it belongs to (e.g. ``"mixture_of_experts"``).
     - ``knobs``: ``{knob name: Knob}`` with default ranges; a space may fix or narrow each.
     - ``backbones``: the backbone kinds it can use, or None for every kind.
+    - ``declares_shared_parameters``: True when its models list the parameters several
+      tasks use in ``MultiTaskModel.shared_parameters()`` (possibly empty for some knob
+      values, e.g. no shared block). Weightings that act on shared gradients (GradNorm,
+      gradient aggregators) are only paired with such strategies.
 
     ``build`` makes a fresh model for one trial. ``fit`` trains it; override it only for a
     method with its own schedule, composing the trainer's primitives
@@ -32,6 +36,7 @@ class Strategy:
     description: ClassVar[str] = ""
     knobs: ClassVar[dict[str, Knob]] = {}
     backbones: ClassVar[tuple[str, ...] | None] = None
+    declares_shared_parameters: ClassVar[bool] = False
 
     def supports(self, backbone_kind: str) -> bool:
         """Whether this strategy can build on a backbone of this kind."""

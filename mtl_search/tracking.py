@@ -5,23 +5,27 @@ All logging happens on the driver (workers need no tracking access). The default
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .errors import MtlSearchError
 from .model import SharingMap
-from .results import SearchRecord, TrialRecord, trial_table
+from .results import SearchRecord, TrialRecord, trial_run_name
+from .review import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, log_search_review, set_review_view
 
 ROLE = "mtl_search.role"
 STRATEGY = "mtl_search.strategy"
+FAMILY = "mtl_search.family"
 PARETO = "mtl_search.pareto"
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
+TUNE_PATH = "mtl_search.tune_path"  # the search's Ray Tune experiment directory (for --resume)
+STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a second Ctrl-C) ended early
+PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 EPOCH_PREFIXES = ("train_loss/", "val/", "val_loss/", "weight/")
@@ -66,16 +70,35 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment = experiment
 
     # --- the search (parent) run -------------------------------------------------------
-    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives)})
+    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str,
+                     tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives), **(tags or {})})
         self._log_params(run.info.run_id, params)
         self.client.log_text(run.info.run_id, space_text, "space.yaml")
         return run.info.run_id
 
-    def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], figure: Any, status: str = "FINISHED") -> None:
+    def latest_search(self) -> Any:
+        """The experiment's most recent search (parent) run, or None."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def reopen_search(self, run_id: str) -> list[TrialRecord]:
+        """Take up an interrupted search: its trials left RUNNING become KILLED; returns the trials it recorded before."""
+        for run in self._children(run_id):
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.update_run(run_id, status="RUNNING")
+        return [t for t in (_trial_record(run) for run in self._children(run_id)) if t.status != "killed"]
+
+    def _children(self, parent_id: str) -> list[Any]:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
+
+    def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
 
         run_id = record.search_run_id
@@ -91,23 +114,26 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         if record.reference_point is not None:
             self.client.log_param(run_id, "reference_point", json.dumps([round(v, 6) for v in record.reference_point]))
-        self.client.log_dict(run_id, record.to_json(), "front/search.json")
-        self.client.log_text(run_id, _csv(trial_table(record)), "front/trials.csv")
-        self.client.log_text(run_id, _csv(trial_table(record, only_front=True)), "front/front.csv")
-        if figure is not None:
-            self.client.log_figure(run_id, figure, "front/front.png")
+        log_search_review(self.client, run_id, record, history)
+        set_review_view(self.client, self.experiment_id, record)
         self.client.set_tag(run_id, NOTE, summary_markdown(record))
         self.client.set_terminated(run_id, status)
 
     # --- trial (child) runs --------------------------------------------------------------
-    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any]) -> str:
+    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any], family: str = "") -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{number:03d}-{strategy}",
-            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, NUMBER: str(number)},
+            run_name=trial_run_name(number, strategy),
+            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, FAMILY: family, NUMBER: str(number)},
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def record_placement(self, run_id: str, result: dict[str, Any]) -> None:
+        """Tag the trial with the device and Ray node it runs on."""
+        for key, tag in PLACEMENT_TAGS.items():
+            if key in result:
+                self.client.set_tag(run_id, tag, str(result[key]))
 
     def log_epoch(self, run_id: str, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -126,7 +152,6 @@ class Tracker:
         step, now = int(result.get("epochs_trained", 0)), _now_ms()
         keys = [k for k in result if k.startswith(("val/", "test/", "model/")) or k in ("params", "latency", "train_seconds", "epochs_trained")]
         self.client.log_batch(run_id, metrics=[Metric(k, float(result[k]), now, step) for k in keys if _finite(result[k])])
-        self.client.set_tag(run_id, "mtl_search.device", str(result.get("device", "cpu")))
         maps = json.loads(result.get("sharing_map_json") or "{}")
         self.client.log_dict(run_id, maps, "sharing_map.json")
         if maps:
@@ -136,6 +161,11 @@ class Tracker:
             self.client.log_figure(run_id, figure, "sharing_map.png")
             plt.close(figure)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def stop_trial(self, run_id: str) -> None:
+        """A trial ended early (scheduler or cancel): KILLED in MLflow, tagged ``stopped``, kept out of the front."""
+        self.client.set_tag(run_id, STATUS, "stopped")
+        self.client.set_terminated(run_id, "KILLED")
 
     def fail_trial(self, run_id: str, error: str) -> None:
         self.client.log_text(run_id, error, "error.txt")
@@ -150,11 +180,8 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start:start + 100])
 
 
-def load_search(uri: str, experiment: str | None) -> SearchRecord:
-    """The latest search of ``experiment`` (default: the experiment of the latest search) as recorded in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+def _latest_search_runs(client: Any, uri: str, experiment: str | None) -> list:
+    """The latest search run of ``experiment`` (default: of any experiment), as a list of zero or one run."""
     if experiment:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -163,67 +190,103 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
         experiment_ids = [found.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+    return client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
+
+
+def latest_search_experiment(uri: str) -> str | None:
+    """The id of the experiment holding the store's latest search, or None when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    runs = _latest_search_runs(MlflowClient(tracking_uri=uri), uri, None)
+    return runs[0].info.experiment_id if runs else None
+
+
+def load_search(uri: str, experiment: str | None) -> SearchRecord:
+    """The latest search of ``experiment`` (default: the experiment of the latest search) as recorded in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = _latest_search_runs(client, uri, experiment)
     if not runs:
         raise MtlSearchError(f"no search recorded in {uri}" + (f" for experiment {experiment!r}" if experiment else "") + "; run `mtl-search run SPACE` first")
     parent = runs[0]
     objectives = json.loads(parent.data.tags[OBJECTIVES])
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'", max_results=50000)
-    trials = []
-    for run in children:
-        metrics = run.data.metrics
-        trials.append(TrialRecord(
-            number=int(run.data.tags.get(NUMBER, -1)),
-            run_id=run.info.run_id,
-            strategy=run.data.tags.get(STRATEGY, ""),
-            params={k: _typed(v) for k, v in run.data.params.items()},
-            status={"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(run.info.status, run.info.status.lower()),
-            val={k[4:]: v for k, v in metrics.items() if k.startswith("val/")},
-            test={k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
-            metrics={k: v for k, v in metrics.items() if "/" not in k},
-            error=run.data.tags.get("mtl_search.error"),
-            pareto=run.data.tags.get(PARETO) == "true",
-        ))
+    trials = [_trial_record(run) for run in children]
+    # A trial killed by a crash and run again after --resume has a newer run with the same number.
+    rerun = {t.number for t in trials if t.status != "killed"}
+    trials = [t for t in trials if t.status != "killed" or t.number not in rerun]
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None)
 
 
+def _trial_record(run: Any) -> TrialRecord:
+    """A trial as MLflow holds it."""
+    metrics, tags = run.data.metrics, run.data.tags
+    status = tags.get(STATUS) or {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(run.info.status, run.info.status.lower())
+    # per-epoch val metrics of a trial that did not finish are not its result
+    final = metrics if status == "finished" else {}
+    return TrialRecord(
+        number=int(tags.get(NUMBER, -1)),
+        run_id=run.info.run_id,
+        strategy=tags.get(STRATEGY, ""),
+        params={k: _typed(v) for k, v in run.data.params.items()},
+        status=status,
+        val={k[4:]: v for k, v in final.items() if k.startswith("val/")},
+        test={k[5:]: v for k, v in final.items() if k.startswith("test/")},
+        metrics={k: v for k, v in metrics.items() if "/" not in k},
+        error=tags.get("mtl_search.error"),
+        pareto=tags.get(PARETO) == "true",
+        family=tags.get(FAMILY, ""),
+        placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
+    )
+
+
 def summary_markdown(record: SearchRecord) -> str:
-    """The search run's description: best value per objective, the front, failures."""
-    finished = [t for t in record.trials if t.status == "finished"]
+    """The search run's description: trial counts by status, best value per objective, per-family best, the front."""
+    counts = Counter(t.status for t in record.trials)
+    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
     lines = [f"## Search `{record.experiment}`", "",
-             f"{len(finished)} finished, {len(record.trials) - len(finished)} failed; "
-             f"front: {len(record.front)} trials; hypervolume: {record.hypervolume if record.hypervolume is not None else 'n/a'}", ""]
+             f"{len(record.trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) +
+             f"; front: {len(record.front)} trials; hypervolume: {hv}", ""]
+    names = [o["name"] for o in record.objectives]
     lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
     for obj in record.objectives:
-        best = None
-        for t in finished:
-            values = t.objective_values([obj])
-            if values and (best is None or (values[0] < best[0] if obj["direction"] == "min" else values[0] > best[0])):
-                best = (values[0], t)
+        best = _best(record.trials, obj)
         if best:
-            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].number} | {best[1].strategy} |")
-    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(o["name"] for o in record.objectives) + " |",
-              "|---|---|" + "---|" * len(record.objectives)]
+            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].run_name} | {best[1].strategy} |")
+    lines += ["", "### Best per family", "", "| family | trials | on the front | " + " | ".join(f"best {n}" for n in names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for family in sorted({t.family for t in record.trials}):
+        members = [t for t in record.trials if t.family == family]
+        bests = [_best(members, obj) for obj in record.objectives]
+        cells = [f"{b[0]:.4g} ({b[1].run_name})" if b else "n/a" for b in bests]
+        lines.append(f"| {family or '?'} | {len(members)} | {sum(t.pareto for t in members)} | " + " | ".join(cells) + " |")
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for t in sorted(record.front, key=lambda t: t.number):
         values = t.objective_values(record.objectives) or []
-        lines.append(f"| {t.number} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def _best(trials: list[TrialRecord], objective: dict[str, str]) -> tuple[float, TrialRecord] | None:
+    """The best finished value of one objective and the trial that reached it."""
+    scored = [(values[0], t) for t in trials if t.status == "finished" and (values := t.objective_values([objective]))]
+    if not scored:
+        return None
+    pick = min if objective["direction"] == "min" else max
+    return pick(scored, key=lambda pair: pair[0])
+
+
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}  # str() of a bool or None, as _log_params writes them
 
 
 def _typed(text: str) -> Any:
-    """A param as logged (MLflow stores strings) back to its JSON value where it is one."""
+    """A param as logged (MLflow stores strings) back to its JSON (or Python literal) value where it is one."""
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except ValueError:

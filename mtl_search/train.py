@@ -73,6 +73,7 @@ class Trainer:
         self.dataset = dataset.to(self.device)
         self.problem = dataset.problem
         self.weighting = weighting.to(self.device)
+        self.weighting.setup(self.problem)
         self.report = report
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[EpochRecord] = []
@@ -100,6 +101,7 @@ class Trainer:
             if not torch.isfinite(total):
                 raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch}")
             optimizer.step()
+            self.weighting.after_step()
             model.after_step()
             for name, value in losses.items():
                 sums[name] += float(value.detach())

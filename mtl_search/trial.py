@@ -18,14 +18,14 @@ from .blocks import BackboneKind
 from .data import Dataset
 from .encoding import input_layer_for, with_input_layer
 from .model import MultiTaskModel
+from .models import save_model
 from .problem import Problem
 from .strategy import Strategy
 from .train import TrainConfig, Trainer, seed_everything
 
 STRATEGY_KEY = "strategy"
 NUMBER_KEY = "trial_number"
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
+RESULT_FILE = "result.json"  # the final result, re-sent on resume when the trial's end was never recorded
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TrialPlan:
     seed: int
     cpus_per_trial: float
     gpus_per_trial: float
+    max_trial_seconds: float | None = None
 
 
 def param_name(section: str, knob: str) -> str:
@@ -93,12 +94,35 @@ def measure_latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -
     return sorted(times)[len(times) // 2] / max(len(x), 1)
 
 
-def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, report: Callable[..., None]) -> dict[str, Any]:
-    """Train and evaluate one configuration; ``report(metrics, checkpoint_dir=None)`` receives every epoch and the final result."""
+def select_device(gpus_per_trial: float, cuda_available: bool) -> str:
+    """``cuda`` when the trial was given a GPU (a fraction counts) and CUDA is usable, else ``cpu``.
+
+    A trial given a GPU on a machine without CUDA fails rather than silently training on CPU:
+    the user asked for GPUs, and Ray only places such a trial on a node that reports one.
+    """
+    if gpus_per_trial <= 0:
+        return "cpu"
+    if not cuda_available:
+        raise RuntimeError(f"ray.gpus_per_trial={gpus_per_trial:g} but CUDA is not available on this node")
+    return "cuda"
+
+
+class TrialTimeout(TimeoutError):
+    """A trial ran past ``training.max_trial_seconds`` (checked after every epoch)."""
+
+
+def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, report: Callable[..., None],
+                placement: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; ``report(metrics, checkpoint_dir=None)`` receives every epoch and the final result.
+
+    ``placement`` (e.g. the Ray node id) is added to every report, with the device, so the
+    driver can record where a trial ran even when it fails.
+    """
     parts = decode(config)
     threads = max(1, int(plan.cpus_per_trial))
     torch.set_num_threads(threads)
-    device = "cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    device = select_device(plan.gpus_per_trial, torch.cuda.is_available())
+    placement = {**(placement or {}), "device": device}
     seed = plan.seed * 100_003 + parts["number"]
     seed_everything(seed)
     dataset.problem = plan.problem
@@ -108,14 +132,22 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     training = {"batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, **parts["training"]}
     # Every report must carry every objective Tune's searcher watches; cost objectives are
     # only final at the end, so epochs carry the parameter count and a NaN latency.
-    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan")}
+    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
+    start = time.perf_counter()
+
+    def report_epoch(metrics: dict[str, Any]) -> None:
+        report({**metrics, **per_epoch})
+        elapsed = time.perf_counter() - start
+        if plan.max_trial_seconds is not None and elapsed > plan.max_trial_seconds:
+            raise TrialTimeout(f"trial exceeded training.max_trial_seconds={plan.max_trial_seconds:g}: "
+                               f"{elapsed:.2f}s after epoch {metrics.get('epoch')}")
+
     trainer = Trainer(
         dataset,
         TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **training),
         weighting,
-        report=lambda metrics: report({**metrics, **per_epoch}),
+        report=report_epoch,
     )
-    start = time.perf_counter()
     model = plan.strategies[parts["strategy"]].fit(model, trainer)
     train_seconds = time.perf_counter() - start
 
@@ -127,26 +159,38 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
         "latency": measure_latency(model, trainer.dataset.val.x[:256]),
         "train_seconds": train_seconds,
         "epochs_trained": len(trainer.history),
-        "device": device,
+        "score": trainer.score(val.losses),  # the scheduler's metric, of the model as returned
+        **placement,
         "sharing_map_json": json.dumps({k: v.to_dict() for k, v in _sharing_map(model, trainer.dataset.val.x[:1024]).items()}),
     }
     result.update({f"val/{t}": v for t, v in val.metrics.items()})
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.state_dict(), os.path.join(tmp, MODEL_FILE))
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
-            json.dump(config, fh)
+        save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
+        with open(os.path.join(tmp, RESULT_FILE), "w") as fh:
+            json.dump(result, fh)
         report(result, checkpoint_dir=tmp)
     return result
 
 
 def tune_trainable(config: dict[str, Any], dataset: Dataset, plan: TrialPlan) -> None:
     """The Ray Tune function trainable (``tune.with_parameters`` supplies ``dataset`` and ``plan``)."""
+    import ray
     from ray import tune
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    train_trial(config, dataset, plan, report)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        # Tune restarts a trial whose final checkpoint it saved but whose end it did not
+        # record before a crash: send the saved result again instead of training again.
+        with checkpoint.as_directory() as directory:
+            saved = os.path.join(directory, RESULT_FILE)
+            if os.path.exists(saved):
+                with open(saved) as fh:
+                    tune.report(json.load(fh))
+                return
+    train_trial(config, dataset, plan, report, {"node_id": ray.get_runtime_context().get_node_id()})

@@ -1,12 +1,16 @@
 """Weighting: how the per-task losses become one update."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from .knobs import Knob
+
+if TYPE_CHECKING:
+    from .problem import Problem
+    from .strategy import Strategy
 
 
 class Weighting(nn.Module):
@@ -15,16 +19,33 @@ class Weighting(nn.Module):
     ``combine`` turns per-task losses into one scalar; ``backward`` computes the gradients
     (override it for methods that manipulate per-task gradients). Parameters of the
     weighting itself (e.g. learned log-variances) are optimised with the model's.
+
+    Class attributes a subclass sets: ``name``, ``description``, ``knobs`` (searched per
+    trial as ``weighting.<name>.<knob>``; a space narrows them under
+    ``training.weighting_options``) and ``needs_shared_parameters`` (True for methods that
+    read or rewrite the gradients of ``MultiTaskModel.shared_parameters()``).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     knobs: ClassVar[dict[str, Knob]] = {}
+    needs_shared_parameters: ClassVar[bool] = False
 
-    def __init__(self, tasks: list[str], **params: Any):
+    def __init__(self, tasks: list[str], **params: object):
         super().__init__()
         self.tasks = list(tasks)
         self.params = params
+
+    @classmethod
+    def incompatibility(cls, strategy: "Strategy") -> str | None:
+        """Why this method cannot train ``strategy``'s models, or None when it can (checked by ``validate``)."""
+        if cls.needs_shared_parameters and not strategy.declares_shared_parameters:
+            return (f"it acts on the gradients of the shared parameters, and strategy {strategy.name!r} "
+                    "declares none (Strategy.declares_shared_parameters is False)")
+        return None
+
+    def setup(self, problem: "Problem") -> None:
+        """Called once by the trainer before training, with the problem (task kinds, ...)."""
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -34,6 +55,9 @@ class Weighting(nn.Module):
         total = self.combine(losses) + extra
         total.backward()
         return total
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to renormalise learned weights)."""
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         """Called after each training epoch with the epoch's mean loss per task."""

@@ -235,6 +235,7 @@ class AdaShare(Strategy):
     family = "adashare"
     description = "learned per-task select-or-skip policies over shared residual blocks (Gumbel-softmax, curriculum, sampled final policies)"
     backbones = ("residual_mlp", "residual_conv")
+    declares_shared_parameters = True  # the stem and the blocks (each task executes a subset)
     knobs = {
         "tower_width": Int(4, 64, log=True, minimum=1),
         "tau0": Default(5.0, Float(0.5, 10.0, minimum=1e-3)),

@@ -42,6 +42,7 @@ class HardSharingModel(MultiTaskModel):
 class HardSharing(Strategy):
     name = "hard_sharing"
     family = "hard_sharing"
+    declares_shared_parameters = True
     description = "shared bottom: the first shared_depth blocks shared by all tasks, the rest per task, per-task towers"
     knobs = {
         "shared_depth": Int(0, "depth", minimum=0),

@@ -538,6 +538,7 @@ class _FamilyStrategy(Strategy):
 
     family = "mixture_of_experts"
     backbones = ("mlp", "residual_mlp")
+    declares_shared_parameters = True
 
 
 class _MixtureOfExperts(_FamilyStrategy):

@@ -1,19 +1,281 @@
-"""Loss weighting methods. ``equal``: the plain sum of the task losses."""
+"""Loss weighting and gradient aggregation: how the per-task losses become one update.
+
+Loss weightings (one scalar loss, one backward pass):
+
+- ``equal``: the plain sum of the task losses.
+- ``uncertainty`` (Kendall, Gal, Cipolla, CVPR 2018): a learned log-variance ``s_t`` per task;
+  a regression task adds ``exp(-s_t) / 2 * L_t + s_t / 2`` (``1/(2 sigma^2) L + log sigma``),
+  a classification task ``exp(-s_t) * L_t + s_t / 2`` (``1/sigma^2 L + log sigma``), eq. 7 of
+  the paper. (LibMTL and others use ``1/sigma^2`` for every task; not followed here.)
+- ``dwa`` (Liu et al., CVPR 2019; METHODS.md section 3): ``lambda_k = K exp(w_k / Temp) /
+  sum_i exp(w_i / Temp)``, ``w_k = L_k(t-1) / L_k(t-2)`` from the epochs' mean training
+  losses, ``Temp = 2``, ``lambda = 1`` for the first two epochs.
+- ``gradnorm`` (Chen et al., ICML 2018): learned weights ``w_t`` trained on
+  ``sum_t |w_t ||grad_W L_t|| - mean_G * r_t^alpha|`` (the target held constant), ``W`` the
+  last shared layer's weights, ``r_t`` the relative inverse training rate; after every step
+  the weights are renormalised to sum to T.
+- ``rlw`` (Lin et al., TMLR 2022, random loss weighting): weights ``softmax(z)``, ``z ~ N(0, I)``
+  drawn afresh every step.
+
+Gradient aggregators (torchjd): the Jacobian of the task losses with respect to the model's
+``shared_parameters()`` is aggregated into one update by a torchjd ``Aggregator``; every other
+parameter gets the gradient of the plain sum of the task losses (the convention of
+``torchjd.autojac.mtl_backward``), and the model's regularisation is added to every gradient.
+A model whose shared parameters are empty for the sampled knobs (hard sharing at depth 0)
+has no conflict to resolve and is trained on the plain sum.
+
+``weight/<task>`` (logged per epoch) is the mean weight the task got over the epoch's steps:
+its loss weight, or for an aggregator the weight of its row of the Jacobian.
+"""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
+from torch import nn
 
-from mtl_search import Weighting, hookimpl
+from mtl_search import Default, Float, Knob, Problem, Weighting, hookimpl
 
 
-class Equal(Weighting):
+class _EpochMeanWeights(Weighting):
+    """Records the weights applied at every step and reports their mean over each epoch."""
+
+    def __init__(self, tasks: list[str], **params: Any):
+        super().__init__(tasks, **params)
+        self._weight_sum = torch.zeros(len(self.tasks))
+        self._steps = torch.zeros(len(self.tasks))
+        self._epoch_weights = {t: 1.0 for t in self.tasks}
+
+    def record(self, weights: torch.Tensor, index: torch.Tensor) -> None:
+        """Add one step's weights of the tasks at ``index`` (see ``present``)."""
+        self._weight_sum[index] += weights.detach().float().cpu()
+        self._steps[index] += 1
+
+    def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
+        for i, task in enumerate(self.tasks):  # a task trained in no step this epoch keeps its last value
+            if self._steps[i]:
+                self._epoch_weights[task] = float(self._weight_sum[i] / self._steps[i])
+        self._weight_sum.zero_()
+        self._steps.zero_()
+
+    def weights(self) -> dict[str, float]:
+        return dict(self._epoch_weights)
+
+    def present(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positions (in ``self.tasks``) of the tasks with a loss this step, and those losses as a vector.
+
+        Usually every task; a schedule that trains one task at a time (LASEM's sequential
+        mode) passes only the tasks it trains.
+        """
+        index = [i for i, t in enumerate(self.tasks) if t in losses]
+        return torch.tensor(index, dtype=torch.long), torch.stack([losses[self.tasks[i]] for i in index])
+
+
+class _LossWeighting(_EpochMeanWeights):
+    """A weighted sum of the task losses with weights from ``step_weights``."""
+
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        """This step's weight of each task at ``index`` (positions in ``self.tasks``)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        index, vector = self.present(losses)
+        weights = self.step_weights(index).to(vector)
+        self.record(weights, index)
+        return (weights * vector).sum()
+
+
+class Equal(_LossWeighting):
     name = "equal"
     description = "sum of the task losses, every weight 1"
 
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(index))
+
+
+class Uncertainty(_EpochMeanWeights):
+    name = "uncertainty"
+    description = "homoscedastic uncertainty (Kendall et al. 2018): learned log-variances, 1/(2 sigma^2) for regression, 1/sigma^2 for classification"
+
+    def __init__(self, tasks: list[str], **params: Any):
+        super().__init__(tasks, **params)
+        self.log_variance = nn.Parameter(torch.zeros(len(self.tasks)))
+        self.register_buffer("precision_scale", torch.full((len(self.tasks),), float("nan")))
+
+    def setup(self, problem: Problem) -> None:
+        # eq. 7: a Gaussian likelihood gives 1/(2 sigma^2), a softmax/sigmoid likelihood 1/sigma^2
+        scales = [0.5 if problem.task(t).kind == "regression" else 1.0 for t in self.tasks]
+        self.precision_scale.copy_(torch.tensor(scales))
+
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(losses.values())
+        if torch.isnan(self.precision_scale).any():
+            raise RuntimeError("uncertainty weighting: call setup(problem) first (the trainer does)")
+        index, vector = self.present(losses)
+        log_variance = self.log_variance[index.to(vector.device)]
+        weights = self.precision_scale[index.to(vector.device)] * torch.exp(-log_variance)
+        self.record(weights, index)
+        return (weights * vector).sum() + 0.5 * log_variance.sum()
+
+    def variances(self) -> dict[str, float]:
+        """The learned sigma^2 per task."""
+        return dict(zip(self.tasks, torch.exp(self.log_variance.detach()).tolist()))
+
+
+class DynamicWeightAverage(_LossWeighting):
+    name = "dwa"
+    description = "dynamic weight average (Liu et al. 2019): softmax over the tasks' loss descent rates of the last two epochs"
+    # the paper's Temp = 2; a space may set or search it under training.weighting_options.dwa.temperature
+    knobs = {"temperature": Default(2.0, Float(0.5, 10.0, minimum=1e-3))}
+
+    def __init__(self, tasks: list[str], temperature: float = 2.0, **params: Any):
+        super().__init__(tasks, temperature=temperature, **params)
+        self.temperature = float(temperature)
+        self.history: list[torch.Tensor] = []
+        self.register_buffer("lambdas", torch.ones(len(self.tasks)))
+
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return self.lambdas[index.to(self.lambdas.device)]
+
+    def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
+        super().on_epoch_end(epoch, train_losses)
+        self.history.append(torch.tensor([train_losses[t] for t in self.tasks], dtype=torch.float64))
+        if len(self.history) >= 2:
+            rates = self.history[-1] / self.history[-2].clamp_min(torch.finfo(torch.float64).tiny)
+            lambdas = len(self.tasks) * torch.softmax(rates / self.temperature, dim=0)
+            self.lambdas.copy_(lambdas.to(self.lambdas))
+
+
+class RandomLossWeighting(_LossWeighting):
+    name = "rlw"
+    description = "random loss weighting (Lin et al. 2022): softmax of standard normal draws, new every step"
+
+    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.randn(len(index)), dim=0)
+
+
+def last_shared_layer(model: nn.Module) -> nn.Parameter | None:
+    """The last weight matrix (or tensor of higher rank) among ``model.shared_parameters()``.
+
+    GradNorm measures gradient norms on "the last shared layer of weights"; a bias or norm
+    scale after it is skipped. None when the model shares nothing.
+    """
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    matrices = [p for p in shared if p.dim() >= 2]
+    return (matrices or shared or [None])[-1]
+
+
+class GradNorm(_EpochMeanWeights):
+    name = "gradnorm"
+    description = "GradNorm (Chen et al. 2018): learned weights that pull the tasks' gradient norms on the last shared layer together"
+    needs_shared_parameters = True
+    knobs = {"alpha": Float(0.0, 3.0, minimum=0.0)}
+
+    def __init__(self, tasks: list[str], alpha: float = 1.5, **params: Any):
+        super().__init__(tasks, alpha=alpha, **params)
+        self.alpha = float(alpha)
+        self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
+        self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))
+
+    def gradient_norms(self, losses: torch.Tensor, layer: nn.Parameter) -> torch.Tensor:
+        """``||grad_W L_t||`` per task on the layer ``W`` (the graph is kept for the update)."""
+        norms = []
+        for loss in losses:
+            (grad,) = torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)
+            norms.append(grad.norm() if grad is not None else loss.new_zeros(()))
+        return torch.stack(norms).detach()
+
+    def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        index, vector = self.present(losses)
+        index = index.to(vector.device)
+        layer = last_shared_layer(model)
+        if layer is not None:  # no shared layer: no norms to balance, the weights stay put
+            first = torch.isnan(self.initial_losses[index])  # L_t(0): a task's loss at its first step
+            self.initial_losses[index[first]] = vector.detach()[first]
+            norms = self.task_weights[index] * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
+            inverse_rate = vector.detach() / self.initial_losses[index].clamp_min(1e-12)
+            target = (norms.mean() * (inverse_rate / inverse_rate.mean()) ** self.alpha).detach()
+            (self.task_weights.grad,) = torch.autograd.grad((norms - target).abs().sum(), self.task_weights)
+        weights = self.task_weights.detach()[index]
+        self.record(weights, index)
+        total = (weights * vector).sum() + extra
+        total.backward()
+        return total
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.task_weights.clamp_(min=1e-6)
+        self.task_weights.mul_(len(self.tasks) / self.task_weights.sum())
+
+
+class _Aggregation(_EpochMeanWeights):
+    """Jacobian descent on the shared parameters with a torchjd aggregator."""
+
+    needs_shared_parameters = True
+    aggregator_class: ClassVar[str]  # the name in torchjd.aggregation
+    aggregator_defaults: ClassVar[dict[str, Any]] = {}  # arguments the aggregator requires, when no knob sets them
+
+    def __init__(self, tasks: list[str], **params: Any):
+        import torchjd.aggregation
+
+        params = {**self.aggregator_defaults, **params}
+        super().__init__(tasks, **params)
+        self.aggregator = getattr(torchjd.aggregation, self.aggregator_class)(**params)
+
+    def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        from torchjd.autojac import backward as jacobian_backward, jac_to_grad
+
+        index, vector = self.present(losses)
+        total = vector.sum() + extra
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        if not shared:
+            self.record(torch.ones(len(index)), index)
+            total.backward()
+            return total
+        shared_ids = {id(p) for p in shared}
+        private = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
+        jacobian_backward(list(vector), inputs=shared, retain_graph=True)
+        weights = jac_to_grad(shared, self.aggregator)
+        self.record(weights if weights is not None else torch.ones(len(index)), index)
+        if private:
+            torch.autograd.backward(vector.sum(), inputs=private, retain_graph=extra.requires_grad)
+        if extra.requires_grad:
+            extra.backward()
+        return total.detach()
+
+
+def _aggregation(name: str, attribute: str, description: str, knobs: dict[str, Knob] | None = None,
+                 defaults: dict[str, Any] | None = None) -> type[_Aggregation]:
+    """The weighting class of the torchjd aggregator ``torchjd.aggregation.<attribute>``."""
+    return type(attribute, (_Aggregation,), {
+        "name": name, "description": f"{description} (torchjd {attribute})", "aggregator_class": attribute,
+        "knobs": knobs or {}, "aggregator_defaults": defaults or {}, "__module__": __name__, "__qualname__": attribute,
+    })
+
+
+# module-level names, so that Ray pickles the classes by reference
+UPGrad = _aggregation("upgrad", "UPGrad", "UPGrad (Quinton & Rey 2024): projects every task gradient onto the dual cone, then averages")
+MGDA = _aggregation("mgda", "MGDA", "MGDA (Desideri 2012; Sener & Koltun 2018): the minimum-norm point of the task gradients' convex hull")
+PCGrad = _aggregation("pcgrad", "PCGrad", "PCGrad (Yu et al. 2020): projects away the conflicting components between task gradients")
+CAGrad = _aggregation("cagrad", "CAGrad", "CAGrad (Liu et al. 2021): the conflict-averse update within radius c of the mean gradient",
+                      knobs={"c": Float(0.1, 0.9, minimum=0.0, maximum=0.999)}, defaults={"c": 0.5})
+IMTLG = _aggregation("imtl_g", "IMTLG", "IMTL-G (Liu et al. 2021): the update with equal projections onto every task gradient")
+DualProj = _aggregation("dualproj", "DualProj", "DualProj (Quinton & Rey 2024): projects the mean gradient onto the dual cone of the task gradients")
+AlignedMTL = _aggregation("aligned_mtl", "AlignedMTL", "Aligned-MTL (Senushkin et al. 2023): aligns the principal components of the task gradients")
+
+
+def available_aggregations() -> list[type[_Aggregation]]:
+    """The aggregator weightings the installed torchjd offers, its optional solvers (quadprog, cvxpy) included."""
+    available = []
+    for cls in (UPGrad, MGDA, PCGrad, CAGrad, IMTLG, DualProj, AlignedMTL):
+        try:
+            cls(["a", "b"])
+        except (AttributeError, ImportError):  # not in this torchjd version, or a solver is missing
+            continue
+        available.append(cls)
+    return available
 
 
 @hookimpl
 def register_weightings(register):
-    register(Equal)
+    for cls in (Equal, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, *available_aggregations()):
+        register(cls)

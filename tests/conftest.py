@@ -52,3 +52,14 @@ def workdir(tmp_path, monkeypatch):
     """Run in a scratch directory, so the default MLflow store lands there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread avoids oversubscribing a machine shared with other jobs (far faster there)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

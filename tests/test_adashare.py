@@ -17,13 +17,7 @@ from mtl_search_plugins.weighting import Equal
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROBLEM = Problem((6,), (Task("a", "regression"), Task("b", "regression"), Task("c", "binary")))

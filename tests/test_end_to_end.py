@@ -33,7 +33,7 @@ def test_run_report_and_mlflow_layout(ray_session, workdir, capsys):
         assert t["pareto"] == (not dominated)
     assert report["hypervolume"] > 0
 
-    assert main(["report", "--format", "csv"]) == 0
+    assert main(["report", "--format", "csv", "--all"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 4 and "val/y1" in rows[0]
 

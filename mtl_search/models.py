@@ -1,0 +1,164 @@
+"""A trial's model on disk and back: saved next to what rebuilding it needs, loaded from an MLflow run, used to predict.
+
+A model directory (a trial's checkpoint; the ``model/`` artifact of a trial on the front) holds
+
+- ``model.pt``: the state dict, for ``torch.load(path, weights_only=True)``;
+- ``config.json``: the trial's exact sampled configuration (strategy, backbone, knobs, training);
+- ``problem.json``: the problem (input shape, tasks, a table's features) and the backbone kind.
+
+Rebuilding calls the strategy's ``build`` with the recorded problem, backbone and knobs,
+so the plugin that provides the strategy (and backbone kind) must be installed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import MtlSearchError
+from .model import MultiTaskModel
+from .problem import Problem, Task
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+PROBLEM_FILE = "problem.json"
+MODEL_ARTIFACT = "model"  # the artifact folder of a trial run
+
+
+def problem_to_json(problem: Problem) -> dict[str, Any]:
+    """The problem as JSON: input shape, tasks, and a table's feature description (the model's input layer depends on it)."""
+    return {"input_shape": list(problem.input_shape),
+            "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes} for t in problem.tasks],
+            "features": problem.features.to_dict() if problem.features is not None else None}
+
+
+def problem_from_json(data: dict[str, Any]) -> Problem:
+    from .tables import TableFeatures
+
+    features = TableFeatures.from_dict(data["features"]) if data.get("features") else None
+    return Problem(tuple(data["input_shape"]), tuple(Task(**task) for task in data["tasks"]), features=features)
+
+
+def save_model(directory: str | Path, model: MultiTaskModel, config: dict[str, Any], problem: Problem, backbone_kind: str) -> None:
+    """Write ``model.pt``, ``config.json`` and ``problem.json`` into ``directory``."""
+    directory = Path(directory)
+    # CPU tensors, so a model trained on a GPU loads anywhere; non-tensor entries (a module's extra state) stay as they are
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
+    (directory / CONFIG_FILE).write_text(json.dumps(config))
+    (directory / PROBLEM_FILE).write_text(json.dumps({"problem": problem_to_json(problem), "backbone_kind": backbone_kind}))
+
+
+def load_model_dir(directory: str | Path, registry: Any = None) -> MultiTaskModel:
+    """Rebuild the model saved in ``directory`` and load its weights (eval mode, CPU)."""
+    from .plugins import load_registry
+    from .trial import decode
+
+    directory = Path(directory)
+    missing = [name for name in (MODEL_FILE, CONFIG_FILE, PROBLEM_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise MtlSearchError(f"{directory}: not a saved model, missing {', '.join(missing)}")
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    spec = json.loads((directory / PROBLEM_FILE).read_text())
+    problem = problem_from_json(spec["problem"])
+    registry = registry or load_registry()
+    parts = decode(config)
+    strategy = _registered(registry.strategies, parts["strategy"], "strategy")
+    backbone_kind = _registered(registry.backbones, spec["backbone_kind"], "backbone kind")
+    backbone = backbone_kind.build(problem.input_shape, **parts["backbone"])
+    model = strategy.build(problem, backbone, parts["knobs"])
+    model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _registered(items: dict[str, Any], name: str, kind: str) -> Any:
+    if name not in items:
+        raise MtlSearchError(f"the model needs {kind} {name!r}, which no installed plugin provides (installed: {', '.join(sorted(items))})")
+    return items[name]
+
+
+def load_model(run_id: str, tracking_uri: str | None = None, registry: Any = None) -> MultiTaskModel:
+    """The trained model of a trial run (trials on the front carry one), rebuilt and in eval mode.
+
+    ``tracking_uri`` defaults to the default store (``sqlite:///<cwd>/mlflow/mlflow.db``).
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import resolve_tracking_uri
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise MtlSearchError(f"no run {run_id!r} in {client.tracking_uri}") from None
+    if not any(a.path == f"{MODEL_ARTIFACT}/{MODEL_FILE}" for a in client.list_artifacts(run_id, MODEL_ARTIFACT)):
+        raise MtlSearchError(f"run {run_id} has no model: only trials on the Pareto front carry one (tag mtl_search.pareto=true)")
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model_dir(client.download_artifacts(run_id, MODEL_ARTIFACT, tmp), registry)
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-task predictions in the task's own terms: a value (regression), P(y=1) (binary), class probabilities (multiclass)."""
+    model.eval()
+    x = x.to(dtype=torch.float32).reshape(len(x), *model.problem.input_shape)
+    outputs = model(x)
+    predictions = {}
+    for task in model.problem.tasks:
+        out = outputs[task.name]
+        if task.kind == "binary":
+            predictions[task.name] = torch.sigmoid(out.reshape(-1))
+        elif task.kind == "multiclass":
+            predictions[task.name] = torch.softmax(out, dim=1)
+        else:
+            predictions[task.name] = out.reshape(-1)
+    return predictions
+
+
+def read_features(path: str | Path, width: int) -> torch.Tensor:
+    """A plain numeric CSV of input features, ``width`` columns, with or without a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise MtlSearchError(f"{path}: no such file")
+    lines = list(csv.reader(path.read_text().splitlines()))
+    first = 1 if lines and not _numeric(lines[0]) else 0  # a header row
+    values = []
+    for number, row in enumerate(lines[first:], first + 1):
+        if not row:
+            continue
+        if len(row) != width:
+            raise MtlSearchError(f"{path}, line {number}: {len(row)} columns, the model takes {width} features")
+        if not _numeric(row):
+            raise MtlSearchError(f"{path}, line {number}: a value is not a finite number")
+        values.append([float(v) for v in row])
+    if not values:
+        raise MtlSearchError(f"{path}: no rows of features")
+    return torch.tensor(values)
+
+
+def _numeric(row: list[str]) -> bool:
+    try:
+        return all(math.isfinite(float(v)) for v in row)
+    except ValueError:
+        return False
+
+
+def prediction_rows(model: MultiTaskModel, x: torch.Tensor) -> list[dict[str, float]]:
+    """One row per input: a column per task (per class for multiclass tasks: ``task:k``, plus ``task`` = argmax)."""
+    predictions = predict(model, x)
+    rows: list[dict[str, float]] = [{} for _ in range(len(x))]
+    for task in model.problem.tasks:
+        values = predictions[task.name]
+        for row, value in zip(rows, values):
+            if task.kind == "multiclass":
+                row[task.name] = int(value.argmax())
+                row.update({f"{task.name}:{k}": float(p) for k, p in enumerate(value)})
+            else:
+                row[task.name] = float(value)
+    return rows

@@ -1,0 +1,109 @@
+"""What a search's parent run shows for review: front plots, tables, the runs table's default columns.
+
+Called by the tracker when a search ends; everything here reads a ``SearchRecord`` and
+writes MLflow artifacts or experiment tags, nothing else.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from . import pareto
+from .results import COST_METRICS, SearchRecord, trial_table
+
+# The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
+# as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
+VIEW_KEY = "mtl_search"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens such an experiment on its runs table, not the GenAI overview
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV, the columns in order of first appearance."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def front_data(record: SearchRecord) -> Any:
+    """The plots' input (``plots.FrontData``): trials with finite objective values; None when there are none."""
+    from .plots import FrontData
+
+    scored = [(t, t.objective_values(record.objectives)) for t in record.trials if t.status == "finished"]
+    scored = [(t, v) for t, v in scored if v is not None]
+    if not scored:
+        return None
+    directions = [o["direction"] for o in record.objectives]
+    on_family_front = [False] * len(scored)
+    for family in {t.family for t, _ in scored}:
+        members = [k for k, (t, _) in enumerate(scored) if t.family == family]
+        for index in pareto.pareto_front([scored[k][1] for k in members], directions):
+            on_family_front[members[index]] = True
+    return FrontData(
+        values=[v for _, v in scored], names=[o["name"] for o in record.objectives], directions=directions,
+        labels=[t.run_name for t, _ in scored], families=[t.family or t.strategy for t, _ in scored],
+        on_front=[t.pareto for t, _ in scored], on_family_front=on_family_front,
+        hover=[_hover(t, record) for t, _ in scored],
+    )
+
+
+def _hover(trial: Any, record: SearchRecord) -> str:
+    values = "<br>".join(f"{o['name']} = {v:.4g}" for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
+    knobs = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in trial.params.items() if k.startswith(trial.strategy + "."))
+    return f"<b>{trial.run_name}</b><br>{trial.strategy} ({trial.family})<br>{values}" + (f"<br>{knobs}" if knobs else "")
+
+
+def log_search_review(client: Any, run_id: str, record: SearchRecord, history: list[tuple[float, int]]) -> None:
+    """Tables (JSON + CSV, all trials and the front) and plots (fronts PNG + HTML, hypervolume history) on the search run."""
+    import matplotlib.pyplot as plt
+
+    from .plots import front_plotly, front_png, fronts_per_family, hypervolume_figure, plotly_page, trials_by_family
+
+    client.log_dict(run_id, record.to_json(), "front/search.json")
+    client.log_dict(run_id, [t.to_json() for t in sorted(record.front, key=lambda t: t.number)], "front/front.json")
+    client.log_text(run_id, csv_text(trial_table(record, detailed=True)), "front/trials.csv")
+    client.log_text(run_id, csv_text(trial_table(record, only_front=True, detailed=True)), "front/front.csv")
+    data = front_data(record)
+    if data is not None:
+        views = [(trials_by_family(data), "Trials by strategy family and the Pareto front (validation)", "front/front.png"),
+                 (fronts_per_family(data), "The front of each family and the global front (validation)", "front/front_by_family.png")]
+        for series, title, path in views:
+            figure = front_png(data, series, title)
+            client.log_figure(run_id, figure, path)
+            plt.close(figure)
+        page = plotly_page([front_plotly(data, series, title) for series, title, _ in views], f"Pareto fronts of {record.experiment}")
+        client.log_text(run_id, page, "front/front.html")
+    if history and record.reference_point is not None:
+        figure = hypervolume_figure(history, record.reference_point, [o["name"] for o in record.objectives])
+        client.log_figure(run_id, figure, "front/hypervolume.png")
+        plt.close(figure)
+
+
+def runs_table_view(record: SearchRecord) -> dict[str, Any]:
+    """The runs table's columns for a search: strategy, family, pareto, the objectives and per-task val/test, costs."""
+    tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
+    metrics = [o["name"] if not o["key"].startswith("val/") else o["key"] for o in record.objectives]
+    metrics += [f"val/{t}" for t in tasks] + [f"test/{t}" for t in tasks] + list(COST_METRICS)
+    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.family", "mtl_search.pareto")]
+    columns += [f"metrics.`{key}`" for key in dict.fromkeys(metrics)]
+    return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+
+
+def set_review_view(client: Any, experiment_id: str, record: SearchRecord) -> None:
+    """Store the runs table view of ``record`` on its experiment (``experiment_url`` opens it)."""
+    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_table_view(record)))
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI with mtl-search's columns.
+
+    MLflow 3.17's UI picks GenAI or model-training pages from a global switch (the
+    ``workflowType`` URL parameter, else the browser's last choice, else GenAI), so the link
+    names it; the ``mlflow.experimentKind`` tag covers the UIs that read the tag instead.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
