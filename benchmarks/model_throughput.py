@@ -7,13 +7,15 @@ kinds first, mlp first of them) with its knobs at the low end of their ranges
 size; three tasks (regression, binary, 3-class); two sizes of backbone. One step is
 ``task_losses`` on a batch, their sum backward, one AdamW step and the model's
 ``after_step`` (a strategy with its own schedule, e.g. AdaShare's phases, is timed on this
-generic step). Median of repeats, one torch thread; the ratio column is each strategy's
+generic step). Median of repeats of the process's CPU time per step (one torch thread, so
+other jobs on a shared machine do not inflate it); the ratio column is each strategy's
 throughput over hard sharing's at the same size, measured in the same run.
 
     python -m benchmarks.model_throughput [--quick]
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -73,7 +75,7 @@ def step_seconds(strategy: Any, kind: Any, size: dict[str, int], repeats: int) -
         optimizer.step()
         model.after_step()
 
-    return median_seconds(step, repeats), sum(p.numel() for p in model.parameters())
+    return median_seconds(step, repeats, clock=time.process_time), sum(p.numel() for p in model.parameters())
 
 
 def run(quick: bool) -> dict:
@@ -101,7 +103,7 @@ def run(quick: bool) -> dict:
 def markdown(result: dict) -> str:
     sizes = result["sizes"]
     describe = "; ".join(f"{n}: width {s['width']}, depth {s['depth']}, batch {s['batch']}" for n, s in sizes.items())
-    lines = [f"Training step throughput, 3 tasks, median of {result['repeats']}, 1 torch thread ({describe}).",
+    lines = [f"Training step throughput from CPU time per step, 3 tasks, median of {result['repeats']}, 1 torch thread ({describe}).",
              f"Machine: {result['machine']}.", "",
              "| strategy | family | backbone | " + " | ".join(f"{n} samples/s | {n} params | {n} vs {result['baseline']}" for n in sizes) + " |",
              "| --- | --- | --- | " + " | ".join("---: | ---: | ---:" for _ in sizes) + " |"]
