@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -28,18 +25,9 @@ from mtl_search import Problem, Split, Task
 from mtl_search.blocks import build_mlp
 from mtl_search_plugins.selective_transfer import Lasem, configuration_bits
 
+from .common import median_seconds
+
 DEPTHS = (3, 4, 6)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(depth: int, width: int, batch: int, tasks: int, repeats: int) -> dict[str, float]:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import tree_rss_mib
+
 NUMERIC, CATEGORICAL = 44, 4  # + 2 targets = 50 columns
 TASKS = {"clicked": {"kind": "binary"}, "revenue": {"kind": "regression"}}
 
@@ -84,21 +86,6 @@ def measure(path: Path, fmt: str) -> dict[str, float]:
             "tensor_mib": tensors / 2**20, "rows": len(data.train) + len(data.val) + len(data.test), "width": data.problem.input_shape[0]}
 
 
-def _tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants (Linux /proc); shared pages count once per process."""
-    total, stack = 0.0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, StopIteration):  # the process ended meanwhile
-            continue
-    return total
-
-
 def measure_search(path: Path, fmt: str) -> dict[str, float]:
     """In this (fresh) process: one hard-sharing trial of one epoch on the table, through Ray Tune and MLflow.
 
@@ -116,7 +103,7 @@ def measure_search(path: Path, fmt: str) -> dict[str, float]:
 
     def sample() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], _tree_rss_mib(os.getpid()))
+            peak[0] = max(peak[0], tree_rss_mib(os.getpid()))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -1,0 +1,113 @@
+"""What the benchmark harnesses share: timing by median of repeats, the machine line, writing results.
+
+Each harness is ``python -m benchmarks.NAME [--quick] [--out DIR]`` and writes ``NAME.md``
+(the table README quotes) and ``NAME.json`` (every figure) to DIR, by default
+``benchmarks/results``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median time of ``fn`` over ``repeats`` calls, after one warm-up call.
+
+    ``clock=time.process_time`` measures this process's CPU time instead of wall time: on a
+    machine shared with other jobs, single-threaded work is then not inflated by their load.
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    """The machine and its load when measured: timings on a shared machine mean little without it."""
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, Python {platform.python_version()}; load average (1/5/15 min) {load}"
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The common command line: ``--quick`` (tiny sizes, for the test suite) and ``--out``."""
+    parse = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parse.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run, for the tests)")
+    parse.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.md and NAME.json")
+    return parse
+
+
+def write(name: str, markdown: str, data: dict[str, Any], out: Path) -> str:
+    """Write ``NAME.md`` and ``NAME.json`` to ``out``; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(markdown)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    return markdown
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, dict[str, Any]]]:
+    """The space's trials run one after another in this process, with Optuna but without Ray or MLflow.
+
+    Each configuration comes from the search's own define-by-run space and ``sampler``
+    (default: the space's); each trial's objective values are told back to the study.
+    Returns each trial's seconds and final result.
+    """
+    import optuna
+
+    from mtl_search.search import DefineByRun, make_sampler, make_trial_plan, prepare
+    from mtl_search.trial import train_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # as run_search does
+    plan, dataset, _ = prepare(space)
+    trial_plan = make_trial_plan(plan)
+    sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1)
+    study = optuna.create_study(sampler=sampler, directions=[f"{o.direction}imize" for o in plan.objectives])
+    define = DefineByRun(plan)
+    done = []
+    for _ in range(space.search.trials):
+        trial = study.ask()
+        config = define(trial)
+        start = time.perf_counter()
+        result = train_trial(config, dataset, trial_plan, report=lambda metrics, checkpoint_dir=None: None)
+        done.append((time.perf_counter() - start, result))
+        study.tell(trial, [result[o.key] for o in plan.objectives])
+    return done
+
+
+def process_tree(pid: int) -> list[dict[str, Any]]:
+    """A process and all its descendants (Linux /proc): pid, command line, resident and peak resident MiB."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{current}/status").read_text().splitlines() if ":" in line)
+            command = Path(f"/proc/{current}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found.append({"pid": current, "command": command, "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
+                          "peak_mib": int(status["VmHWM"].split()[0]) / 1024})
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, KeyError, ValueError):  # the process ended meanwhile
+            continue
+    return found
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants; shared pages count once per process."""
+    return sum(p["rss_mib"] for p in process_tree(pid))

@@ -1,0 +1,138 @@
+"""Search orchestration overhead: N identical trials through ``run_search`` (Ray Tune + Optuna + MLflow) vs a plain loop.
+
+Every trial trains the same fixed configuration (hard sharing, fixed sizes, no early
+stopping), so its work is fixed; the epoch count is calibrated so a trial takes about
+``--trial-seconds``. The same trials are first run in a plain Python loop (``train_trial``
+without Ray or MLflow) to give each trial's compute, then through ``run_search`` with
+concurrency 1 and 2 (one torch thread per trial, Ray already started: its start-up is
+timed on its own, as is creating a fresh MLflow store). Reported:
+
+- overhead = search wall / (sum of the trials' compute / concurrency), 1.0 is none;
+- steady-state overhead: the median time between two trial completions, times the
+  concurrency, over one trial's compute (the per-trial cost once the search runs; the
+  difference to the overhead is the search's fixed start and end cost, also reported);
+- speed-up = wall at concurrency 1 / wall at concurrency 2 (and the same in steady state).
+
+    python -m benchmarks.search_overhead [--quick] [--trials N] [--trial-seconds S]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from .common import machine, parser, run_trials_in_process, write
+
+NAME = "search_overhead"
+
+
+def fixed_space(tracking_dir: str, epochs: int, trials: int, concurrency: int, samples: int) -> Any:
+    """A space with nothing left to choose: every trial does the same work."""
+    from mtl_search.space import parse_space
+
+    return parse_space({
+        "experiment": NAME,
+        "data": {"dataset": "synthetic_correlated", "options": {"samples": samples, "seed": 0}},
+        "backbone": {"kind": "mlp", "depth": 3, "width": 128},
+        "strategies": {"hard_sharing": {"shared_depth": 2, "tower_width": 16}},
+        "training": {"epochs": epochs, "patience": epochs, "batch_size": 128, "lr": 1e-3},
+        "search": {"trials": trials, "concurrency": concurrency, "sampler": "random", "seed": 0},
+        "tracking": {"uri": f"sqlite:///{tracking_dir}/mlflow.db"},
+    })
+
+
+def plain_loop(space: Any) -> list[float]:
+    """Each trial's seconds when the trials run one after another in this process, without Ray or MLflow."""
+    return [seconds for seconds, _ in run_trials_in_process(space)]
+
+
+def search_wall(space: Any) -> dict[str, Any]:
+    """Wall seconds of ``run_search`` and when (seconds from its call) each trial finished."""
+    from mtl_search.search import RunOptions, run_search
+
+    finished: list[float] = []
+    start = time.perf_counter()
+
+    def echo(line: str) -> None:
+        if line.startswith("["):  # "[k/N] trial ...: finished"
+            finished.append(time.perf_counter() - start)
+
+    record = run_search(space, RunOptions(), echo=echo)
+    wall = time.perf_counter() - start
+    failed = [t.error for t in record.trials if t.status != "finished"]
+    if failed:
+        raise RuntimeError(f"a benchmark trial failed: {failed[0]}")
+    return {"wall_s": wall, "finished_at_s": finished, "train_s_in_search": [t.metrics.get("train_seconds") for t in record.trials]}
+
+
+def run(trials: int, trial_seconds: float, samples: int) -> dict:
+    import ray
+
+    from mtl_search.search import ensure_ray
+    from mtl_search.tracking import Tracker
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    load_before = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        one_epoch = plain_loop(fixed_space(tmp, 1, 2, 1, samples))[-1]  # the first trial also pays first-call costs
+        epochs = max(1, round(trial_seconds / one_epoch))
+        compute = plain_loop(fixed_space(tmp, epochs, trials, 1, samples))
+        trial_compute = statistics.median(compute)
+        started_here = not ray.is_initialized()  # a caller's Ray (the test suite's) is left running
+        start = time.perf_counter()
+        ensure_ray(None)
+        ray_start = time.perf_counter() - start
+        start = time.perf_counter()
+        Tracker(f"sqlite:///{tmp}/mlflow.db", NAME)  # a user's store exists after the first search: time its creation apart
+        store_creation = time.perf_counter() - start
+        rows = []
+        for concurrency in (1, 2):
+            timing = search_wall(fixed_space(tmp, epochs, trials, concurrency, samples))
+            ideal = sum(compute) / concurrency
+            finished = timing["finished_at_s"]
+            gaps = [b - a for a, b in zip(finished, finished[1:])]
+            # between trial completions, in steady state, one trial's work per `concurrency` workers passes
+            steady = statistics.median(gaps) * concurrency / trial_compute if gaps else float("nan")
+            rows.append({"concurrency": concurrency, **timing, "ideal_s": ideal, "overhead": timing["wall_s"] / ideal,
+                         "overhead_with_ray_start": (timing["wall_s"] + ray_start) / ideal, "steady_overhead": steady,
+                         "until_first_trial_s": finished[0] - trial_compute, "after_last_trial_s": timing["wall_s"] - finished[-1]})
+        if started_here:
+            ray.shutdown()
+    return {"machine_before": load_before, "machine_after": machine(), "trials": trials, "epochs": epochs, "samples": samples,
+            "trial_compute_s": compute, "ray_start_s": ray_start, "store_creation_s": store_creation, "rows": rows,
+            "speed_up": rows[0]["wall_s"] / rows[1]["wall_s"],
+            "steady_speed_up": 2 * rows[0]["steady_overhead"] / rows[1]["steady_overhead"]}
+
+
+def markdown(result: dict) -> str:
+    compute = result["trial_compute_s"]
+    lines = [
+        f"{result['trials']} identical trials of {statistics.median(compute):.1f} s each (median in a plain loop; hard sharing, "
+        f"{result['epochs']} epochs of {result['samples']:,} rows), one torch thread per trial, Ray started and the MLflow store created beforehand.",
+        f"Machine: {result['machine_before']} (before); load after: {result['machine_after'].rsplit('average', 1)[-1].strip()}",
+        "",
+        "| concurrency | search wall s | sum of trial compute / concurrency s | overhead | overhead incl. Ray start | steady-state overhead per trial | start until first trial s | after last trial s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {r['concurrency']} | {r['wall_s']:.1f} | {r['ideal_s']:.1f} | {r['overhead']:.2f} | {r['overhead_with_ray_start']:.2f} | "
+              f"{r['steady_overhead']:.2f} | {r['until_first_trial_s']:.1f} | {r['after_last_trial_s']:.1f} |" for r in result["rows"]]
+    lines += ["", f"Speed-up with 2 concurrent trials: {result['speed_up']:.2f}x over the whole search, {result['steady_speed_up']:.2f}x in "
+              f"steady state (between trial completions). Once per search process: Ray start-up {result['ray_start_s']:.1f} s; "
+              f"creating a fresh MLflow store {result['store_creation_s']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse = parser(__doc__)
+    parse.add_argument("--trials", type=int, default=6)
+    parse.add_argument("--trial-seconds", type=float, default=10.0)
+    args = parse.parse_args(argv)
+    trials, seconds, samples = (2, 0.5, 2000) if args.quick else (args.trials, args.trial_seconds, 20000)
+    result = run(trials, seconds, samples)
+    print(write(NAME, markdown(result), result, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The benchmark harnesses' quick forms, so they cannot rot: each writes its table and JSON of the right shape.
+
+Structure only, never timings. The older harnesses (adashare_inference, lasem_cost,
+table_loading) have their quick tests beside their features.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import common
+
+
+def _written(tmp_path, name: str) -> tuple[dict, str]:
+    return json.loads((tmp_path / f"{name}.json").read_text()), (tmp_path / f"{name}.md").read_text()
+
+
+def test_median_seconds_is_the_median_of_the_timed_calls():
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # calls of 1, 3 and 2 s after the untimed warm-up
+    calls = []
+    assert common.median_seconds(lambda: calls.append(1), repeats=3, clock=lambda: next(ticks)) == 2.0
+    assert len(calls) == 4
+
+
+def test_process_tree_finds_a_child_process_and_its_memory():
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 * 2**20); time.sleep(30)"])
+    try:
+        for _ in range(100):
+            found = {p["pid"]: p for p in common.process_tree(os.getpid())}
+            if child.pid in found and found[child.pid]["rss_mib"] > 60:
+                break
+            __import__("time").sleep(0.05)
+        assert child.pid in found and os.getpid() in found
+        assert found[child.pid]["peak_mib"] >= found[child.pid]["rss_mib"] > 60
+        assert common.tree_rss_mib(os.getpid()) >= found[child.pid]["rss_mib"] + found[os.getpid()]["rss_mib"] - 1e-6
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_model_throughput_covers_every_registered_strategy(tmp_path):
+    from benchmarks.model_throughput import main
+    from mtl_search.plugins import load_registry
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "model_throughput")
+    assert sorted(r["strategy"] for r in result["rows"]) == sorted(load_registry().strategies)
+    for row in result["rows"]:
+        assert row["small"]["samples_per_s"] > 0 and row["large"]["samples_per_s"] > 0
+        assert row["large"]["params"] > row["small"]["params"], f"{row['strategy']}: the large size is not larger"
+        assert f"| {row['strategy']} |" in table
+    assert next(r for r in result["rows"] if r["strategy"] == result["baseline"])["small"]["vs_baseline"] == 1.0
+
+
+def test_search_efficiency_curves(tmp_path):
+    from benchmarks.search_efficiency import SAMPLERS, main, trials_to_reach
+
+    assert trials_to_reach([0.2, 0.96, 0.99], 0.95) == 2 and trials_to_reach([0.2, 0.5], 0.95) is None
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "search_efficiency")
+    assert [r["sampler"] for r in result["rows"]] == list(SAMPLERS)
+    assert result["reference_hypervolume"] > 0
+    for row in result["rows"]:
+        for curve in row["fraction_of_reference"]:
+            assert len(curve) == result["budget"]
+            assert all(b >= a for a, b in zip(curve, curve[1:])), "hypervolume must not fall as trials are added"
+    assert "| tpe |" in table and "| random |" in table
+
+
+def test_mmoe_reproduction_table_and_parameter_counts(tmp_path):
+    from benchmarks.mmoe_reproduction import CORRELATIONS, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "mmoe_reproduction")
+    assert set(result["summary"]) == {"shared-bottom", "OMoE", "MMoE"}
+    for by_p in result["test_mse"].values():
+        assert [float(p) for p in by_p] == list(CORRELATIONS)
+        assert all(len(runs) == 2 and all(math.isfinite(v) and v > 0 for v in runs) for runs in by_p.values())
+    # 8 experts x 100 x 16 + 2 towers x 16 x 8: the paper's 13,056 for MMoE and OMoE (the gates come on top)
+    assert result["params"]["MMoE"]["weights_without_gates_and_outputs"] == 13_056
+    assert result["params"]["MMoE"]["all"] - result["params"]["OMoE"]["all"] == 800  # one more gate of 100 x 8
+    assert len(result["findings"]) == 5 and all(isinstance(f["holds"], bool) for f in result["findings"])
+    assert "| MMoE |" in table
+
+
+def test_ple_reproduction_gains(tmp_path):
+    from benchmarks.ple_reproduction import CORRELATIONS, MODELS, main
+    from mtl_search.plugins import load_registry
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "ple_reproduction")
+    registered = load_registry().strategies
+    assert result["missing"] == [m.strategy for m in MODELS if m.strategy not in registered]
+    assert set(result["gain_percent"]) == {m.label for m in MODELS if m.strategy in registered}
+    single = result["test_mse"]["single-task"]
+    for label, by_p in result["gain_percent"].items():
+        for p in CORRELATIONS:
+            gains = by_p[str(p)]
+            mtl = result["test_mse"][label][str(p)][0]
+            for task, gain in gains.items():  # the gain is the relative improvement over the single-task model
+                assert gain == pytest.approx(100 * (single[str(p)][0][task] - mtl[task]) / single[str(p)][0][task])
+            assert result["seesaw"][label][str(p)] == (min(gains.values()) < 0 < max(gains.values()))
+    assert "| hard sharing |" in table
+
+
+def test_search_overhead_quick(tmp_path, ray_session, workdir):
+    from benchmarks.search_overhead import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "search_overhead")
+    assert [r["concurrency"] for r in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert len(row["finished_at_s"]) == result["trials"] and row["overhead"] > 0
+        assert row["ideal_s"] == pytest.approx(sum(result["trial_compute_s"]) / row["concurrency"])
+    assert "| 2 |" in table
+    import ray
+
+    assert ray.is_initialized(), "the benchmark must leave a Ray it did not start running"
+
+
+def test_memory_sampling_sees_the_trial_worker(ray_session, workdir):
+    from benchmarks.memory import markdown, measure
+
+    peaks = measure("quickstart", "1", quick=True)
+    assert peaks["trials"] == 1
+    assert peaks["trial_worker_mib"] > 50, "no Ray worker running a trial was found in the process tree"
+    assert peaks["tree_mib"] > peaks["trial_worker_mib"]
+    text = markdown({"machine_before": "m", "results": {"quickstart": peaks, "table": {**peaks, "rows": 10, "file_mib": 1.0}}})
+    assert "| quickstart.yaml, 1 trials |" in text
+
+
+@pytest.mark.slow
+def test_memory_quick_in_fresh_processes(tmp_path):
+    from benchmarks.memory import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, _ = _written(tmp_path, "memory")
+    assert set(result["results"]) == {"quickstart", "table"}
+    assert all(r["driver_mib"] > 0 and r["trial_worker_mib"] > 0 for r in result["results"].values())
