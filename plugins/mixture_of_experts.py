@@ -16,7 +16,8 @@
 Dense experts run as one batched contraction over stacked weights (``StackedMLP``). Sparse
 routing computes only the routed rows: they are dispatched into an (experts, slots, features)
 buffer and run as one batched matmul. The experts read the flattened input and replace the
-backbone's blocks; their activation follows the backbone's. Auxiliary losses reach the
+backbone's blocks (so they also run on image backbones, as MLP experts over the pixels;
+Switch needs an mlp kind for its width); their activation follows the backbone's. Auxiliary losses reach the
 trainer through ``regularization()``; routing statistics (load per expert, dropped fraction,
 over the last training epoch) through ``trial_metrics()``.
 """
@@ -534,10 +535,13 @@ _KNOBS = {"experts": Int(2, 16, minimum=1), **EXPERT_KNOBS}
 
 
 class _FamilyStrategy(Strategy):
-    """What every strategy of the family shares: the family name and the (flat-feature) backbones it builds on."""
+    """What every strategy of the family shares: the family name; experts read the flattened input.
+
+    Because the experts replace the backbone's blocks and read the flattened input, they build
+    on every backbone kind: on an image backbone they are MLP experts over the pixels.
+    """
 
     family = "mixture_of_experts"
-    backbones = ("mlp", "residual_mlp")
     declares_shared_parameters = True
 
 
@@ -633,6 +637,7 @@ class TopKMoE(_FamilyStrategy):
 class Switch(_FamilyStrategy):
     name = "switch"
     description = "Switch routing: float32 top-1 router with expert capacity, dropped rows on the residual, balancing and z-losses"
+    backbones = ("mlp", "residual_mlp")  # its residual layers take the backbone's width
     knobs = {
         "experts": Int(4, 16, minimum=1),
         "capacity_factor": Float(1.0, 2.0, minimum=0.0),

@@ -70,7 +70,7 @@ def test_bad_options_are_refused(options, message):
 def test_digits_space_validates(capsys):
     assert main(["validate", "search_spaces/digits.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "strategies hard_sharing, cross_stitch, mtan, l2_soft, mrn" in out and "tasks left, right" in out
+    assert "strategies hard_sharing, cross_stitch, mtan, l2_soft, mrn, mmoe" in out and "tasks left, right" in out
 
 
 def _reduced_digits_space(root, directory):
@@ -99,7 +99,7 @@ def test_every_strategy_of_the_digits_space_trains_a_trial(request, tmp_path):
     trial_plan = TrialPlan(plan.problem, {n: s for n, (s, _) in plan.strategies.items()}, plan.backbone_kind,
                            {n: cls for n, (cls, _) in plan.weightings.items()}, epochs=1, patience=1, seed=0, cpus_per_trial=1, gpus_per_trial=0)
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    assert list(plan.strategies) == ["hard_sharing", "cross_stitch", "mtan", "l2_soft", "mrn"]
+    assert list(plan.strategies) == ["hard_sharing", "cross_stitch", "mtan", "l2_soft", "mrn", "mmoe"]
     for name in plan.strategies:
         study.enqueue_trial({"strategy": name})
         config = DefineByRun(plan)(study.ask())
