@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from .errors import SpaceError, did_you_mean
-from .knobs import Choice, Fixed, Float, Int, Knob, parse_range
+from .knobs import Fixed, Float, Int, Knob, parse_range
 from .encoding import INPUT_KNOBS, has_categories
 from .problem import KINDS, Problem, Task
 from .tables import TABLE_FORMATS, SplitSpec, TableSpec
@@ -415,8 +415,3 @@ def _number(value: Any, path: str, positive: bool) -> float:
     if value < 0 or (positive and value == 0):
         raise SpaceError(path, f"expected a number {'> 0' if positive else '>= 0'}, got {value!r}")
     return float(value)
-
-
-def choice_names(knob: Knob) -> list[Any]:
-    """The values a fixed or choice knob can take."""
-    return [knob.value] if isinstance(knob, Fixed) else list(knob.choices) if isinstance(knob, Choice) else []
