@@ -63,9 +63,10 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_good_space_validates(tmp_path, capsys):
-    code, err = _validate(tiny_space(tmp_path), capsys)
-    assert code == 0, err
-    assert "ok" in capsys.readouterr().out or code == 0
+    code = main(["validate", str(tiny_space(tmp_path))])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "ok" in captured.out and "tasks y1, y2" in captured.out and "strategies hard_sharing, mmoe" in captured.out
 
 
 def test_command_line_prints_no_traceback(tmp_path):
