@@ -23,7 +23,7 @@ from .plugins import Registry, load_registry
 from .results import SearchRecord, TrialRecord, format_table, hypervolume_history, mark_front, trial_table
 from .space import Plan, Space, resolve
 from .tables import load_table
-from .tracking import PLACEMENT_TAGS, TUNE_PATH, Tracker, default_store_dir, resolve_tracking_uri
+from .tracking import PLACEMENT_TAGS, TUNE_PATH, BackgroundWriter, Tracker, default_store_dir, resolve_tracking_uri
 from .trial import NUMBER_KEY, STRATEGY_KEY, TrialPlan, param_name, tune_trainable
 
 
@@ -317,6 +317,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The run prints its own progress lines; Tune's console output (a config box, TensorBoard hints) is noise here.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's own per-trial result files (JSON, CSV, TensorBoard) duplicate what MLflow records, at a cost on the driver.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ctrl-C is ours (SearchControl.interrupt): Tune's handler would stop running trials at once.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trial_plan = make_trial_plan(plan)
@@ -369,6 +371,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             status = "FAILED"
         logger = control.logger
         logger.stop_unfinished()
+        logger.close()
         record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason)
         record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
         history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
@@ -470,6 +473,8 @@ class _CallbackRelay(_Callback):
 class TrialLogger:
     """Logs each trial to MLflow as it starts, reports epochs and ends; prints progress.
 
+    Creating a trial's run is immediate (later writes need its id); the other writes go
+    through a BackgroundWriter, so Tune's loop is not held up; ``close`` waits for them.
     ``earlier`` holds the trials a resumed search recorded before it was interrupted: a trial
     Tune runs again that already finished (Tune's state lagged behind MLflow) is not logged twice.
     """
@@ -483,6 +488,11 @@ class TrialLogger:
         self.placed: set[str] = set()
         self.records: list[TrialRecord] = list(earlier)
         self.recorded = {t.number for t in earlier}
+        self.writes = BackgroundWriter(echo)
+
+    def close(self) -> None:
+        """Wait for every queued MLflow write."""
+        self.writes.close()
 
     def start(self, trial: Any) -> None:
         config = dict(trial.config)
@@ -498,20 +508,20 @@ class TrialLogger:
             return
         if trial.trial_id not in self.placed:
             self.placed.add(trial.trial_id)
-            self.tracker.record_placement(run_id, result)
+            self.writes.submit(self.tracker.record_placement, run_id, dict(result))
         if not result.get("final") and "epoch" in result:
-            self.tracker.log_epoch(run_id, result)
+            self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
 
     def complete(self, trial: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
-        result = trial.last_result or {}
+        result = dict(trial.last_result or {})
         if not result.get("final"):
-            self.tracker.stop_trial(run_id)
+            self.writes.submit(self.tracker.stop_trial, run_id)
             self._finish(trial, run_id, "stopped", result, None)
             return
-        self.tracker.finish_trial(run_id, result)
+        self.writes.submit(self.tracker.finish_trial, run_id, result)
         self._finish(trial, run_id, "finished", result, None)
 
     def error(self, trial: Any) -> None:
@@ -519,14 +529,14 @@ class TrialLogger:
         if run_id is None:
             return
         error = _error_text(trial)
-        self.tracker.fail_trial(run_id, error)
+        self.writes.submit(self.tracker.fail_trial, run_id, error)
         self._finish(trial, run_id, "failed", trial.last_result or {}, error)
         self.control.count_failure()
 
     def stop_unfinished(self) -> None:
         """Record as stopped the trials Tune left running when it stopped the whole search (second Ctrl-C, max_failures)."""
         for trial_id, trial in list(self.running.items()):
-            self.tracker.stop_trial(self.run_ids[trial_id])
+            self.writes.submit(self.tracker.stop_trial, self.run_ids[trial_id])
             self._finish(trial, self.run_ids[trial_id], "stopped", {}, None)
 
     def _family(self, strategy: str) -> str:

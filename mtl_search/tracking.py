@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import MtlSearchError
 from .model import SharingMap
@@ -178,6 +180,39 @@ class Tracker:
         items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+class BackgroundWriter:
+    """Runs tracking calls one at a time, in the order given, on a thread of its own.
+
+    Tune's event loop calls the trial callbacks, and a trial that reports an epoch waits
+    until that loop has handled it; an MLflow write there (a sharing-map figure takes a few
+    hundred milliseconds) would stall every running trial. A call that raises is reported
+    through ``warn`` and the writes after it go on.
+    """
+
+    def __init__(self, warn: Callable[[str], None]):
+        self._warn = warn
+        self._calls: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="mtl-search-tracking", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> None:
+        """Queue ``call(*args)``."""
+        self._calls.put((call, args))
+
+    def close(self) -> None:
+        """Wait until every queued call has run, then stop the thread."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, args = item
+            try:
+                call(*args)
+            except Exception as exc:  # a failed write must not lose the ones after it
+                self._warn(f"warning: MLflow did not record {call.__name__}: {type(exc).__name__}: {exc}")
 
 
 def _latest_search_runs(client: Any, uri: str, experiment: str | None) -> list:

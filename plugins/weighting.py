@@ -29,6 +29,7 @@ its loss weight, or for an aggregator the weight of its row of the Jacobian.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, ClassVar
 
 import torch
@@ -213,6 +214,7 @@ class _Aggregation(_EpochMeanWeights):
     needs_shared_parameters = True
     aggregator_class: ClassVar[str]  # the name in torchjd.aggregation
     aggregator_defaults: ClassVar[dict[str, Any]] = {}  # arguments the aggregator requires, when no knob sets them
+    requires: ClassVar[tuple[str, ...]] = ()  # the solver modules torchjd needs for it (its optional extras)
 
     def __init__(self, tasks: list[str], **params: Any):
         import torchjd.aggregation
@@ -244,35 +246,42 @@ class _Aggregation(_EpochMeanWeights):
 
 
 def _aggregation(name: str, attribute: str, description: str, knobs: dict[str, Knob] | None = None,
-                 defaults: dict[str, Any] | None = None) -> type[_Aggregation]:
+                 defaults: dict[str, Any] | None = None, requires: tuple[str, ...] = ()) -> type[_Aggregation]:
     """The weighting class of the torchjd aggregator ``torchjd.aggregation.<attribute>``."""
     return type(attribute, (_Aggregation,), {
         "name": name, "description": f"{description} (torchjd {attribute})", "aggregator_class": attribute,
-        "knobs": knobs or {}, "aggregator_defaults": defaults or {}, "__module__": __name__, "__qualname__": attribute,
+        "knobs": knobs or {}, "aggregator_defaults": defaults or {}, "requires": requires,
+        "__module__": __name__, "__qualname__": attribute,
     })
 
 
+_QUADPROG = ("numpy", "qpsolvers", "quadprog")  # torchjd's quadprog-projector extra
+_CVXPY = ("numpy", "cvxpy")  # torchjd's cagrad extra
+
+
 # module-level names, so that Ray pickles the classes by reference
-UPGrad = _aggregation("upgrad", "UPGrad", "UPGrad (Quinton & Rey 2024): projects every task gradient onto the dual cone, then averages")
+UPGrad = _aggregation("upgrad", "UPGrad", "UPGrad (Quinton & Rey 2024): projects every task gradient onto the dual cone, then averages",
+                      requires=_QUADPROG)
 MGDA = _aggregation("mgda", "MGDA", "MGDA (Desideri 2012; Sener & Koltun 2018): the minimum-norm point of the task gradients' convex hull")
 PCGrad = _aggregation("pcgrad", "PCGrad", "PCGrad (Yu et al. 2020): projects away the conflicting components between task gradients")
 CAGrad = _aggregation("cagrad", "CAGrad", "CAGrad (Liu et al. 2021): the conflict-averse update within radius c of the mean gradient",
-                      knobs={"c": Float(0.1, 0.9, minimum=0.0, maximum=0.999)}, defaults={"c": 0.5})
+                      knobs={"c": Float(0.1, 0.9, minimum=0.0, maximum=0.999)}, defaults={"c": 0.5}, requires=_CVXPY)
 IMTLG = _aggregation("imtl_g", "IMTLG", "IMTL-G (Liu et al. 2021): the update with equal projections onto every task gradient")
-DualProj = _aggregation("dualproj", "DualProj", "DualProj (Quinton & Rey 2024): projects the mean gradient onto the dual cone of the task gradients")
+DualProj = _aggregation("dualproj", "DualProj", "DualProj (Quinton & Rey 2024): projects the mean gradient onto the dual cone of the task gradients",
+                        requires=_QUADPROG)
 AlignedMTL = _aggregation("aligned_mtl", "AlignedMTL", "Aligned-MTL (Senushkin et al. 2023): aligns the principal components of the task gradients")
 
 
 def available_aggregations() -> list[type[_Aggregation]]:
-    """The aggregator weightings the installed torchjd offers, its optional solvers (quadprog, cvxpy) included."""
-    available = []
-    for cls in (UPGrad, MGDA, PCGrad, CAGrad, IMTLG, DualProj, AlignedMTL):
-        try:
-            cls(["a", "b"])
-        except (AttributeError, ImportError):  # not in this torchjd version, or a solver is missing
-            continue
-        available.append(cls)
-    return available
+    """The aggregator weightings whose torchjd and solvers (quadprog, cvxpy) are installed.
+
+    Found without importing them: torchjd with cvxpy takes about a second to import, which
+    every command that loads the plugins (``validate`` included) would otherwise pay.
+    """
+    if importlib.util.find_spec("torchjd") is None:
+        return []
+    return [cls for cls in (UPGrad, MGDA, PCGrad, CAGrad, IMTLG, DualProj, AlignedMTL)
+            if all(importlib.util.find_spec(module) is not None for module in cls.requires)]
 
 
 @hookimpl

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import optuna
@@ -157,3 +158,27 @@ def test_same_seed_same_configurations_and_metrics(ray_session, workdir):
     first, second = ([(t.number, t.params, t.val, t.test) for t in sorted(r.trials, key=lambda t: t.number)] for r in runs)
     assert len(first) == 3 and first == second
     assert len({json.dumps(params, sort_keys=True) for _, params, _, _ in first}) > 1  # the sampler did vary them
+
+
+def test_a_failing_tracking_write_is_reported_and_the_later_writes_still_run_in_order():
+    from mtl_search.tracking import BackgroundWriter
+
+    done, warnings = [], []
+    release = threading.Event()
+    writer = BackgroundWriter(warnings.append)
+
+    def slow(tag: str) -> None:
+        release.wait(5)
+        done.append(tag)
+
+    def log_epoch(run_id: str) -> None:
+        raise ConnectionError(f"store unreachable for {run_id}")
+
+    writer.submit(slow, "first")
+    writer.submit(log_epoch, "run-1")
+    writer.submit(done.append, "after the failure")
+    assert done == [], "submit must not wait for the write (Tune's loop would stall)"
+    release.set()
+    writer.close()  # waits for every queued call
+    assert done == ["first", "after the failure"]
+    assert len(warnings) == 1 and "log_epoch" in warnings[0] and "store unreachable for run-1" in warnings[0]

@@ -165,8 +165,12 @@ def test_the_installed_torchjd_offers_the_listed_aggregators():
     registry = load_registry()
     names = set(registry.weightings)
     assert {"equal", "uncertainty", "dwa", "gradnorm", "rlw"} <= names
-    assert {cls.name for cls in available_aggregations()} <= names
-    assert {"upgrad", "mgda"} <= names
+    available = available_aggregations()
+    assert {cls.name for cls in available} <= names
+    # the project installs torchjd with its quadprog-projector and cagrad extras: all seven, each constructible
+    assert {cls.name for cls in available} == {"upgrad", "mgda", "pcgrad", "cagrad", "imtl_g", "dualproj", "aligned_mtl"}
+    for cls in available:
+        assert cls(["a", "b"]).aggregator is not None
 
 
 def _conflicting_losses(model) -> dict[str, torch.Tensor]:
