@@ -84,10 +84,17 @@ def run(runs: int, training: Training) -> dict:
             for model in MODELS:  # the same draw of the data for every model in a run
                 result = test_losses(registry, model, p, seed, training)
                 raw[model.label][p].append(statistics.fmean(result["test"].values()))
-    summary = {label: {p: dict(zip(("mean", "std"), mean_spread(values))) for p, values in by_p.items()} for label, by_p in raw.items()}
     return {"machine_before": load_before, "machine_after": machine(), "runs": runs, "training": training.__dict__,
-            "params": parameter_counts(registry), "paper_params": PAPER_PARAMS, "test_mse": raw, "summary": summary,
-            "findings": findings(summary)}
+            "params": parameter_counts(registry), "paper_params": PAPER_PARAMS, "test_mse": raw, **summarise(raw)}
+
+
+def summarise(raw: dict[str, dict[float, list[float]]]) -> dict:
+    """Mean, spread and median per model and correlation; paired wins (runs share their data draw); the findings."""
+    summary = {label: {p: {**dict(zip(("mean", "std"), mean_spread(values))), "median": statistics.median(values)}
+                       for p, values in by_p.items()} for label, by_p in raw.items()}
+    pairs = [(a.label, b.label) for a, b in ((MODELS[2], MODELS[0]), (MODELS[2], MODELS[1]), (MODELS[1], MODELS[0]))]
+    wins = {f"{a} < {b}": {p: sum(x < y for x, y in zip(raw[a][p], raw[b][p])) for p in CORRELATIONS} for a, b in pairs}
+    return {"summary": summary, "paired_wins": wins, "findings": findings(summary)}
 
 
 def markdown(result: dict) -> str:
@@ -109,12 +116,18 @@ def markdown(result: dict) -> str:
               f"gates or output layers; the paper's figure is {result['paper_params']:,} for MMoE.", "",
               "| paper finding | holds here |", "| --- | --- |"]
     lines += [f"| {f['finding']} | {'yes' if f['holds'] else 'no'} |" for f in result["findings"]]
+    lines += ["", "Medians, and paired comparisons (in each run every model trains on the same draw of the data, whose difficulty "
+              "varies far more between draws than the models differ):", "",
+              "| | " + " | ".join(f"p = {p:g}" for p in CORRELATIONS) + " |", "| --- | " + " | ".join("---:" for _ in CORRELATIONS) + " |"]
+    lines += [f"| median {label} | " + " | ".join(f"{by_p[p]['median']:.4f}" for p in CORRELATIONS) + " |" for label, by_p in result["summary"].items()]
+    lines += [f"| runs with {pair.replace(' < ', ' better than ')} | " + " | ".join(f"{by_p[p]} of {result['runs']}" for p in CORRELATIONS) + " |"
+              for pair, by_p in result["paired_wins"].items()]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parse = parser(__doc__)
-    parse.add_argument("--runs", type=int, default=5)
+    parse.add_argument("--runs", type=int, default=10)
     args = parse.parse_args(argv)
     runs, training = (2, Training(samples=300, epochs=2, input_dim=100)) if args.quick else (args.runs, Training())
     result = run(runs, training)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mtl_search.plugins import load_registry
 
-from .common import machine, parser, write
+from .common import machine, mean_spread, parser, write
 from .synthetic_study import Model, Training, test_losses
 
 NAME = "ple_reproduction"
@@ -45,32 +45,42 @@ def run(runs: int, training: Training) -> dict:
         for p in CORRELATIONS:
             for model in (SINGLE_TASK, *models):
                 raw[model.label][p].append(test_losses(registry, model, p, seed, training)["test"])
-    gains: dict[str, dict[float, dict[str, float]]] = {}
-    for model in models:
-        gains[model.label] = {}
-        for p in CORRELATIONS:
-            pairs = zip(raw[SINGLE_TASK.label][p], raw[model.label][p])
-            per_run = [{t: 100 * (single[t] - mtl[t]) / single[t] for t in single} for single, mtl in pairs]
-            gains[model.label][p] = {t: statistics.fmean(r[t] for r in per_run) for t in per_run[0]}
-    seesaw = {label: {p: min(g.values()) < 0 < max(g.values()) for p, g in by_p.items()} for label, by_p in gains.items()}
     return {"machine_before": load_before, "machine_after": machine(), "runs": runs, "training": training.__dict__,
             "models": {m.label: {"strategy": m.strategy, "knobs": m.knobs, "width": m.width} for m in (SINGLE_TASK, *models)},
-            "missing": missing, "test_mse": raw, "gain_percent": gains, "seesaw": seesaw}
+            "missing": missing, "test_mse": raw, **summarise(raw)}
+
+
+def summarise(raw: dict[str, dict[float, list[dict[str, float]]]]) -> dict:
+    """Per model, correlation and task: the gain of every run over the single-task models of that run, its mean, median and spread; the seesaw."""
+    gains: dict[str, dict[float, dict[str, dict[str, float]]]] = {}
+    for label, by_p in raw.items():
+        if label == SINGLE_TASK.label:
+            continue
+        gains[label] = {}
+        for p, runs in by_p.items():
+            per_run = [{t: 100 * (single[t] - mtl[t]) / single[t] for t in single} for single, mtl in zip(raw[SINGLE_TASK.label][p], runs)]
+            gains[label][p] = {t: {"mean": mean, "std": std, "median": statistics.median(r[t] for r in per_run)}
+                               for t in per_run[0] for mean, std in [mean_spread([r[t] for r in per_run])]}
+    # judged on the median: one run that fails to train (a gain of -500 %) must not decide the sign
+    seesaw = {label: {p: min(g["median"] for g in by_task.values()) < 0 < max(g["median"] for g in by_task.values())
+                      for p, by_task in by_p.items()} for label, by_p in gains.items()}
+    return {"gain_percent": gains, "seesaw": seesaw}
 
 
 def markdown(result: dict) -> str:
     t = result["training"]
     tasks = sorted(next(iter(next(iter(result["gain_percent"].values())).values())))
     lines = [
-        f"MTL gain over single-task models, % of the single-task test MSE (positive = better), mean over {result['runs']} runs; "
-        f"{t['samples']:,} rows, d = {t['input_dim']}, AdamW lr {t['lr']}, up to {t['epochs']} epochs with early stopping.",
+        f"MTL gain over single-task models, % of the single-task test MSE (positive = better): median over {result['runs']} runs, "
+        f"then mean ± standard deviation; {t['samples']:,} rows, d = {t['input_dim']}, AdamW lr {t['lr']}, up to {t['epochs']} epochs "
+        "with early stopping. Seesaw: one task's median gain positive, the other's negative.",
         f"Machine: {result['machine_before']}.",
         "",
         "| model | " + " | ".join(f"p = {p:g}: {task}" for p in CORRELATIONS for task in tasks) + " | seesaw at |",
         "| --- | " + " | ".join("---:" for _ in CORRELATIONS for _ in tasks) + " | --- |",
     ]
     for label, by_p in result["gain_percent"].items():
-        cells = " | ".join(f"{by_p[p][task]:+.1f}" for p in CORRELATIONS for task in tasks)
+        cells = " | ".join(f"{g['median']:+.1f} ({g['mean']:+.0f} ± {g['std']:.0f})" for p in CORRELATIONS for g in [by_p[p][task] for task in tasks])
         where = ", ".join(f"p = {p:g}" for p in CORRELATIONS if result["seesaw"][label][p]) or "none"
         lines.append(f"| {label} | {cells} | {where} |")
     if result["missing"]:
@@ -80,9 +90,9 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parse = parser(__doc__)
-    parse.add_argument("--runs", type=int, default=3)
+    parse.add_argument("--runs", type=int, default=10)
     args = parse.parse_args(argv)
-    runs, training = (1, Training(samples=300, epochs=2)) if args.quick else (args.runs, Training())
+    runs, training = (2, Training(samples=300, epochs=2)) if args.quick else (args.runs, Training())
     result = run(runs, training)
     print(write(NAME, markdown(result), result, args.out))
 

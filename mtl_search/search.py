@@ -117,14 +117,23 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
     return space
 
 
-def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None) -> Any:
-    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid)."""
+def nsga2_population(trials: int | None) -> int:
+    """NSGA-II's generation size for a search of ``trials``: Optuna's 50, or about five generations when fewer trials.
+
+    A first generation is sampled at random; with Optuna's default of 50, any search of
+    under 50 trials would be random search under another name.
+    """
+    return 50 if trials is None else max(4, min(50, trials // 5))
+
+
+def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None, trials: int | None = None) -> Any:
+    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid; ``trials`` sizes NSGA-II's generations)."""
     import optuna
 
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(population_size=nsga2_population(trials), seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -334,7 +343,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             space=DefineByRun(plan),
             metric=[o["key"] for o in objectives],
             mode=[o["direction"] for o in objectives],
-            sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
+            sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan, trials),
             storage=optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}"),
             study_name=Path(tune_path).name,
         )
