@@ -77,7 +77,7 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # as run_search does
     plan, dataset, _ = prepare(space)
     trial_plan = make_trial_plan(plan)
-    sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1, trials=space.search.trials)
+    sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1)
     study = optuna.create_study(sampler=sampler, directions=[f"{o.direction}imize" for o in plan.objectives])
     define = DefineByRun(plan)
     done = []

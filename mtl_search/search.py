@@ -117,23 +117,14 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
     return space
 
 
-def nsga2_population(trials: int | None) -> int:
-    """NSGA-II's generation size for a search of ``trials``: Optuna's 50, or about five generations when fewer trials.
-
-    A first generation is sampled at random; with Optuna's default of 50, any search of
-    under 50 trials would be random search under another name.
-    """
-    return 50 if trials is None else max(4, min(50, trials // 5))
-
-
-def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None, trials: int | None = None) -> Any:
-    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid; ``trials`` sizes NSGA-II's generations)."""
+def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None) -> Any:
+    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid)."""
     import optuna
 
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=nsga2_population(trials), seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -326,8 +317,6 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # The run prints its own progress lines; Tune's console output (a config box, TensorBoard hints) is noise here.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune's own per-trial result files (JSON, CSV, TensorBoard) duplicate what MLflow records, at a cost on the driver.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ctrl-C is ours (SearchControl.interrupt): Tune's handler would stop running trials at once.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     trial_plan = make_trial_plan(plan)
@@ -343,7 +332,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             space=DefineByRun(plan),
             metric=[o["key"] for o in objectives],
             mode=[o["direction"] for o in objectives],
-            sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan, trials),
+            sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
             storage=optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}"),
             study_name=Path(tune_path).name,
         )

@@ -145,6 +145,7 @@ def test_search_overhead_quick(tmp_path, ray_session, workdir):
     for row in result["rows"]:
         assert len(row["finished_at_s"]) == result["trials"] and row["overhead"] > 0
         assert row["ideal_s"] == pytest.approx(sum(result["trial_compute_s"]) / row["concurrency"])
+    assert result["side_by_side_speed_up"] == pytest.approx(sum(result["trial_compute_s"]) / result["side_by_side_wall_s"])
     assert "| 2 |" in table
     import ray
 

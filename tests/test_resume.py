@@ -18,15 +18,15 @@ from mtl_search.tracking import default_store_dir, default_tracking_uri
 TRIALS = 6
 
 
-def finished_trials(db: str) -> int:
-    """Trial runs MLflow holds as FINISHED (read straight from the sqlite store, as the killed process left it)."""
+def finished_trials(db: str, status: str = "FINISHED") -> int:
+    """Trial runs MLflow holds with ``status`` (read straight from the sqlite store, as the killed process left it)."""
     if not os.path.exists(db):
         return 0
     with sqlite3.connect(db) as connection:
         try:
             return connection.execute(
                 "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
-                "WHERE tags.key = 'mtl_search.role' AND tags.value = 'trial' AND runs.status = 'FINISHED'").fetchone()[0]
+                "WHERE tags.key = 'mtl_search.role' AND tags.value = 'trial' AND runs.status = ?", (status,)).fetchone()[0]
         except sqlite3.OperationalError:  # tables not created yet
             return 0
 
@@ -44,8 +44,11 @@ def test_resume_after_sigkill_runs_each_trial_once(ray_session, workdir, capsys)
     db = str(default_store_dir() / "mlflow.db")
     try:
         deadline = time.monotonic() + 300
-        while finished_trials(db) < 2 and process.poll() is None and time.monotonic() < deadline:
+        # killed while the third trial trains: right after a trial ends, Tune copies its own state
+        # files non-atomically, and a kill inside that copy leaves a state Tune cannot restore
+        while (finished_trials(db) < 2 or finished_trials(db, "RUNNING") == 0) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        time.sleep(0.5)
         assert process.poll() is None, "the search ended before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -74,25 +74,3 @@ def test_schedulers_watch_the_score_and_let_the_last_epoch_report():
     median = make_scheduler("median", 5)
     assert isinstance(median, MedianStoppingRule) and median.metric == "score"
 
-
-def test_nsga2_generations_fit_the_search_so_a_short_search_is_not_random_search():
-    import optuna
-
-    from mtl_search.search import nsga2_population
-
-    assert [nsga2_population(n) for n in (None, 8, 30, 1000)] == [50, 4, 6, 50]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def last_generation_cost(sampler) -> float:
-        """Mean of f1 + f2 over the last 6 of 30 trials; the Pareto set is y = 0, x in [0, 2]."""
-        def objectives(trial):
-            x, y = trial.suggest_float("x", -10, 10), trial.suggest_float("y", -10, 10)
-            return x * x + y * y, (x - 2) ** 2 + y * y
-
-        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-        study.optimize(objectives, n_trials=30)
-        return sum(sum(t.values) for t in study.trials[-6:]) / 6
-
-    random = last_generation_cost(optuna.samplers.RandomSampler(seed=0))
-    assert last_generation_cost(optuna.samplers.NSGAIISampler(seed=0)) == random  # Optuna's default: 30 trials of generation 1
-    assert last_generation_cost(make_sampler("nsga2", 0, 1, trials=30)) < random / 1.5
