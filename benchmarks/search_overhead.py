@@ -100,9 +100,8 @@ def search_wall(space: Any) -> dict[str, Any]:
 
 
 def run(trials: int, trial_seconds: float, samples: int) -> dict:
-    import ray
-
     import optuna
+    import ray
 
     from mtl_search.search import ensure_ray, state_dir
     from mtl_search.tracking import Tracker

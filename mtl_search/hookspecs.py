@@ -75,7 +75,7 @@ def register_backbones(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def trial_finished(trial: Any) -> None:
-    """Observe a finished trial (``mtl_search.TrialRecord``), on the driver, after it is logged."""
+    """Observe a finished trial (``mtl_search.TrialRecord``), on the driver's tracking thread, after it is logged."""
 
 
 @hookspec

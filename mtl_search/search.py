@@ -561,7 +561,7 @@ class TrialLogger:
         line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
         line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
         self.echo(f"{line} | front size {sum(t.pareto for t in self.records)}")
-        self.registry.notify("trial_finished", trial=record)
+        self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
 
 
 def _error_text(trial: Any) -> str:

@@ -197,9 +197,9 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._work, name="mtl-search-tracking", daemon=True)
         self._thread.start()
 
-    def submit(self, call: Callable[..., Any], *args: Any) -> None:
-        """Queue ``call(*args)``."""
-        self._calls.put((call, args))
+    def submit(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``call(*args, **kwargs)``."""
+        self._calls.put((call, args, kwargs))
 
     def close(self) -> None:
         """Wait until every queued call has run, then stop the thread."""
@@ -208,9 +208,9 @@ class BackgroundWriter:
 
     def _work(self) -> None:
         while (item := self._calls.get()) is not None:
-            call, args = item
+            call, args, kwargs = item
             try:
-                call(*args)
+                call(*args, **kwargs)
             except Exception as exc:  # a failed write must not lose the ones after it
                 self._warn(f"warning: MLflow did not record {call.__name__}: {type(exc).__name__}: {exc}")
 

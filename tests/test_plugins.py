@@ -10,6 +10,7 @@ import pytest
 
 from mtl_search.errors import PluginError
 from mtl_search.plugins import load_registry
+from mtl_search.tracking import default_tracking_uri
 
 PLUGIN_SOURCE = '''
 import torch
@@ -47,8 +48,10 @@ def register_strategies(register):
 @hookimpl
 def trial_finished(trial):
     import os
+    from mlflow.tracking import MlflowClient
+    logged = MlflowClient(os.environ["TEST_PLUGIN_STORE"]).get_run(trial.run_id).info.status  # "after it is logged"
     with open(os.environ["TEST_PLUGIN_LOG"], "a") as fh:
-        fh.write(f"{trial.number} {trial.strategy} {trial.status}\\n")
+        fh.write(f"{trial.number} {trial.strategy} {trial.status} {logged}\\n")
 '''
 
 
@@ -104,6 +107,7 @@ def test_plugin_named_in_a_space_is_sampled_and_a_failing_trial_does_not_stop_th
     (workdir / "my_plugin.py").write_text(PLUGIN_SOURCE)
     log = workdir / "observer.log"
     monkeypatch.setenv("TEST_PLUGIN_LOG", str(log))
+    monkeypatch.setenv("TEST_PLUGIN_STORE", default_tracking_uri())
     space = tiny_space(workdir, strategies="  test_private: {}", trials=6, extra="plugins: [my_plugin.py]\n", experiment="plugin-test")
     space.write_text(space.read_text().replace("  seed: 0\n", "  seed: 0\n  sampler: random\n"))
     assert main(["run", str(space)]) == 0
@@ -117,5 +121,7 @@ def test_plugin_named_in_a_space_is_sampled_and_a_failing_trial_does_not_stop_th
     assert exploded, "the random sampler with this seed must draw the exploding configuration at least once"
     assert all(t["status"] == "failed" for t in exploded)
     assert all(t["status"] == "finished" and t["val"] for t in trials if not t["params"]["test_private.explode"])
-    # the observer hook saw every trial
-    assert len(log.read_text().splitlines()) == 6
+    # the observer hook saw every trial, each already ended in MLflow
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert len(seen) == 6
+    assert all((status, logged) in {("finished", "FINISHED"), ("failed", "FAILED")} for _, _, status, logged in seen)
