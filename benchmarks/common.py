@@ -56,9 +56,10 @@ def write(name: str, markdown: str, data: dict[str, Any], out: Path) -> str:
     return markdown
 
 
-def mean_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def describe(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for a single value) and median of repeated runs."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "median": statistics.median(values)}
 
 
 def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, dict[str, Any]]]:

@@ -7,7 +7,7 @@ one shared layer of 113 units and towers of 8. Each (model, correlation) is trai
 initialisation. Reported: mean and standard deviation over runs of the test MSE averaged
 over the two tasks, the parameter counts, and which of the paper's qualitative findings hold.
 
-    python -m benchmarks.mmoe_reproduction [--quick] [--runs N]
+    python -m benchmarks.mmoe_reproduction [--quick] [--runs N] [--epochs E] [--patience P]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from mtl_search.plugins import load_registry
 
-from .common import machine, mean_spread, parser, write
+from .common import describe, machine, parser, write
 from .synthetic_study import Model, Training, build, test_losses
 
 NAME = "mmoe_reproduction"
@@ -90,8 +90,7 @@ def run(runs: int, training: Training) -> dict:
 
 def summarise(raw: dict[str, dict[float, list[float]]]) -> dict:
     """Mean, spread and median per model and correlation; paired wins (runs share their data draw); the findings."""
-    summary = {label: {p: {**dict(zip(("mean", "std"), mean_spread(values))), "median": statistics.median(values)}
-                       for p, values in by_p.items()} for label, by_p in raw.items()}
+    summary = {label: {p: describe(values) for p, values in by_p.items()} for label, by_p in raw.items()}
     pairs = [(a.label, b.label) for a, b in ((MODELS[2], MODELS[0]), (MODELS[2], MODELS[1]), (MODELS[1], MODELS[0]))]
     wins = {f"{a} < {b}": {p: sum(x < y for x, y in zip(raw[a][p], raw[b][p])) for p in CORRELATIONS} for a, b in pairs}
     return {"summary": summary, "paired_wins": wins, "findings": findings(summary)}
@@ -128,8 +127,11 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parse = parser(__doc__)
     parse.add_argument("--runs", type=int, default=10)
+    parse.add_argument("--epochs", type=int, default=Training.epochs, help="the training budget: most epochs")
+    parse.add_argument("--patience", type=int, default=Training.patience, help="early stopping's patience")
     args = parse.parse_args(argv)
-    runs, training = (2, Training(samples=300, epochs=2, input_dim=100)) if args.quick else (args.runs, Training())
+    training = Training(epochs=args.epochs, patience=args.patience)
+    runs, training = (2, Training(samples=300, epochs=2, input_dim=100)) if args.quick else (args.runs, training)
     result = run(runs, training)
     print(write(NAME, markdown(result), result, args.out))
 

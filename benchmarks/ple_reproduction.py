@@ -14,12 +14,9 @@ the table says which were missing.
 """
 from __future__ import annotations
 
-import statistics
-from typing import Any
-
 from mtl_search.plugins import load_registry
 
-from .common import machine, mean_spread, parser, write
+from .common import describe, machine, parser, write
 from .synthetic_study import Model, Training, test_losses
 
 NAME = "ple_reproduction"
@@ -59,8 +56,7 @@ def summarise(raw: dict[str, dict[float, list[dict[str, float]]]]) -> dict:
         gains[label] = {}
         for p, runs in by_p.items():
             per_run = [{t: 100 * (single[t] - mtl[t]) / single[t] for t in single} for single, mtl in zip(raw[SINGLE_TASK.label][p], runs)]
-            gains[label][p] = {t: {"mean": mean, "std": std, "median": statistics.median(r[t] for r in per_run)}
-                               for t in per_run[0] for mean, std in [mean_spread([r[t] for r in per_run])]}
+            gains[label][p] = {t: describe([r[t] for r in per_run]) for t in per_run[0]}
     # judged on the median: one run that fails to train (a gain of -500 %) must not decide the sign
     seesaw = {label: {p: min(g["median"] for g in by_task.values()) < 0 < max(g["median"] for g in by_task.values())
                       for p, by_task in by_p.items()} for label, by_p in gains.items()}
