@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from mtl_search_plugins.adashare import AdaShare
 
 from mtl_search import Problem, Task
-from mtl_search.blocks import build_residual_mlp
-from mtl_search_plugins.adashare import AdaShare
+from mtl_search.nn.backbones import build_residual_mlp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

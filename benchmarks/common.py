@@ -71,8 +71,9 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, 
     """
     import optuna
 
-    from mtl_search.search import DefineByRun, make_sampler, make_trial_plan, prepare
-    from mtl_search.trial import train_trial
+    from mtl_search.search.plan import DefineByRun, make_sampler, make_trial_plan
+    from mtl_search.search.run import prepare
+    from mtl_search.search.trial import train_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # as run_search does

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-
-from mtl_search import TrainConfig, Trainer
-from mtl_search.blocks import build_conv
 from mtl_search_plugins.attention import MTAN
 from mtl_search_plugins.datasets import multi_digits
 from mtl_search_plugins.hard_sharing import HardSharing
 from mtl_search_plugins.soft_sharing import MRN, CrossStitch, L2Soft
-from mtl_search_plugins.weighting import Equal
+
+from mtl_search import TrainConfig, Trainer
+from mtl_search.nn.backbones import build_conv
+from mtl_search.training.weighting import Equal
 
 RUNS = [
     (HardSharing(), {"shared_depth": 2, "tower_width": 32}),

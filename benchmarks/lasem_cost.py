@@ -20,10 +20,10 @@ import platform
 from pathlib import Path
 
 import torch
+from mtl_search_plugins.selective_transfer import Lasem, configuration_bits
 
 from mtl_search import Problem, Split, Task
-from mtl_search.blocks import build_mlp
-from mtl_search_plugins.selective_transfer import Lasem, configuration_bits
+from mtl_search.nn.backbones import build_mlp
 
 from .common import median_seconds
 

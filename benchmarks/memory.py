@@ -37,7 +37,7 @@ TRIAL_WORKER = ("ImplicitFunc", "_Inner", "tune_trainable")  # how Ray names a w
 def quickstart_space(tracking: str, trials: int, quick: bool) -> Any:
     import yaml
 
-    from mtl_search.space import parse_space
+    from mtl_search.search.space import parse_space
 
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw["search"]["trials"] = trials
@@ -49,7 +49,7 @@ def quickstart_space(tracking: str, trials: int, quick: bool) -> Any:
 
 
 def table_space(tracking: str, path: Path) -> Any:
-    from mtl_search.space import parse_space
+    from mtl_search.search.space import parse_space
 
     from .table_loading import TASKS
 
@@ -65,7 +65,7 @@ def table_space(tracking: str, path: Path) -> Any:
 
 def measure(case: str, argument: str, quick: bool) -> dict[str, float]:
     """In this (fresh) process: run the case's search while sampling the process tree; the peaks in MiB."""
-    from mtl_search.search import RunOptions, run_search
+    from mtl_search.search.run import RunOptions, run_search
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     peaks = {"trial_worker_mib": 0.0, "ray_services_mib": 0.0, "tree_mib": 0.0}

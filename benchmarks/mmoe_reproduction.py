@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from mtl_search.plugins import load_registry
+from mtl_search.registry import load_registry
 
 from .common import describe, machine, parser, write
 from .synthetic_study import Model, Training, build, test_losses

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from mtl_search import Int, Split
-from mtl_search.plugins import load_registry
+from mtl_search.registry import load_registry
 from mtl_search.testing import contract_problem, small_value
-from mtl_search.train import seed_everything
+from mtl_search.training.trainer import seed_everything
 
 from .common import machine, median_seconds, parser, write
 

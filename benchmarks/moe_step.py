@@ -28,11 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mtl_search_plugins.mixture_of_experts import (
+    CGC,
+    PLE,
+    DSelectK,
+    MMoE,
+    OMoE,
+    RoutedExperts,
+    Switch,
+    TopKMoE,
+)
 from torch import nn
 
 from mtl_search import Problem, StackedMLP, Task
-from mtl_search.blocks import build_mlp
-from mtl_search_plugins.mixture_of_experts import CGC, MMoE, OMoE, PLE, DSelectK, RoutedExperts, Switch, TopKMoE
+from mtl_search.nn.backbones import build_mlp
 
 PROBLEM = Problem((1,), (Task("y1", "regression"), Task("y2", "regression")))
 

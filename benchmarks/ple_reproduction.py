@@ -14,7 +14,7 @@ the table says which were missing.
 """
 from __future__ import annotations
 
-from mtl_search.plugins import load_registry
+from mtl_search.registry import load_registry
 
 from .common import describe, machine, parser, write
 from .synthetic_study import Model, Training, test_losses

@@ -25,7 +25,7 @@ TARGET = 0.95
 
 
 def efficiency_space(sampler: str, seed: int, trials: int, samples: int, epochs: int) -> Any:
-    from mtl_search.space import parse_space
+    from mtl_search.search.space import parse_space
 
     return parse_space({
         "experiment": NAME,
@@ -44,7 +44,7 @@ def objective_points(space: Any) -> list[list[float]]:
 
 def hypervolume_curve(points: list[list[float]], reference: list[float]) -> list[float]:
     """Hypervolume of the first k points, for k = 1 .. len(points)."""
-    from mtl_search.pareto import hypervolume
+    from mtl_search.results.pareto import hypervolume
 
     return [hypervolume(points[:k], ["min", "min"], reference) for k in range(1, len(points) + 1)]
 
@@ -55,7 +55,11 @@ def trials_to_reach(curve: list[float], target: float) -> int | None:
 
 
 def run(budget: int, reference_trials: int, seeds: int, samples: int, epochs: int) -> dict:
-    from mtl_search.pareto import default_reference_point, hypervolume, pareto_front
+    from mtl_search.results.pareto import (
+        default_reference_point,
+        hypervolume,
+        pareto_front,
+    )
 
     load_before = machine()
     reference_points = objective_points(efficiency_space("random", 1000, reference_trials, samples, epochs))

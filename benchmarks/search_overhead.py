@@ -33,7 +33,7 @@ NAME = "search_overhead"
 
 def fixed_space(tracking_dir: str, epochs: int, trials: int, concurrency: int, samples: int) -> Any:
     """A space with nothing left to choose: every trial does the same work."""
-    from mtl_search.space import parse_space
+    from mtl_search.search.space import parse_space
 
     return parse_space({
         "experiment": NAME,
@@ -82,7 +82,7 @@ def calibrate(tmp: str, trial_seconds: float, samples: int) -> int:
 
 def search_wall(space: Any) -> dict[str, Any]:
     """Wall seconds of ``run_search`` and when (seconds from its call) each trial finished."""
-    from mtl_search.search import RunOptions, run_search
+    from mtl_search.search.run import RunOptions, run_search
 
     finished: list[float] = []
     start = time.perf_counter()
@@ -103,8 +103,8 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
     import optuna
     import ray
 
-    from mtl_search.search import ensure_ray, state_dir
-    from mtl_search.tracking import Tracker
+    from mtl_search.results.tracking import Tracker
+    from mtl_search.search.run import ensure_ray, state_dir
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     load_before = machine()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtl_search.plugins import Registry
+from mtl_search.registry import Registry
 from mtl_search.testing import small_value
 
 
@@ -47,7 +47,7 @@ def build(registry: Registry, model: Model, problem: Any) -> Any:
 def test_losses(registry: Registry, model: Model, correlation: float, seed: int, training: Training) -> dict[str, Any]:
     """Train ``model`` on a fresh draw (data and init from ``seed``); its test MSE per task and its parameter count."""
     from mtl_search import TrainConfig, Trainer
-    from mtl_search.train import seed_everything
+    from mtl_search.training.trainer import seed_everything
 
     dataset = registry.datasets["synthetic_correlated"]
     data = dataset.factory(**{**dataset.options, **training.options, "correlation": correlation, "samples": training.samples,

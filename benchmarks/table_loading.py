@@ -67,7 +67,7 @@ def measure(path: Path, fmt: str) -> dict[str, float]:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from mtl_search.tables import TableSpec, load_table
+    from mtl_search.data.tables import TableSpec, load_table
 
     if fmt == "parquet":
         pq.read_schema(path)  # pyarrow imports its dataset modules on first use: keep that out of the timing
@@ -95,8 +95,8 @@ def measure_search(path: Path, fmt: str) -> dict[str, float]:
     import os
     import threading
 
-    from mtl_search.search import RunOptions, run_search
-    from mtl_search.space import parse_space
+    from mtl_search.search.run import RunOptions, run_search
+    from mtl_search.search.space import parse_space
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     peak, done = [0.0], threading.Event()

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-
-from mtl_search import Choice, Fixed, TrainConfig, Trainer
-from mtl_search.blocks import build_mlp
-from mtl_search.plugins import load_registry
 from mtl_search_plugins.datasets import synthetic_correlated
 from mtl_search_plugins.hard_sharing import HardSharing
+
+from mtl_search import Choice, Fixed, TrainConfig, Trainer
+from mtl_search.nn.backbones import build_mlp
+from mtl_search.registry import load_registry
 
 FULL = {"tasks": 3, "samples": 4096, "input_dim": 64, "depth": 3, "width": 128, "batch": 256, "steps": 20, "rounds": 15}
 QUICK = {"tasks": 2, "samples": 256, "input_dim": 8, "depth": 2, "width": 16, "batch": 64, "steps": 2, "rounds": 2}

@@ -1,11 +1,20 @@
 """mtl-search: search over how tasks share parameters in multi-task deep learning.
 
-This module is the public API that plugins import; everything else is internal.
+This module is the public API that plugins import; everything else is internal. The
+package's folders follow the pipeline: ``data`` (problem, dataset, table features, tables)
+-> ``nn`` (models, backbones, layers, the table input layer, the model factory) ->
+``training`` (trainer, weighting) -> ``search`` (space, trial, Tune glue, run) ->
+``results`` (records, fronts, tracking, review, plots, saved models).
 """
-from .blocks import (
+from .data.dataset import Dataset, Split, make_dataset, split_rows
+from .data.features import CategoricalFeature, NumericFeature, TableFeatures
+from .data.problem import Problem, Task
+from .errors import MtlSearchError, PluginError, SpaceError
+from .hookspecs import hookimpl
+from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds
+from .nn.backbones import Backbone, BackboneKind
+from .nn.layers import (
     ACTIVATIONS,
-    Backbone,
-    BackboneKind,
     ResidualBlock,
     ResidualConvBlock,
     ResidualMLPBlock,
@@ -17,18 +26,12 @@ from .blocks import (
     make_tower,
     mlp_layer,
 )
-from .data import Dataset, Split, make_dataset, split_rows
-from .errors import MtlSearchError, PluginError, SpaceError
-from .hookspecs import hookimpl
-from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds
-from .model import MultiTaskModel, SharingMap, count_parameters, task_losses
-from .models import load_model, predict
-from .problem import Problem, Task
-from .results import SearchRecord, TrialRecord
+from .nn.model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .results.records import SearchRecord, TrialRecord
+from .results.saved_models import load_model, predict
 from .strategy import Strategy
-from .tables import CategoricalFeature, NumericFeature, TableFeatures
-from .train import Evaluation, TrainConfig, Trainer
-from .weighting import Weighting
+from .training.trainer import Evaluation, TrainConfig, Trainer
+from .training.weighting import Weighting
 
 __version__ = "0.1.0"
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict with a trial's model (trials on the front carry one)")
     predict.add_argument("run_id", help="the trial's MLflow run id")
-    predict.add_argument("data", type=Path, help="a numeric CSV of input features (header row optional)")
+    predict.add_argument("data", type=Path, help="the rows to predict: for a model trained on a table, a CSV or Parquet file with its feature columns (raw, as in the training table); otherwise a numeric CSV of input features (header row optional)")
     predict.add_argument("--output", type=Path, help="write the predictions CSV here (default: stdout)")
     predict.add_argument("--tracking-uri")
 
@@ -80,8 +80,8 @@ def _positive(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .search import RunOptions, run_search
-    from .space import load_space
+    from .search.run import RunOptions, run_search
+    from .search.space import load_space
 
     space = load_space(args.space)
     record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume))
@@ -89,8 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .search import prepare
-    from .space import load_space
+    from .search.run import prepare
+    from .search.space import load_space
 
     space = load_space(args.space)
     plan, dataset, _ = prepare(space)
@@ -104,7 +104,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import load_registry
+    from .registry import load_registry
 
     registry = load_registry()
     for info in registry.plugins:
@@ -139,9 +139,9 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .results import family_record, format_table, trial_table
-    from .review import csv_text
-    from .tracking import load_search, resolve_tracking_uri
+    from .results.records import family_record, format_table, trial_table
+    from .results.review import csv_text
+    from .results.tracking import load_search, resolve_tracking_uri
 
     record = load_search(resolve_tracking_uri(args.tracking_uri), args.experiment)
     if args.family:
@@ -162,13 +162,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import math
-
-    from .models import load_model, prediction_rows, read_features
-    from .review import csv_text
+    from .results.review import csv_text
+    from .results.saved_models import load_model, prediction_rows, read_inputs
 
     model = load_model(args.run_id, args.tracking_uri)
-    x = read_features(args.data, math.prod(model.problem.input_shape))
+    x = read_inputs(args.data, model.problem)
     text = csv_text(prediction_rows(model, x))
     if args.output:
         args.output.write_text(text)
@@ -179,14 +177,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .tracking import latest_search_experiment, resolve_tracking_uri
+    from .results.tracking import latest_search_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
     experiment_id = latest_search_experiment(uri)
     if experiment_id is not None:
-        from .review import experiment_url
+        from .results.review import experiment_url
 
         print(f"latest search: {experiment_url(base, experiment_id)}", flush=True)
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .blocks import Backbone
+from .data.problem import Problem
 from .knobs import Knob
-from .model import MultiTaskModel
-from .problem import Problem
+from .nn.backbones import Backbone
+from .nn.model import MultiTaskModel
 
 if TYPE_CHECKING:
-    from .train import Trainer
+    from .training.trainer import Trainer
 
 
 class Strategy:

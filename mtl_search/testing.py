@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from .blocks import Backbone, BackboneKind
-from .data import Dataset, make_dataset
+from .data.dataset import Dataset, make_dataset
+from .data.problem import Problem, Task
 from .knobs import Choice, Fixed, Float, Int, IntList, Knob
-from .model import MultiTaskModel, SharingMap
-from .problem import Problem, Task
+from .nn.backbones import Backbone, BackboneKind
+from .nn.model import MultiTaskModel, SharingMap
 from .strategy import Strategy
-from .train import TrainConfig, Trainer, seed_everything
-from .weighting import Weighting
+from .training.trainer import TrainConfig, Trainer, seed_everything
+from .training.weighting import Weighting
 
 ROWS = 384
 
@@ -78,7 +78,7 @@ def check_strategy(strategy: Strategy, backbones: dict[str, BackboneKind] | None
     assert isinstance(strategy, Strategy), f"{strategy!r} is not a mtl_search.Strategy"
     assert strategy.name and strategy.family, "a strategy needs a name and a family"
     if backbones is None:
-        from .plugins import load_registry
+        from .registry import load_registry
 
         backbones = load_registry().backbones
     kinds = [k for k in backbones.values() if strategy.supports(k.name)]

@@ -24,8 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_search import (Backbone, Choice, Default, Float, Int, MultiTaskModel, Problem, SharingMap, Strategy, Trainer,
-                        count_parameters, hookimpl, make_tower)
+from mtl_search import (
+    Backbone,
+    Choice,
+    Default,
+    Float,
+    Int,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    Strategy,
+    Trainer,
+    count_parameters,
+    hookimpl,
+    make_tower,
+)
 
 EXECUTE, SKIP = 0, 1  # columns of the policy logits
 POLICY_STATE = ("policy_logits", "decisions", "decided")  # state entries that are the policy, not the weights

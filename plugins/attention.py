@@ -16,7 +16,15 @@ import torch
 from torch import nn
 
 from mtl_search import (
-    Backbone, Int, MultiTaskModel, Problem, SharingMap, Strategy, forward_with_intermediate, hookimpl, make_tower,
+    Backbone,
+    Int,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    Strategy,
+    forward_with_intermediate,
+    hookimpl,
+    make_tower,
 )
 
 

@@ -10,7 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl_search import Backbone, Int, MultiTaskModel, Problem, SharingMap, Strategy, hookimpl, make_tower
+from mtl_search import (
+    Backbone,
+    Int,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    Strategy,
+    hookimpl,
+    make_tower,
+)
 
 
 class HardSharingModel(MultiTaskModel):

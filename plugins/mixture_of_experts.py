@@ -15,8 +15,8 @@
 
 Dense experts run as one batched contraction over stacked weights (``StackedMLP``). Sparse
 routing computes only the routed rows: they are dispatched into an (experts, slots, features)
-buffer and run as one batched matmul. The experts read the flattened input and replace the
-backbone's blocks (so they also run on image backbones, as MLP experts over the pixels;
+buffer and run as one batched matmul. The experts read the backbone's input layer (flat: a table's
+encoded columns, an image's pixels) and replace the backbone's blocks (so they also run on image backbones, as MLP experts over the pixels;
 Switch needs an mlp kind for its width); their activation follows the backbone's. Auxiliary losses reach the
 trainer through ``regularization()``; routing statistics (load per expert, dropped fraction,
 over the last training epoch) through ``trial_metrics()``.
@@ -30,8 +30,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtl_search import (ACTIVATIONS, Backbone, Choice, Float, Int, Knob, MultiTaskModel, Problem, SharingMap, SpaceError,
-                        StackedLinear, StackedMLP, Strategy, hookimpl, knob_bounds, make_tower)
+from mtl_search import (
+    ACTIVATIONS,
+    Backbone,
+    Choice,
+    Float,
+    Int,
+    Knob,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    SpaceError,
+    StackedLinear,
+    StackedMLP,
+    Strategy,
+    hookimpl,
+    knob_bounds,
+    make_tower,
+)
 
 EPSILON = 1e-6  # inside DSelect-k's entropy penalty, as in the paper: -r log(r + 1e-6)
 
@@ -52,11 +68,14 @@ def expert_names(n: int) -> list[str]:
 class MixtureModel(MultiTaskModel):
     """Base of the family's models: per-task towers on per-task representations, auxiliary loss of the last forward.
 
-    Subclasses implement ``encode(x) -> (representations (tasks or 1, batch, width), auxiliary loss, details)``.
+    Subclasses implement ``encode(x) -> (representations (tasks or 1, batch, width), auxiliary loss, details)``;
+    ``x`` there is the flat input vector from the backbone's input layer (``Backbone.new_input()``:
+    a table's encoded columns, or the flattened pixels of an image).
     """
 
-    def __init__(self, problem: Problem, width: int, tower_width: int):
+    def __init__(self, problem: Problem, backbone: Backbone, width: int, tower_width: int):
         super().__init__(problem)
+        self.input = backbone.new_input()
         self.tasks = problem.task_names
         self.towers = nn.ModuleDict({t.name: make_tower(width, t.output_dim, [tower_width]) for t in problem.tasks})
         self._auxiliary: torch.Tensor | None = None
@@ -65,7 +84,7 @@ class MixtureModel(MultiTaskModel):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        representations, self._auxiliary, _ = self.encode(x.flatten(1))
+        representations, self._auxiliary, _ = self.encode(self.input(x))
         return {t: self.towers[t](representations[i if len(representations) > 1 else 0]) for i, t in enumerate(self.tasks)}
 
     def regularization(self) -> torch.Tensor:
@@ -153,15 +172,15 @@ class MixtureOfExpertsModel(MixtureModel):
 
     def __init__(self, problem: Problem, backbone: Backbone, experts: int, expert_width: int, expert_depth: int,
                  tower_width: int, gate: nn.Module):
-        super().__init__(problem, expert_width, tower_width)
-        in_features = math.prod(backbone.input_shape)
+        super().__init__(problem, backbone, expert_width, tower_width)
+        in_features = backbone.input_features
         self.n_experts = experts
         self.experts = StackedMLP(experts, in_features, [expert_width] * expert_depth, backbone.params.get("activation", "relu"))
         self.gate = gate
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Gate weights, shape (batch, gates, experts)."""
-        return self.gate(x.flatten(1))[0]
+        return self.gate(self.input(x))[0]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         weights, auxiliary = self.gate(x)
@@ -232,10 +251,10 @@ class ProgressiveLayeredExtractionModel(MixtureModel):
 
     def __init__(self, problem: Problem, backbone: Backbone, levels: int, shared_experts: int, experts_per_task: int,
                  expert_width: int, expert_depth: int, tower_width: int):
-        super().__init__(problem, expert_width, tower_width)
+        super().__init__(problem, backbone, expert_width, tower_width)
         activation = backbone.params.get("activation", "relu")
         widths = [expert_width] * expert_depth
-        ins = [math.prod(backbone.input_shape)] + [expert_width] * (levels - 1)
+        ins = [backbone.input_features] + [expert_width] * (levels - 1)
         self.levels = nn.ModuleList(
             ExtractionLevel(len(self.tasks), ins[j], experts_per_task, shared_experts, widths, activation, shared_gate=j < levels - 1)
             for j in range(levels)
@@ -260,7 +279,7 @@ class ProgressiveLayeredExtractionModel(MixtureModel):
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         """Per level and task: gate mass on its own experts, on the shared ones, and on other tasks' experts
         reached through the previous level's shared gate (task mass on shared x shared-gate mass on others)."""
-        _, _, gates = self.encode(x.flatten(1))
+        _, _, gates = self.encode(self.input(x))
         per_task, maps = self.levels[0].per_task, {}
         for j, level_gates in enumerate(gates):
             own = level_gates.task[..., :per_task].sum(-1)  # (tasks, batch)
@@ -474,8 +493,9 @@ class RoutingStats:
 class SparseMixtureModel(MixtureModel):
     """A stem, then sparse MoE layers over ``groups`` inputs (1: shared by all tasks; tasks: one gate per task), then towers."""
 
-    def __init__(self, problem: Problem, stem: nn.Module, layers: list[nn.Module], groups: int, width: int, tower_width: int):
-        super().__init__(problem, width, tower_width)
+    def __init__(self, problem: Problem, backbone: Backbone, stem: nn.Module, layers: list[nn.Module], groups: int, width: int,
+                 tower_width: int):
+        super().__init__(problem, backbone, width, tower_width)
         self.stem, self.layers, self.groups = stem, nn.ModuleList(layers), groups
         self.stats = RoutingStats([(layer.n, layer.drops_rows) for layer in layers])
 
@@ -505,7 +525,7 @@ class SparseMixtureModel(MixtureModel):
 
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         """Per layer: the share of each task's routing choices that each expert processed (and that were dropped)."""
-        _, _, routings = self.encode(x.flatten(1))
+        _, _, routings = self.encode(self.input(x))
         maps = {}
         for j, (routing, layer) in enumerate(zip(routings, self.layers)):
             choices = routing.expert[0].numel()
@@ -535,10 +555,11 @@ _KNOBS = {"experts": Int(2, 16, minimum=1), **EXPERT_KNOBS}
 
 
 class _FamilyStrategy(Strategy):
-    """What every strategy of the family shares: the family name; experts read the flattened input.
+    """What every strategy of the family shares: the family name; experts read the backbone's input layer.
 
-    Because the experts replace the backbone's blocks and read the flattened input, they build
-    on every backbone kind: on an image backbone they are MLP experts over the pixels.
+    Because the experts replace the backbone's blocks and read the flat output of its input
+    layer, they build on every backbone kind: on an image backbone they are MLP experts over
+    the pixels, on a table MLP experts over the encoded columns.
     """
 
     family = "mixture_of_experts"
@@ -553,7 +574,7 @@ class _MixtureOfExperts(_FamilyStrategy):
         return SoftmaxGate(in_features, len(problem.tasks) if self.gate_per_task else 1, params["experts"])
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
-        gate = self.gate(problem, math.prod(backbone.input_shape), params)
+        gate = self.gate(problem, backbone.input_features, params)
         return MixtureOfExpertsModel(problem, backbone, params["experts"], params["expert_width"], params["expert_depth"],
                                      params["tower_width"], gate)
 
@@ -628,10 +649,10 @@ class TopKMoE(_FamilyStrategy):
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         groups = len(problem.tasks) if params["gates"] == "per_task" else 1
         widths = [params["expert_width"]] * params["expert_depth"]
-        ins = [math.prod(backbone.input_shape)] + [params["expert_width"]] * (params["layers"] - 1)
+        ins = [backbone.input_features] + [params["expert_width"]] * (params["layers"] - 1)
         layers = [NoisyTopKLayer(groups, d, params["experts"], widths, _activation(backbone), params["k"], params["noise"],
                                  params["importance_weight"], params["load_weight"]) for d in ins]
-        return SparseMixtureModel(problem, nn.Identity(), layers, groups, params["expert_width"], params["tower_width"])
+        return SparseMixtureModel(problem, backbone, nn.Identity(), layers, groups, params["expert_width"], params["tower_width"])
 
 
 class Switch(_FamilyStrategy):
@@ -651,10 +672,10 @@ class Switch(_FamilyStrategy):
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         """A linear stem to the backbone's width, then ``layers`` residual Switch layers, then towers."""
         width, activation = backbone.params["width"], _activation(backbone)
-        stem = nn.Sequential(nn.Linear(math.prod(backbone.input_shape), width), ACTIVATIONS[activation]())
+        stem = nn.Sequential(nn.Linear(backbone.input_features, width), ACTIVATIONS[activation]())
         layers = [SwitchLayer(width, params["experts"], params["expert_width"], activation, params["capacity_factor"],
                               params["alpha"], params["z_loss"]) for _ in range(params["layers"])]
-        return SparseMixtureModel(problem, stem, layers, 1, width, params["tower_width"])
+        return SparseMixtureModel(problem, backbone, stem, layers, 1, width, params["tower_width"])
 
 
 @hookimpl

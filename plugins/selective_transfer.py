@@ -28,8 +28,21 @@ import torch
 from torch import nn
 
 from mtl_search import (
-    Backbone, Choice, Int, Knob, MultiTaskModel, Problem, SharingMap, SpaceError, Split, Strategy,
-    Trainer, count_parameters, hookimpl, knob_bounds, make_tower,
+    Backbone,
+    Choice,
+    Int,
+    Knob,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    SpaceError,
+    Split,
+    Strategy,
+    Trainer,
+    count_parameters,
+    hookimpl,
+    knob_bounds,
+    make_tower,
 )
 
 MAX_CONFIGURATIONS = 64  # per task: 2^6, i.e. at most 6 block groups

@@ -20,7 +20,17 @@ import torch
 from torch import nn
 
 from mtl_search import (
-    Backbone, Choice, Float, Int, MultiTaskModel, Problem, SharingMap, StackedLinear, Strategy, hookimpl, make_tower,
+    Backbone,
+    Choice,
+    Float,
+    Int,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    StackedLinear,
+    Strategy,
+    hookimpl,
+    make_tower,
 )
 
 BLOCK_CHOICES = ("all", "first_half", "second_half", "last")

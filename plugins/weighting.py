@@ -2,7 +2,8 @@
 
 Loss weightings (one scalar loss, one backward pass):
 
-- ``equal``: the plain sum of the task losses.
+(``equal``, the plain sum of the task losses, is the core's default: ``mtl_search.training.weighting``.)
+
 - ``uncertainty`` (Kendall, Gal, Cipolla, CVPR 2018): a learned log-variance ``s_t`` per task;
   a regression task adds ``exp(-s_t) / 2 * L_t + s_t / 2`` (``1/(2 sigma^2) L + log sigma``),
   a classification task ``exp(-s_t) * L_t + s_t / 2`` (``1/sigma^2 L + log sigma``), eq. 7 of
@@ -84,14 +85,6 @@ class _LossWeighting(_EpochMeanWeights):
         weights = self.step_weights(index).to(vector)
         self.record(weights, index)
         return (weights * vector).sum()
-
-
-class Equal(_LossWeighting):
-    name = "equal"
-    description = "sum of the task losses, every weight 1"
-
-    def step_weights(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.ones(len(index))
 
 
 class Uncertainty(_EpochMeanWeights):
@@ -224,7 +217,8 @@ class _Aggregation(_EpochMeanWeights):
         self.aggregator = getattr(torchjd.aggregation, self.aggregator_class)(**params)
 
     def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        from torchjd.autojac import backward as jacobian_backward, jac_to_grad
+        from torchjd.autojac import backward as jacobian_backward
+        from torchjd.autojac import jac_to_grad
 
         index, vector = self.present(losses)
         total = vector.sum() + extra
@@ -286,5 +280,5 @@ def available_aggregations() -> list[type[_Aggregation]]:
 
 @hookimpl
 def register_weightings(register):
-    for cls in (Equal, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, *available_aggregations()):
+    for cls in (Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, *available_aggregations()):
         register(cls)

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import torch
+from mtl_search_plugins.hard_sharing import HardSharing
 
 from mtl_search import Backbone, Choice, MultiTaskModel, Problem, Strategy, hookimpl
-from mtl_search_plugins.hard_sharing import HardSharing
 
 SLOW_SECONDS = 13.0  # past the test's max_trial_seconds (12), which a normal tiny trial stays far below
 

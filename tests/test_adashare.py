@@ -6,18 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_space
-from mtl_search import Problem, Task, TrainConfig, Trainer, count_parameters, make_dataset
-from mtl_search.blocks import build_residual_mlp
-from mtl_search.cli import main
-from mtl_search.train import seed_everything
 from mtl_search_plugins.adashare import AdaShare
-from mtl_search_plugins.weighting import Equal
 
-
-
-
+from mtl_search import (
+    Problem,
+    Task,
+    TrainConfig,
+    Trainer,
+    count_parameters,
+    make_dataset,
+)
+from mtl_search.cli import main
+from mtl_search.nn.backbones import build_residual_mlp
+from mtl_search.training.trainer import seed_everything
+from mtl_search.training.weighting import Equal
 
 PROBLEM = Problem((6,), (Task("a", "regression"), Task("b", "regression"), Task("c", "binary")))
 
@@ -217,7 +220,7 @@ def test_metrics_and_sharing_map_report_the_policy():
 
 
 def test_non_shape_preserving_backbones_are_refused():
-    from mtl_search.blocks import build_mlp
+    from mtl_search.nn.backbones import build_mlp
 
     with pytest.raises(ValueError, match="shape-preserving"):
         AdaShare().build(PROBLEM, build_mlp((6,), depth=2, width=8), {"tower_width": 4})
@@ -240,7 +243,7 @@ def test_paper_defaults_and_space_overrides(tmp_path, capsys):
 def test_adashare_space_runs_against_hard_sharing(ray_session, workdir, capsys):
     from mlflow.tracking import MlflowClient
 
-    from mtl_search.tracking import default_tracking_uri
+    from mtl_search.results.tracking import default_tracking_uri
 
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "adashare.yaml"
     assert main(["run", str(space)]) == 0

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mtl_search_plugins.attention import MTAN
 from torch import nn
 
 from mtl_search import Problem, Task, forward_with_intermediate
-from mtl_search.blocks import build_conv, build_mlp, build_residual_conv, build_residual_mlp
-from mtl_search_plugins.attention import MTAN
+from mtl_search.nn.backbones import (
+    build_conv,
+    build_mlp,
+    build_residual_conv,
+    build_residual_mlp,
+)
 
 FLAT = Problem((6,), (Task("a", "regression"), Task("b", "multiclass", "accuracy", 4)))
 IMAGE = Problem((1, 6, 8), FLAT.tasks)

@@ -47,7 +47,7 @@ def test_process_tree_finds_a_child_process_and_its_memory():
 
 def test_model_throughput_covers_every_registered_strategy(tmp_path):
     from benchmarks.model_throughput import main
-    from mtl_search.plugins import load_registry
+    from mtl_search.registry import load_registry
 
     main(["--quick", "--out", str(tmp_path)])
     result, table = _written(tmp_path, "model_throughput")
@@ -105,7 +105,7 @@ def test_paired_wins_count_the_runs_where_one_model_beats_another_on_the_same_dr
 
 def test_ple_reproduction_gains(tmp_path):
     from benchmarks.ple_reproduction import CORRELATIONS, MODELS, main
-    from mtl_search.plugins import load_registry
+    from mtl_search.registry import load_registry
 
     main(["--quick", "--out", str(tmp_path)])
     result, table = _written(tmp_path, "ple_reproduction")

@@ -11,9 +11,8 @@ import sys
 import tempfile
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import tiny_space
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mtl_search import Int, MultiTaskModel, SharingMap, Strategy, make_tower
-from mtl_search.plugins import load_registry
+from mtl_search.registry import load_registry
 from mtl_search.testing import check_strategy
 
 REGISTRY = load_registry()

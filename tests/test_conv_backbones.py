@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from mtl_search import IntList, SpaceError
-from mtl_search.blocks import build_conv, build_residual_conv
 from mtl_search.cli import main
 from mtl_search.knobs import Choice, Fixed
-from mtl_search.plugins import load_registry
-from mtl_search.search import DefineByRun, prepare
-from mtl_search.space import load_space
+from mtl_search.nn.backbones import build_conv, build_residual_conv
+from mtl_search.registry import load_registry
+from mtl_search.search.plan import DefineByRun
+from mtl_search.search.run import prepare
+from mtl_search.search.space import load_space
 
 
 def _trace(backbone, x):

@@ -6,8 +6,9 @@ import io
 import json
 
 from conftest import tiny_space
+
 from mtl_search.cli import main
-from mtl_search.tracking import default_tracking_uri
+from mtl_search.results.tracking import default_tracking_uri
 
 
 def test_run_report_and_mlflow_layout(ray_session, workdir, capsys):

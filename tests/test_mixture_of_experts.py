@@ -9,16 +9,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mtl_search_plugins.mixture_of_experts import (
+    CGC,
+    PLE,
+    DSelectK,
+    DSelectKGate,
+    MMoE,
+    NoisyTopKLayer,
+    OMoE,
+    Switch,
+    SwitchLayer,
+    TopKMoE,
+    prob_in_top_k,
+    smooth_step,
+)
 
 from benchmarks.moe_step import main as benchmark_main
 from benchmarks.moe_step import with_loop_experts
 from mtl_search import Problem, Task
-from mtl_search.blocks import build_mlp
-from mtl_search.search import DefineByRun, make_trial_plan, prepare
-from mtl_search.space import parse_space
-from mtl_search.trial import train_trial
-from mtl_search_plugins.mixture_of_experts import (CGC, PLE, DSelectK, DSelectKGate, MMoE, NoisyTopKLayer, OMoE, Switch,
-                                                   SwitchLayer, TopKMoE, prob_in_top_k, smooth_step)
+from mtl_search.nn.backbones import build_mlp
+from mtl_search.search.plan import DefineByRun, make_trial_plan
+from mtl_search.search.run import prepare
+from mtl_search.search.space import parse_space
+from mtl_search.search.trial import train_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM = Problem((10,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mtl_search import Problem, StackedMLP, Task
-from mtl_search.blocks import build_mlp, build_residual_mlp
 from mtl_search_plugins.hard_sharing import HardSharing
 from mtl_search_plugins.mixture_of_experts import MMoE, OMoE
+
+from mtl_search import Problem, StackedMLP, Task
+from mtl_search.nn.backbones import build_mlp, build_residual_mlp
 
 PROBLEM = Problem((10,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))
 

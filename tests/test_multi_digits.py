@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from mtl_search_plugins.datasets import compose_digits, multi_digits
 from sklearn.datasets import load_digits
 
 from mtl_search.cli import main
-from mtl_search_plugins.datasets import compose_digits, multi_digits
 
 SOURCE = load_digits()
 SOURCE_IMAGES = torch.tensor(SOURCE.images, dtype=torch.float32).reshape(len(SOURCE.images), -1) / 16.0
@@ -90,9 +90,10 @@ def test_every_strategy_of_the_digits_space_trains_a_trial(request, tmp_path):
     """Each strategy's sampled configuration, built and trained by the trial code (without Ray) for one epoch."""
     import optuna
 
-    from mtl_search.search import DefineByRun, prepare
-    from mtl_search.space import load_space
-    from mtl_search.trial import TrialPlan, train_trial
+    from mtl_search.search.plan import DefineByRun
+    from mtl_search.search.run import prepare
+    from mtl_search.search.space import load_space
+    from mtl_search.search.trial import TrialPlan, train_trial
 
     space = load_space(_reduced_digits_space(request.config.rootpath, tmp_path))
     plan, dataset, _ = prepare(space)

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mtl_search import pareto
+from mtl_search.results import pareto
 
 
 def test_front_with_mixed_directions():

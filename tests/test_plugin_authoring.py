@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import pytest
-
+import tomllib
 from conftest import tiny_space
+
 from mtl_search.cli import main
 from mtl_search.testing import check_strategy
 

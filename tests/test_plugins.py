@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from mtl_search.errors import PluginError
-from mtl_search.plugins import load_registry
-from mtl_search.tracking import default_tracking_uri
+from mtl_search.registry import load_registry
+from mtl_search.results.tracking import default_tracking_uri
 
 PLUGIN_SOURCE = '''
 import torch
@@ -86,8 +86,9 @@ def test_installed_third_party_plugin_is_listed_and_broken_ones_are_isolated(tmp
 def test_two_plugins_registering_one_name_is_an_error():
     import types
 
-    from mtl_search import hookimpl
     from mtl_search_plugins.hard_sharing import HardSharing
+
+    from mtl_search import hookimpl
 
     clash = types.SimpleNamespace(register_strategies=hookimpl(lambda register: register(HardSharing())))
     with pytest.raises(PluginError, match="strategy 'hard_sharing' is registered by two plugins: 'hard_sharing' and 'clash'"):
@@ -102,6 +103,7 @@ def test_disabled_plugins_are_not_loaded(monkeypatch):
 
 def test_plugin_named_in_a_space_is_sampled_and_a_failing_trial_does_not_stop_the_search(ray_session, workdir, monkeypatch, capsys):
     from conftest import tiny_space
+
     from mtl_search.cli import main
 
     (workdir / "my_plugin.py").write_text(PLUGIN_SOURCE)

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
+from conftest import tiny_space
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_space
 from mtl_search.cli import main
-from mtl_search.tracking import default_store_dir, default_tracking_uri
+from mtl_search.results.tracking import default_store_dir, default_tracking_uri
 
 TRIALS = 6
 

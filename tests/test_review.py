@@ -17,17 +17,27 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_space
+
 from mtl_search import load_model, predict
 from mtl_search.cli import main
-from mtl_search.models import load_model_dir, read_features, save_model
-from mtl_search.plugins import load_registry
-from mtl_search.plots import front_plotly, front_png, fronts_per_family, trials_by_family
-from mtl_search.results import SearchRecord, TrialRecord, family_record, mark_front
-from mtl_search.review import front_data, runs_table_view
 from mtl_search.errors import MtlSearchError
-from mtl_search.tracking import summary_markdown
+from mtl_search.registry import load_registry
+from mtl_search.results.plots import (
+    front_plotly,
+    front_png,
+    fronts_per_family,
+    trials_by_family,
+)
+from mtl_search.results.records import (
+    SearchRecord,
+    TrialRecord,
+    family_record,
+    mark_front,
+)
+from mtl_search.results.review import front_data, runs_table_view
+from mtl_search.results.saved_models import load_model_dir, read_numeric_csv, save_model
+from mtl_search.results.tracking import summary_markdown
 
 OBJECTIVES = [{"name": "a", "key": "val/a", "direction": "min"}, {"name": "b", "key": "val/b", "direction": "min"}]
 
@@ -98,17 +108,17 @@ def test_runs_table_view_lists_strategy_pareto_and_per_task_metrics():
 
 
 def _tiny_model():
-    from mtl_search.problem import Problem, Task
+    from mtl_search.data.problem import Problem, Task
 
     registry = load_registry()
     problem = Problem((6,), (Task("r", "regression"), Task("c", "binary"), Task("k", "multiclass", classes=3)))
     config = {"strategy": "mmoe", "trial_number": 0, "backbone.depth": 1, "backbone.width": 8,
               "mmoe.experts": 2, "mmoe.expert_width": 4, "mmoe.expert_depth": 1, "mmoe.tower_width": 4}
-    from mtl_search.trial import decode
+    from mtl_search.config import TrialConfig
+    from mtl_search.nn.create import create_model
 
-    parts = decode(config)
-    backbone = registry.backbones["mlp"].build(problem.input_shape, **parts["backbone"])
-    return registry, problem, config, registry.strategies["mmoe"].build(problem, backbone, parts["knobs"])
+    parts = TrialConfig.from_flat(config)
+    return registry, problem, config, create_model(problem, registry.strategies["mmoe"], registry.backbones["mlp"], parts.knobs, parts.backbone)
 
 
 def test_saved_model_rebuilds_with_identical_predictions(tmp_path):
@@ -130,13 +140,13 @@ def test_saved_model_rebuilds_with_identical_predictions(tmp_path):
 def test_read_features_with_and_without_header_and_bad_rows(tmp_path):
     (tmp_path / "h.csv").write_text("f1,f2\n1,2\n3,4.5\n")
     (tmp_path / "n.csv").write_text("1,2\n3,4.5\n")
-    assert read_features(tmp_path / "h.csv", 2).tolist() == read_features(tmp_path / "n.csv", 2).tolist() == [[1, 2], [3, 4.5]]
+    assert read_numeric_csv(tmp_path / "h.csv", 2).tolist() == read_numeric_csv(tmp_path / "n.csv", 2).tolist() == [[1, 2], [3, 4.5]]
     (tmp_path / "w.csv").write_text("1,2,3\n")
     with pytest.raises(MtlSearchError, match="line 1: 3 columns, the model takes 2"):
-        read_features(tmp_path / "w.csv", 2)
+        read_numeric_csv(tmp_path / "w.csv", 2)
     (tmp_path / "x.csv").write_text("1,2\n1,abc\n")
     with pytest.raises(MtlSearchError, match="line 2"):
-        read_features(tmp_path / "x.csv", 2)
+        read_numeric_csv(tmp_path / "x.csv", 2)
 
 
 # --- one real search shared by the tests below ---------------------------------------------------
@@ -187,8 +197,8 @@ def test_front_model_reproduces_its_recorded_val_metric_and_predicts_from_csv(se
     child = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
     model = load_model(child.info.run_id, uri)
     registry = load_registry()
-    from mtl_search.search import build_dataset
-    from mtl_search.space import load_space
+    from mtl_search.search.run import build_dataset
+    from mtl_search.search.space import load_space
 
     dataset = build_dataset(load_space(root / "space.yaml"), registry)
     val = dataset.val
@@ -294,9 +304,13 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
 
 
 def test_problem_json_keeps_a_tables_features():
-    from mtl_search.models import problem_from_json, problem_to_json
-    from mtl_search.problem import Problem, Task
-    from mtl_search.tables import CategoricalFeature, NumericFeature, TableFeatures
+    from mtl_search.data.features import (
+        CategoricalFeature,
+        NumericFeature,
+        TableFeatures,
+    )
+    from mtl_search.data.problem import Problem, Task
+    from mtl_search.results.saved_models import problem_from_json, problem_to_json
 
     features = TableFeatures((NumericFeature("age", 40.0, 12.0, False),), (CategoricalFeature("city", ("a", "b")),))
     problem = Problem((2,), (Task("y", "binary"),), features=features)

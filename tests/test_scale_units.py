@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_space
+
 from mtl_search.errors import SpaceError
-from mtl_search.search import grid_space, make_sampler, make_scheduler, prepare
-from mtl_search.space import load_space
-from mtl_search.trial import select_device
+from mtl_search.search.plan import grid_space, make_sampler, make_scheduler
+from mtl_search.search.run import prepare
+from mtl_search.search.space import load_space
+from mtl_search.search.trial import select_device
 
 
 def test_device_follows_the_gpus_given_to_the_trial():

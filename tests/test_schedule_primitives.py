@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mtl_search import Default, Fixed, Float, Int, SpaceError, Split, TrainConfig, Trainer
-from mtl_search.blocks import build_mlp
 from mtl_search_plugins.datasets import synthetic_correlated
 from mtl_search_plugins.hard_sharing import HardSharing
-from mtl_search_plugins.weighting import Equal
+
+from mtl_search import (
+    Default,
+    Fixed,
+    Float,
+    Int,
+    SpaceError,
+    Split,
+    TrainConfig,
+    Trainer,
+)
+from mtl_search.nn.backbones import build_mlp
+from mtl_search.training.weighting import Equal
 
 
 def test_partition_gives_two_disjoint_parts_covering_the_split():

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_space
-from mtl_search import Dataset, Problem, Split, Task, TrainConfig, Trainer
-from mtl_search.blocks import build_mlp, build_residual_mlp
-from mtl_search.cli import main
 from mtl_search_plugins.selective_transfer import (
-    MAX_CONFIGURATIONS, Lasem, batch_log_likelihood, configuration_bits, log_posterior,
+    MAX_CONFIGURATIONS,
+    Lasem,
+    batch_log_likelihood,
+    configuration_bits,
+    log_posterior,
 )
-from mtl_search_plugins.weighting import Equal
+
+from mtl_search import Dataset, Problem, Split, Task, TrainConfig, Trainer
+from mtl_search.cli import main
+from mtl_search.nn.backbones import build_mlp, build_residual_mlp
+from mtl_search.training.weighting import Equal
 
 PROBLEM = Problem((6,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))
 
@@ -278,9 +282,9 @@ def test_default_groups_follow_the_backbone_depth(tmp_path, capsys):
 
 def test_reduced_lasem_space_runs(ray_session, workdir, capsys):
     import yaml
-
     from mlflow.tracking import MlflowClient
-    from mtl_search.tracking import default_tracking_uri
+
+    from mtl_search.results.tracking import default_tracking_uri
 
     space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "lasem.yaml").read_text())
     space["data"]["options"].update(samples=300, input_dim=8)

@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mtl_search_plugins.soft_sharing import (
+    MRN,
+    CrossStitch,
+    L2Soft,
+    TensorNormalPrior,
+    chosen_blocks,
+)
 from torch import nn
 
 from mtl_search import Problem, Task
-from mtl_search.blocks import build_conv, build_mlp, build_residual_conv, build_residual_mlp
-from mtl_search_plugins.soft_sharing import CrossStitch, L2Soft, MRN, TensorNormalPrior, chosen_blocks
+from mtl_search.nn.backbones import (
+    build_conv,
+    build_mlp,
+    build_residual_conv,
+    build_residual_mlp,
+)
 
 FLAT = Problem((6,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))
 IMAGE = Problem((1, 6, 8), FLAT.tasks)

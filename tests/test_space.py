@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-
-from mtl_search.cli import main
 from conftest import tiny_space
 
+from mtl_search.cli import main
 
 
 def _validate(path, capsys):
@@ -85,7 +84,7 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_defaults_fill_everything_optional(tmp_path):
-    from mtl_search.space import load_space
+    from mtl_search.search.space import load_space
 
     path = tmp_path / "minimal.yaml"
     path.write_text("data: {dataset: synthetic_correlated}\nstrategies: {hard_sharing: {}}\n")

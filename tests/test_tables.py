@@ -13,17 +13,19 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from mtl_search_plugins.hard_sharing import HardSharing
 
 from mtl_search import Split, TrainConfig, Trainer
 from mtl_search.cli import main
-from mtl_search.encoding import TabularInput
-from mtl_search.search import prepare
-from mtl_search.space import load_space
-from mtl_search.tables import TableFeatures, TableSpec, load_table
-from mtl_search.trial import TrialPlan, build_model
-from mtl_search.plugins import load_registry
-from mtl_search_plugins.hard_sharing import HardSharing
-from mtl_search_plugins.weighting import Equal
+from mtl_search.config import TrialConfig
+from mtl_search.data.features import TableFeatures
+from mtl_search.data.tables import TableSpec, load_table
+from mtl_search.nn.inputs import TabularInput
+from mtl_search.registry import load_registry
+from mtl_search.search.run import prepare
+from mtl_search.search.space import load_space
+from mtl_search.search.trial import TrialPlan, build_model
+from mtl_search.training.weighting import Equal
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"price": {"kind": "regression"}, "bought": {"kind": "binary"}, "kind": {"kind": "multiclass"}}
@@ -145,18 +147,20 @@ def test_every_strategy_trains_on_a_table(tmp_path, name, encoding):
     knobs = {k: knob.suggest(_Lowest(), k, {"depth": 2}) for k, knob in strategy.knobs.items()}
     data = load_table(_spec(_write(tmp_path, _table()), exclude=["id", "user"]), TASKS)
     plan = TrialPlan(data.problem, {name: strategy}, _mlp_kind(), {}, 1, 1, 0, 1, 0)
-    parts = {"strategy": name, "knobs": knobs, "backbone": {"depth": 2, "width": 8}, "inputs": {"encoding": encoding, "embedding_dim": 3}}
+    parts = TrialConfig(name, knobs=knobs, backbone={"depth": 2, "width": 8}, inputs={"encoding": encoding, "embedding_dim": 3})
     model = build_model(plan, parts)
+    assert type(model).__module__.startswith("mtl_search_plugins")  # the strategy's own model, no wrapper
+    input_layer = next(m for m in model.modules() if isinstance(m, TabularInput))
     trainer = Trainer(data, TrainConfig(epochs=1, batch_size=16), Equal(data.problem.task_names))
-    before = copy.deepcopy(model.input_layer.state_dict())
+    before = copy.deepcopy(input_layer.state_dict())
     losses = trainer.train_epoch(model, trainer.make_optimizer(model), 1)
     assert all(np.isfinite(v) for v in losses.values())
     predictions = trainer.predict(model, data.val)
     assert predictions["kind"].shape == (len(data.val), 3) and predictions["price"].shape[0] == len(data.val)
     if encoding == "embedding":  # the embeddings are trained with the model
-        assert not torch.equal(before["embedding.weight"], model.input_layer.embedding.weight)
-    assert torch.equal(before["mean"], model.input_layer.mean)  # statistics stay fixed
-    copied = copy.deepcopy(model)  # the wrapper copies (early stopping, checkpoints) like any module
+        assert not torch.equal(before["embedding.weight"], input_layer.embedding.weight)
+    assert torch.equal(before["mean"], input_layer.mean)  # statistics stay fixed
+    copied = copy.deepcopy(model)  # the model copies (early stopping, checkpoints) like any module
     assert torch.equal(copied(data.val.x[:4])["price"], model(data.val.x[:4])["price"])
 
 
@@ -178,8 +182,8 @@ def test_masked_rows_give_no_gradient_in_a_training_step(tmp_path):
     def one_step(split: Split) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         plan = TrialPlan(full.problem, {"hard_sharing": HardSharing()}, _mlp_kind(), {}, 1, 1, 0, 1, 0)
-        model = build_model(plan, {"strategy": "hard_sharing", "knobs": {"shared_depth": 1, "tower_width": 4},
-                                   "backbone": {"depth": 2, "width": 8}, "inputs": {"encoding": "embedding", "embedding_dim": 2}})
+        model = build_model(plan, TrialConfig("hard_sharing", knobs={"shared_depth": 1, "tower_width": 4},
+                                              backbone={"depth": 2, "width": 8}, inputs={"encoding": "embedding", "embedding_dim": 2}))
         trainer = Trainer(full, TrainConfig(epochs=1, batch_size=1000, lr=0.05), Equal(full.problem.task_names))
         # plain SGD: Adam's first step is lr * sign(gradient), which turns rounding noise on zero gradients into full steps
         trainer.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), 1, split)
@@ -190,7 +194,7 @@ def test_masked_rows_give_no_gradient_in_a_training_step(tmp_path):
         assert torch.allclose(value, half_step[name], atol=1e-6), name
     # control: the same rows without masks (the garbage labels used) give a different step
     leaked = one_step(Split(train.x, train.y))
-    assert not torch.allclose(leaked["inner.towers.price.2.weight"], half_step["inner.towers.price.2.weight"])
+    assert not torch.allclose(leaked["towers.price.2.weight"], half_step["towers.price.2.weight"])
 
 
 class _Lowest:
@@ -207,7 +211,7 @@ class _Lowest:
 
 
 def _mlp_kind():
-    from mtl_search.blocks import MLP_KNOBS, BackboneKind, build_mlp
+    from mtl_search.nn.backbones import MLP_KNOBS, BackboneKind, build_mlp
 
     return BackboneKind("mlp", MLP_KNOBS, build_mlp)
 
@@ -231,7 +235,7 @@ def test_stratified_split_keeps_class_proportions(tmp_path):
 
 
 def _split(**kwargs):
-    from mtl_search.tables import SplitSpec
+    from mtl_search.data.tables import SplitSpec
 
     return SplitSpec(**kwargs)
 
@@ -300,8 +304,8 @@ def test_a_trial_on_the_shipped_table_samples_the_encoding():
     """Optuna's define-by-run space holds the input layer's knobs; a trial decodes them and trains behind that layer."""
     import optuna
 
-    from mtl_search.search import DefineByRun
-    from mtl_search.trial import train_trial
+    from mtl_search.search.plan import DefineByRun
+    from mtl_search.search.trial import train_trial
 
     space = load_space(REPO / "search_spaces" / "tabular_csv.yaml")
     space.epochs = 1
@@ -320,7 +324,7 @@ def test_a_trial_on_the_shipped_table_samples_the_encoding():
 
 @pytest.mark.slow
 def test_search_on_the_shipped_table(ray_session, workdir):
-    from mtl_search.search import RunOptions, run_search
+    from mtl_search.search.run import RunOptions, run_search
 
     shutil.copytree(REPO / "search_spaces", workdir / "spaces")
     path = workdir / "spaces" / "tabular_csv.yaml"

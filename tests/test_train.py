@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mtl_search import Dataset, MultiTaskModel, Problem, SharingMap, Split, Task, TrainConfig, Trainer
-from mtl_search.blocks import build_mlp
-from mtl_search.problem import binary_auc
 from mtl_search_plugins.datasets import synthetic_correlated, task_weights
 from mtl_search_plugins.hard_sharing import HardSharing
-from mtl_search_plugins.weighting import Equal
+
+from mtl_search import (
+    Dataset,
+    MultiTaskModel,
+    Problem,
+    SharingMap,
+    Split,
+    Task,
+    TrainConfig,
+    Trainer,
+)
+from mtl_search.data.problem import binary_auc
+from mtl_search.nn.backbones import build_mlp
+from mtl_search.training.weighting import Equal
 
 
 def _data():

@@ -6,19 +6,33 @@ import math
 
 import pytest
 import torch
-
-from benchmarks.weighting_overhead import knob_midpoints
-from mtl_search import Fixed, Problem, SpaceError, Strategy, Task, TrainConfig, Trainer, make_dataset
-from mtl_search.blocks import build_mlp, build_residual_mlp
-from mtl_search.plugins import load_registry
-from mtl_search.space import parse_space, resolve
 from mtl_search_plugins.adashare import AdaShare
 from mtl_search_plugins.hard_sharing import HardSharing
 from mtl_search_plugins.mixture_of_experts import MMoE
 from mtl_search_plugins.weighting import (
-    MGDA, DynamicWeightAverage, GradNorm, RandomLossWeighting, Uncertainty, UPGrad, available_aggregations,
+    MGDA,
+    DynamicWeightAverage,
+    GradNorm,
+    RandomLossWeighting,
+    Uncertainty,
+    UPGrad,
+    available_aggregations,
 )
 
+from benchmarks.weighting_overhead import knob_midpoints
+from mtl_search import (
+    Fixed,
+    Problem,
+    SpaceError,
+    Strategy,
+    Task,
+    TrainConfig,
+    Trainer,
+    make_dataset,
+)
+from mtl_search.nn.backbones import build_mlp, build_residual_mlp
+from mtl_search.registry import load_registry
+from mtl_search.search.space import parse_space, resolve
 
 TASKS = ["a", "b"]
 ALL_THREE = torch.arange(3)  # step_weights' index when all of three tasks train
@@ -315,8 +329,9 @@ def test_random_loss_weighting_draws_fresh_softmax_weights():
 def test_a_sampled_trial_uses_the_spaces_knob_range_and_logs_weights_per_epoch():
     import optuna
 
-    from mtl_search.search import DefineByRun, prepare
-    from mtl_search.trial import TrialPlan, train_trial
+    from mtl_search.search.plan import DefineByRun
+    from mtl_search.search.run import prepare
+    from mtl_search.search.trial import TrialPlan, train_trial
 
     space = parse_space({
         "data": {"dataset": "synthetic_correlated", "options": {"samples": 300, "input_dim": 6, "seed": 0}},

@@ -6,8 +6,10 @@ A model directory (a trial's checkpoint; the ``model/`` artifact of a trial on t
 - ``config.json``: the trial's exact sampled configuration (strategy, backbone, knobs, training);
 - ``problem.json``: the problem (input shape, tasks, a table's features) and the backbone kind.
 
-Rebuilding calls the strategy's ``build`` with the recorded problem, backbone and knobs,
-so the plugin that provides the strategy (and backbone kind) must be installed.
+Rebuilding goes through the same factory as the trial (:func:`mtl_search.nn.create.create_model`)
+with the recorded problem and configuration, so the plugin that provides the strategy (and
+backbone kind) must be installed. A model trained on a table holds its input layer, whose
+statistics and vocabularies travel in the state dict: it predicts from the raw columns.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from typing import Any
 
 import torch
 
-from .errors import MtlSearchError
-from .model import MultiTaskModel
-from .problem import Problem, Task
+from ..config import TrialConfig
+from ..data.features import TableFeatures
+from ..data.problem import Problem, Task
+from ..errors import MtlSearchError
+from ..nn.create import create_model
+from ..nn.model import MultiTaskModel
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -38,8 +43,6 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
 
 
 def problem_from_json(data: dict[str, Any]) -> Problem:
-    from .tables import TableFeatures
-
     features = TableFeatures.from_dict(data["features"]) if data.get("features") else None
     return Problem(tuple(data["input_shape"]), tuple(Task(**task) for task in data["tasks"]), features=features)
 
@@ -56,22 +59,19 @@ def save_model(directory: str | Path, model: MultiTaskModel, config: dict[str, A
 
 def load_model_dir(directory: str | Path, registry: Any = None) -> MultiTaskModel:
     """Rebuild the model saved in ``directory`` and load its weights (eval mode, CPU)."""
-    from .plugins import load_registry
-    from .trial import decode
+    from ..registry import load_registry
 
     directory = Path(directory)
     missing = [name for name in (MODEL_FILE, CONFIG_FILE, PROBLEM_FILE) if not (directory / name).is_file()]
     if missing:
         raise MtlSearchError(f"{directory}: not a saved model, missing {', '.join(missing)}")
-    config = json.loads((directory / CONFIG_FILE).read_text())
+    config = TrialConfig.from_flat(json.loads((directory / CONFIG_FILE).read_text()))
     spec = json.loads((directory / PROBLEM_FILE).read_text())
     problem = problem_from_json(spec["problem"])
     registry = registry or load_registry()
-    parts = decode(config)
-    strategy = _registered(registry.strategies, parts["strategy"], "strategy")
-    backbone_kind = _registered(registry.backbones, spec["backbone_kind"], "backbone kind")
-    backbone = backbone_kind.build(problem.input_shape, **parts["backbone"])
-    model = strategy.build(problem, backbone, parts["knobs"])
+    strategy = _registered(registry.strategies, config.strategy, "strategy")
+    kind = _registered(registry.backbones, spec["backbone_kind"], "backbone kind")
+    model = create_model(problem, strategy, kind, config.knobs, config.backbone, config.inputs)
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -121,11 +121,27 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return predictions
 
 
-def read_features(path: str | Path, width: int) -> torch.Tensor:
-    """A plain numeric CSV of input features, ``width`` columns, with or without a header row."""
+def read_inputs(path: str | Path, problem: Problem) -> torch.Tensor:
+    """The model input of the rows in ``path``, for a model of ``problem``.
+
+    A model trained on a table reads the raw feature columns by name from a CSV or Parquet
+    file (text categories, blanks for missing values: as the training table held them; other
+    columns are ignored); its input layer applies the training statistics. A model trained
+    on a tensor data set reads a plain numeric CSV, one column per input feature, header row
+    optional.
+    """
     path = Path(path)
     if not path.is_file():
         raise MtlSearchError(f"{path}: no such file")
+    if problem.features is not None:
+        from ..data.tables import read_feature_columns
+
+        return read_feature_columns(path, problem.features)
+    return read_numeric_csv(path, math.prod(problem.input_shape))
+
+
+def read_numeric_csv(path: Path, width: int) -> torch.Tensor:
+    """A plain numeric CSV of ``width`` columns, with or without a header row."""
     lines = list(csv.reader(path.read_text().splitlines()))
     first = 1 if lines and not _numeric(lines[0]) else 0  # a header row
     values = []

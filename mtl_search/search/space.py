@@ -7,24 +7,18 @@ from typing import Any
 
 import yaml
 
-from .errors import SpaceError, did_you_mean
-from .knobs import Fixed, Float, Int, Knob, parse_range
-from .encoding import INPUT_KNOBS, has_categories
-from .problem import KINDS, Problem, Task
-from .tables import TABLE_FORMATS, SplitSpec, TableSpec
+from ..config import DEFAULT_WEIGHTING
+from ..data.problem import KINDS, Problem, Task
+from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
+from ..errors import SpaceError, did_you_mean
+from ..knobs import Fixed, Float, Int, Knob, parse_range
+from ..nn.inputs import INPUT_KNOBS, has_categories
+from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median")
 COST_OBJECTIVES = {"params": "min", "latency": "min"}
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray")
-
-TRAINING_KNOBS: dict[str, Knob] = {
-    "batch_size": Int(16, 1024, log=True, minimum=1),
-    "lr": Float(1e-4, 1e-2, log=True, minimum=0.0),
-    "weight_decay": Float(0.0, 0.1, minimum=0.0),
-}
-TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, "weighting": "equal"}
-
 
 @dataclass
 class SearchSpec:
@@ -59,7 +53,7 @@ class Space:
     backbone: dict[str, Knob] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, Knob] = field(default_factory=dict)
-    weighting: Knob = Fixed("equal")
+    weighting: Knob = Fixed(DEFAULT_WEIGHTING)
     weighting_options: dict[str, dict[str, Knob]] = field(default_factory=dict)
     epochs: int = 20
     patience: int = 5
@@ -138,13 +132,13 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
 
     training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
     _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
-    epochs = _int(training_raw.get("epochs", 20), "training.epochs", minimum=1)
-    patience = _int(training_raw.get("patience", 5), "training.patience", minimum=0)
+    epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
+    patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
     max_trial_seconds = training_raw.get("max_trial_seconds")
     if max_trial_seconds is not None:
         max_trial_seconds = _number(max_trial_seconds, "training.max_trial_seconds", positive=True)
-    training = {k: parse_range(training_raw.get(k, TRAINING_DEFAULTS[k]), f"training.{k}") for k in TRAINING_KNOBS}
-    weighting = parse_range(training_raw.get("weighting", "equal"), "training.weighting")
+    training = {k: parse_range(training_raw.get(k, getattr(TrainConfig, k)), f"training.{k}") for k in TRAINING_KNOBS}
+    weighting = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
     if isinstance(weighting, (Int, Float)):
         raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
     weighting_options = {}

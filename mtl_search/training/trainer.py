@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Dataset, Split
-from .model import MultiTaskModel
+from ..data.dataset import Dataset, Split
+from ..knobs import Float, Int, Knob
+from ..nn.model import MultiTaskModel
 from .weighting import Weighting
 
 EVAL_BATCH = 4096
@@ -24,7 +25,7 @@ EVAL_BATCH = 4096
 
 @dataclass
 class TrainConfig:
-    """Training settings of one trial."""
+    """Training settings of one trial. Its field defaults are the defaults of a space's ``training:`` section."""
 
     epochs: int = 20
     batch_size: int = 256
@@ -33,6 +34,14 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     device: str = "cpu"
+
+
+# the training settings a space may search, with their default ranges (a constant default is TrainConfig's)
+TRAINING_KNOBS: dict[str, Knob] = {
+    "batch_size": Int(16, 1024, log=True, minimum=1),
+    "lr": Float(1e-4, 1e-2, log=True, minimum=0.0),
+    "weight_decay": Float(0.0, 0.1, minimum=0.0),
+}
 
 
 @dataclass

@@ -5,7 +5,7 @@ split, laid out as :class:`TableFeatures` describes: numeric columns first (raw 
 where missing), then categorical columns as integer codes (0 = missing or unseen). The
 statistics used for standardisation, imputation and category vocabularies are computed on
 the training split only and travel with the Problem into the model's input layer
-(:mod:`mtl_search.encoding`), so they are saved with the model and applied at prediction.
+(:mod:`mtl_search.nn.inputs`), so they are saved with the model and applied at prediction.
 
 Every problem with the data is a ``SpaceError`` naming the key of the space that points
 at it, raised before any trial starts.
@@ -19,69 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Dataset, Split
-from .errors import SpaceError
+from ..errors import MtlSearchError, SpaceError
+from .dataset import Dataset, Split
+from .features import (
+    CategoricalFeature,
+    NumericFeature,
+    TableFeatures,
+    as_float,
+    as_text,
+    category_codes,
+)
 from .problem import Problem, Task
 
 SPLIT_NAMES = ("train", "val", "test")
 TABLE_FORMATS = ("csv", "parquet")
-
-
-@dataclass(frozen=True)
-class NumericFeature:
-    """A numeric column; ``mean``/``std`` from the training split; ``indicator``: it had missing training values."""
-
-    name: str
-    mean: float
-    std: float
-    indicator: bool
-
-
-@dataclass(frozen=True)
-class CategoricalFeature:
-    """A categorical column; code ``i + 1`` is ``categories[i]`` (seen in training), code 0 is missing or unseen."""
-
-    name: str
-    categories: tuple[str, ...]
-
-    @property
-    def levels(self) -> int:
-        """Number of codes, the unknown code included."""
-        return len(self.categories) + 1
-
-
-@dataclass(frozen=True)
-class TableFeatures:
-    """How the columns of ``x`` are laid out: the numeric features, then the categorical codes."""
-
-    numeric: tuple[NumericFeature, ...]
-    categorical: tuple[CategoricalFeature, ...]
-
-    @property
-    def width(self) -> int:
-        return len(self.numeric) + len(self.categorical)
-
-    @property
-    def names(self) -> list[str]:
-        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
-
-    def encode(self, table: Any) -> torch.Tensor:
-        """The raw ``x`` of new rows (a pyarrow Table with the feature columns), for prediction."""
-        x = np.empty((table.num_rows, self.width), dtype=np.float32)
-        for i, feature in enumerate(self.numeric):
-            x[:, i] = _as_float(table.column(feature.name))
-        for j, feature in enumerate(self.categorical):
-            x[:, len(self.numeric) + j] = _codes(table.column(feature.name), feature.categories)
-        return torch.from_numpy(x)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"numeric": [vars(f) for f in self.numeric],
-                "categorical": [{"name": f.name, "categories": list(f.categories)} for f in self.categorical]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TableFeatures":
-        return cls(tuple(NumericFeature(**f) for f in data["numeric"]),
-                   tuple(CategoricalFeature(f["name"], tuple(f["categories"])) for f in data["categorical"]))
 
 
 @dataclass
@@ -136,7 +87,7 @@ def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
     train = rows[0]
     numeric, categorical = _feature_types(spec, table, feature_names)
     features = TableFeatures(
-        tuple(_numeric_feature(name, _as_float(table.column(name))[train]) for name in numeric),
+        tuple(_numeric_feature(name, as_float(table.column(name))[train]) for name in numeric),
         tuple(CategoricalFeature(name, _vocabulary(table.column(name).take(train))) for name in categorical),
     )
     x = features.encode(table)
@@ -216,18 +167,13 @@ def _is_numeric(arrow_type: Any) -> bool:
     return pt.is_integer(arrow_type) or pt.is_floating(arrow_type) or pt.is_boolean(arrow_type) or pt.is_decimal(arrow_type)
 
 
-def _as_float(column: Any) -> np.ndarray:
-    """A numeric column as float64 with NaN where a value is missing."""
-    import pyarrow as pa
-
-    return column.cast(pa.float64()).to_numpy().astype(np.float64, copy=False)
 
 
 def _present(column: Any) -> np.ndarray:
     """True where a value is present (not null, not NaN)."""
     present = column.is_valid().to_numpy()
     if _is_numeric(column.type):
-        present &= ~np.isnan(_as_float(column))
+        present &= ~np.isnan(as_float(column))
     return present
 
 
@@ -241,7 +187,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         if not _is_numeric(column.type):
             example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
             raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
-        values = np.nan_to_num(_as_float(column), nan=0.0)
+        values = np.nan_to_num(as_float(column), nan=0.0)
         return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""))
     classes = _vocabulary(column)
     if len(classes) < 2:
@@ -251,7 +197,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
                          f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); use kind: multiclass")
     if "classes" in task and int(task["classes"]) != len(classes):
         raise SpaceError(f"tasks.{name}.classes", f"the data has {len(classes)} classes ({', '.join(classes)}), not {task['classes']}")
-    codes = _codes(column, classes) - 1  # -1 where missing
+    codes = category_codes(column, classes) - 1  # -1 where missing
     target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
     return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0)
 
@@ -264,10 +210,6 @@ def _parses_as_number(value: Any) -> bool:
     return True
 
 
-def _text(column: Any) -> Any:
-    import pyarrow as pa
-
-    return column.cast(pa.string()) if not (column.type == pa.string() or column.type == pa.large_string()) else column
 
 
 def _vocabulary(column: Any) -> tuple[str, ...]:
@@ -279,14 +221,6 @@ def _vocabulary(column: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in sorted(values))
 
 
-def _codes(column: Any, categories: tuple[str, ...]) -> np.ndarray:
-    """Code ``i + 1`` for ``categories[i]``; 0 for a missing value or one not in ``categories``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    text = _text(column.combine_chunks() if hasattr(column, "combine_chunks") else column)
-    index = pc.index_in(text, value_set=pa.array(categories, type=text.type))
-    return pc.fill_null(index, -1).to_numpy().astype(np.int64) + 1
 
 
 def _feature_types(spec: TableSpec, table: Any, names: list[str]) -> tuple[list[str], list[str]]:
@@ -346,7 +280,7 @@ def _group_split(groups: Any, split: SplitSpec, rng: np.random.Generator) -> tup
     """Whole groups go to one split each, in a shuffled order, until each split holds its fraction of the rows."""
     import pyarrow.compute as pc
 
-    encoded = pc.dictionary_encode(_text(groups.combine_chunks())).indices
+    encoded = pc.dictionary_encode(as_text(groups.combine_chunks())).indices
     group_of_row = pc.fill_null(encoded, -1).to_numpy().astype(np.int64)
     if (group_of_row < 0).any():
         raise SpaceError("data.group_column", f"{int((group_of_row < 0).sum())} rows have no group value")
@@ -363,7 +297,7 @@ def _group_split(groups: Any, split: SplitSpec, rng: np.random.Generator) -> tup
 
 
 def _rows_from_column(name: str, column: Any) -> tuple[np.ndarray, ...]:
-    values = np.array(_text(column).to_pylist(), dtype=object)
+    values = np.array(as_text(column).to_pylist(), dtype=object)
     unknown = sorted({str(v) for v in values if v not in SPLIT_NAMES})
     if unknown:
         raise SpaceError("data.split_column", f"column {name!r} must hold train, val or test; it holds {', '.join(unknown[:5])}")
@@ -376,3 +310,47 @@ def _check_nonempty(rows: tuple[np.ndarray, ...], path: str, hint: str = "") -> 
     for split, index in zip(SPLIT_NAMES, rows):
         if len(index) == 0:
             raise SpaceError(path, f"the {split} split is empty{hint}")
+
+
+def read_feature_columns(path: Path, features: TableFeatures) -> torch.Tensor:
+    """The raw ``x`` of the rows of a CSV or Parquet file, laid out as ``features`` says (for prediction).
+
+    Columns are found by name (others are ignored); blanks are missing values; a category
+    not seen in training gets the unknown code. A missing column or a text value in a
+    numeric column is an error naming the column.
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            columns = list(pq.read_schema(path).names)
+        else:
+            import csv
+
+            with open(path, newline="") as fh:
+                columns = next(csv.reader(fh), [])
+        missing = [n for n in features.names if n not in columns]
+        if missing:
+            raise MtlSearchError(f"{path}: the model reads columns {', '.join(missing)}, which the file lacks "
+                                 f"(the model's features: {', '.join(features.names)})")
+        if parquet:
+            table = pq.read_table(path, columns=features.names)
+        else:
+            import pyarrow.csv as pcsv
+
+            # categorical columns are read as text, so codes match the training vocabulary whatever pyarrow would infer
+            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+                include_columns=features.names, column_types={f.name: pa.string() for f in features.categorical},
+                strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise MtlSearchError(f"{path}: cannot read the feature columns: {exc}") from None
+    for feature in features.numeric:
+        try:
+            as_float(table.column(feature.name))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise MtlSearchError(f"{path}: column {feature.name!r} is numeric in the model; it holds text") from None
+    return features.encode(table)

@@ -1,16 +1,24 @@
-"""Weighting: how the per-task losses become one update."""
+"""Weighting: how the per-task losses become one update; the core's default, ``equal``, is defined and registered here."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from .knobs import Knob
+from ..config import DEFAULT_WEIGHTING
+from ..hookspecs import hookimpl
+from ..knobs import Knob
 
 if TYPE_CHECKING:
-    from .problem import Problem
-    from .strategy import Strategy
+    from ..data.problem import Problem
+
+
+class _StrategyTraits(Protocol):
+    """What a weighting may ask of a strategy (``mtl_search.Strategy`` has both)."""
+
+    name: str
+    declares_shared_parameters: bool
 
 
 class Weighting(nn.Module):
@@ -37,7 +45,7 @@ class Weighting(nn.Module):
         self.params = params
 
     @classmethod
-    def incompatibility(cls, strategy: "Strategy") -> str | None:
+    def incompatibility(cls, strategy: _StrategyTraits) -> str | None:
         """Why this method cannot train ``strategy``'s models, or None when it can (checked by ``validate``)."""
         if cls.needs_shared_parameters and not strategy.declares_shared_parameters:
             return (f"it acts on the gradients of the shared parameters, and strategy {strategy.name!r} "
@@ -65,3 +73,18 @@ class Weighting(nn.Module):
     def weights(self) -> dict[str, float]:
         """The current weight of each task, recorded per epoch."""
         return {t: 1.0 for t in self.tasks}
+
+
+class Equal(Weighting):
+    """The plain sum of the task losses, every weight 1 (the default when a space names no weighting)."""
+
+    name = DEFAULT_WEIGHTING
+    description = "sum of the task losses, every weight 1"
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(losses.values())).sum()
+
+
+@hookimpl
+def register_weightings(register: Callable[[type[Weighting]], None]) -> None:
+    register(Equal)

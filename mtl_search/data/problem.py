@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .errors import SpaceError, did_you_mean
-
-if TYPE_CHECKING:
-    from .tables import TableFeatures
+from ..errors import SpaceError, did_you_mean
+from .features import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")
 
@@ -153,7 +151,7 @@ class Task:
 class Problem:
     """The input shape (without the batch dimension) and the tasks.
 
-    ``features`` describes the columns of a table's ``x`` (``mtl_search.tables.TableFeatures``:
+    ``features`` describes the columns of a table's ``x`` (``mtl_search.data.features.TableFeatures``:
     numeric values, then categorical codes) when the data came from a table; the model's
     input layer is built from it. None for inputs the backbone takes as they are.
     """

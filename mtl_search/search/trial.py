@@ -14,17 +14,16 @@ from typing import Any, Callable
 
 import torch
 
-from .blocks import BackboneKind
-from .data import Dataset
-from .encoding import input_layer_for, with_input_layer
-from .model import MultiTaskModel
-from .models import save_model
-from .problem import Problem
-from .strategy import Strategy
-from .train import TrainConfig, Trainer, seed_everything
+from ..config import TrialConfig
+from ..data.dataset import Dataset
+from ..data.problem import Problem
+from ..nn.backbones import BackboneKind
+from ..nn.create import create_model
+from ..nn.model import MultiTaskModel
+from ..results.saved_models import save_model
+from ..strategy import Strategy
+from ..training.trainer import TrainConfig, Trainer, seed_everything
 
-STRATEGY_KEY = "strategy"
-NUMBER_KEY = "trial_number"
 RESULT_FILE = "result.json"  # the final result, re-sent on resume when the trial's end was never recorded
 
 
@@ -44,35 +43,9 @@ class TrialPlan:
     max_trial_seconds: float | None = None
 
 
-def param_name(section: str, knob: str) -> str:
-    """The name of a sampled parameter: ``mmoe.experts``, ``backbone.width``, ``training.lr`` ..."""
-    return f"{section}.{knob}"
-
-
-def decode(config: dict[str, Any]) -> dict[str, Any]:
-    """Split a flat sampled configuration into its parts."""
-    strategy = config[STRATEGY_KEY]
-    parts: dict[str, Any] = {"strategy": strategy, "number": int(config.get(NUMBER_KEY, 0)), "knobs": {}, "backbone": {}, "training": {}, "weighting": {}, "inputs": {}}
-    weighting = config.get("training.weighting", "equal")
-    for key, value in config.items():
-        section, _, knob = key.partition(".")
-        if section == strategy:
-            parts["knobs"][knob] = value
-        elif section in ("backbone", "inputs"):
-            parts[section][knob] = value
-        elif section == "training" and knob != "weighting":
-            parts["training"][knob] = value
-        elif section == "weighting" and knob.startswith(weighting + "."):
-            parts["weighting"][knob.split(".", 1)[1]] = value
-    parts["weighting_name"] = weighting
-    return parts
-
-
-def build_model(plan: TrialPlan, parts: dict[str, Any]) -> MultiTaskModel:
-    """The untrained model of a decoded configuration."""
-    problem, input_layer = input_layer_for(plan.problem, parts["inputs"])
-    backbone = plan.backbone_kind.build(problem.input_shape, **parts["backbone"])
-    return with_input_layer(plan.problem, input_layer, plan.strategies[parts["strategy"]].build(problem, backbone, parts["knobs"]))
+def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
+    """The untrained model of a decoded configuration (through the one model factory, ``create_model``)."""
+    return create_model(plan.problem, plan.strategies[config.strategy], plan.backbone_kind, config.knobs, config.backbone, config.inputs)
 
 
 def _sharing_map(model: MultiTaskModel, x: torch.Tensor) -> dict:
@@ -118,18 +91,17 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     ``placement`` (e.g. the Ray node id) is added to every report, with the device, so the
     driver can record where a trial ran even when it fails.
     """
-    parts = decode(config)
+    parts = TrialConfig.from_flat(config)
     threads = max(1, int(plan.cpus_per_trial))
     torch.set_num_threads(threads)
     device = select_device(plan.gpus_per_trial, torch.cuda.is_available())
     placement = {**(placement or {}), "device": device}
-    seed = plan.seed * 100_003 + parts["number"]
+    seed = plan.seed * 100_003 + parts.number
     seed_everything(seed)
     dataset.problem = plan.problem
 
     model = build_model(plan, parts).to(device)
-    weighting = plan.weightings[parts["weighting_name"]](plan.problem.task_names, **parts["weighting"])
-    training = {"batch_size": 256, "lr": 1e-3, "weight_decay": 0.0, **parts["training"]}
+    weighting = plan.weightings[parts.weighting](plan.problem.task_names, **parts.weighting_params)
     # Every report must carry every objective Tune's searcher watches; cost objectives are
     # only final at the end, so epochs carry the parameter count and a NaN latency.
     per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
@@ -144,11 +116,11 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     trainer = Trainer(
         dataset,
-        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **training),
+        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **parts.training),
         weighting,
         report=report_epoch,
     )
-    model = plan.strategies[parts["strategy"]].fit(model, trainer)
+    model = plan.strategies[parts.strategy].fit(model, trainer)
     train_seconds = time.perf_counter() - start
 
     val = trainer.evaluate(model, trainer.dataset.val)

@@ -14,10 +14,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import MtlSearchError
-from .model import SharingMap
-from .results import SearchRecord, TrialRecord, trial_run_name
-from .review import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, log_search_review, set_review_view
+from ..errors import MtlSearchError
+from ..nn.model import SharingMap
+from .records import SearchRecord, TrialRecord, trial_run_name
+from .review import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    log_search_review,
+    set_review_view,
+)
 
 ROLE = "mtl_search.role"
 STRATEGY = "mtl_search.strategy"

@@ -20,10 +20,10 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .blocks import BackboneKind
 from .errors import PluginError, did_you_mean
+from .nn.backbones import BackboneKind
 from .strategy import Strategy
-from .weighting import Weighting
+from .training.weighting import Weighting
 
 ENTRY_POINT_GROUP = "mtl_search"
 DISABLE_ENV = "MTL_SEARCH_DISABLE_PLUGINS"
@@ -119,14 +119,19 @@ def load_registry(space_plugins: list[str] = (), base_dir: Path | None = None, e
     # Ray serialises with its own vendored cloudpickle: registering with the standalone package has no effect there.
     import ray.cloudpickle as cloudpickle
 
-    from . import blocks
+    from .nn import backbones
+    from .training import weighting
 
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager)
     disabled = _disabled()
 
-    candidates: list[tuple[str, str, Callable[[], Any]]] = [("mtl_search.blocks", "core", lambda: blocks)]
+    # the core's own backbones and default weighting, registered through the same hooks as any plugin's
+    candidates: list[tuple[str, str, Callable[[], Any]]] = [
+        ("mtl_search.nn.backbones", "core", lambda: backbones),
+        ("mtl_search.training.weighting", "core", lambda: weighting),
+    ]
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
         source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"

@@ -7,8 +7,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .data import Split
-from .problem import Problem
+from ..data.dataset import Split
+from ..data.problem import Problem
 
 
 @dataclass

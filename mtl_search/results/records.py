@@ -113,7 +113,7 @@ def family_record(record: SearchRecord, family: str) -> SearchRecord:
     (against the whole search's reference point, so families compare)."""
     families = sorted({t.family for t in record.trials})
     if family not in families:
-        from .errors import MtlSearchError
+        from ..errors import MtlSearchError
 
         raise MtlSearchError(f"no trial of family {family!r} in this search; families: {', '.join(families) or 'none'}")
     trials = [replace(t) for t in record.trials if t.family == family]

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from . import pareto
-from .results import COST_METRICS, SearchRecord, trial_table
+from .records import COST_METRICS, SearchRecord, trial_table
 
 # The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
 # as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
@@ -62,7 +62,14 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
     """Tables (JSON + CSV, all trials and the front) and plots (fronts PNG + HTML, hypervolume history) on the search run."""
     import matplotlib.pyplot as plt
 
-    from .plots import front_plotly, front_png, fronts_per_family, hypervolume_figure, plotly_page, trials_by_family
+    from .plots import (
+        front_plotly,
+        front_png,
+        fronts_per_family,
+        hypervolume_figure,
+        plotly_page,
+        trials_by_family,
+    )
 
     client.log_dict(run_id, record.to_json(), "front/search.json")
     client.log_dict(run_id, [t.to_json() for t in sorted(record.front, key=lambda t: t.number)], "front/front.json")

@@ -1,0 +1,147 @@
+"""What the search samples and how: Optuna's define-by-run space, the grid, samplers, schedulers, and the plan a worker gets."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import NUMBER_KEY, STRATEGY_KEY, param_name
+from ..errors import SpaceError
+from ..knobs import Knob
+from .space import Plan
+from .trial import TrialPlan
+
+
+class DefineByRun:
+    """Optuna's define-by-run space: the strategy, the backbone's knobs, the strategy's knobs, then training knobs.
+
+    A class rather than a closure: Tune pickles the searcher with its experiment state.
+    """
+
+    def __init__(self, plan: Plan):
+        self.strategies = {name: knobs for name, (_, knobs) in plan.strategies.items()}
+        self.backbone, self.training, self.weighting = plan.backbone, plan.training, plan.weighting
+        self.backbone_kind, self.input_shape = plan.backbone_kind, plan.problem.input_shape
+        self.weightings = {name: knobs for name, (_, knobs) in plan.weightings.items()}
+        self.inputs = plan.inputs
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        names = list(self.strategies)
+        strategy = trial.suggest_categorical(STRATEGY_KEY, names) if len(names) > 1 else names[0]
+        config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
+        _suggest_all(trial, "inputs", self.inputs, config)
+        backbone = _suggest_all(trial, "backbone", self.backbone, config)
+        # a strategy's bound may name a backbone knob or the depth, which some kinds derive (conv: len(channels))
+        depth = self.backbone_kind.build(self.input_shape, **backbone).depth
+        _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, "depth": depth})
+        _suggest_all(trial, "training", self.training, config)
+        weighting = self.weighting.suggest(trial, "training.weighting")
+        config["training.weighting"] = weighting
+        _suggest_all(trial, f"weighting.{weighting}", self.weightings[weighting], config)
+        return config
+
+
+def _suggest_all(trial: Any, section: str, knobs: dict[str, Knob], into: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    values = {name: knob.suggest(trial, param_name(section, name), context) for name, knob in knobs.items()}
+    into.update({param_name(section, name): value for name, value in values.items()})
+    return values
+
+
+def grid_space(plan: Plan) -> dict[str, list[Any]]:
+    """Every parameter the define-by-run space can suggest, with all its values (for Optuna's GridSampler)."""
+    space: dict[str, list[Any]] = {}
+    if len(plan.strategies) > 1:
+        space[STRATEGY_KEY] = list(plan.strategies)
+
+    def add(section: str, path: str, knobs: dict[str, Knob], bounds: dict[str, tuple[int, int]] | None = None) -> None:
+        for name, knob in knobs.items():
+            values = knob.grid(f"{path}.{name}", bounds)
+            if values is not None:
+                space[param_name(section, name)] = values
+
+    add("backbone", "backbone", plan.backbone)
+    bounds = {name: (min(v), max(v)) for name, v in
+              ((name, knob.grid(f"backbone.{name}") or [knob.suggest(None, name)]) for name, knob in plan.backbone.items())
+              if all(isinstance(x, int) for x in v)}
+    for name, (_, knobs) in plan.strategies.items():
+        add(name, f"strategies.{name}", knobs, bounds)
+    add("training", "training", plan.training)
+    weightings = plan.weighting.grid("training.weighting")
+    if weightings is not None:
+        space["training.weighting"] = weightings
+    for name, (_, knobs) in plan.weightings.items():
+        add(f"weighting.{name}", f"weighting {name!r}", knobs)
+    return space
+
+
+def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None) -> Any:
+    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if plan is None:
+            raise ValueError("the grid sampler needs the plan")
+        return _TuneGridSampler(grid_space(plan), seed=seed)
+    try:
+        import scipy  # noqa: F401  (Optuna's GPSampler imports it only when it first samples)
+    except ImportError as exc:
+        raise SpaceError("search.sampler", f"the gp sampler needs scipy (pip install scipy): {exc}") from None
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def _grid_sampler_base() -> type:
+    import optuna
+
+    return optuna.samplers.GridSampler
+
+
+class _TuneGridSampler(_grid_sampler_base()):
+    """GridSampler without its ``study.stop()`` once the grid is covered.
+
+    That call is only legal inside Optuna's own optimize loop; under Tune it raises before the
+    trial's state is stored. Tune ends the search after ``search.trials`` trials (a covered grid
+    is visited again in a random order).
+    """
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
+SCHEDULER_METRIC = "score"
+EARLY_STOPPING_GRACE_EPOCHS = 2  # the score is 1.0 for every trial at epoch 1 (it is normalised by that epoch)
+
+
+def make_scheduler(kind: str, epochs: int) -> Any:
+    """The Tune scheduler of ``search.early_stopping`` (None for ``none``), on the trainer's ``score`` per epoch.
+
+    ``score`` is the mean over tasks of the val loss divided by that task's val loss after the
+    first epoch (lower is better), so tasks on different scales count equally.
+    """
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    if kind == "none":
+        return None
+    if kind == "asha":
+        # stop_last_trials=False: a trial reaching the last epoch must still send its final result.
+        return ASHAScheduler(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", max_t=max(epochs, EARLY_STOPPING_GRACE_EPOCHS),
+                             grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=2, stop_last_trials=False)
+    return MedianStoppingRule(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
+                              min_samples_required=2)
+
+
+def make_trial_plan(plan: Plan) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data)."""
+    space = plan.space
+    return TrialPlan(
+        problem=plan.problem,
+        strategies={name: s for name, (s, _) in plan.strategies.items()},
+        backbone_kind=plan.backbone_kind,
+        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
+        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
+        max_trial_seconds=space.max_trial_seconds,
+    )
