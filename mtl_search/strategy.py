@@ -51,6 +51,14 @@ class Strategy:
         combination no trial could run; ``mtl-search validate`` then exits 2 naming the key.
         """
 
+    def check_problem(self, problem: Problem, path: str) -> None:
+        """Raise ``SpaceError(path, why)`` when this strategy cannot model ``problem``'s tasks (default: it can model any).
+
+        For methods defined for some task structures only (e.g. a conversion funnel, tasks
+        with ``after``). ``validate`` calls it; the contract check (``mtl_search.testing``)
+        then checks the strategy on a problem with a funnel instead.
+        """
+
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         """A new model for ``problem`` on ``backbone`` with the sampled knob values ``params``."""
         raise NotImplementedError  # pragma: no cover - abstract

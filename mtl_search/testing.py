@@ -45,6 +45,37 @@ def contract_dataset(input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
     return make_dataset(contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
 
 
+def funnel_contract_problem(input_shape: tuple[int, ...]) -> Problem:
+    """A regression task and a click -> conversion funnel (``conv`` after ``bin``) on inputs of ``input_shape``."""
+    return Problem(tuple(input_shape), (Task("reg", "regression"), Task("bin", "binary"), Task("conv", "binary", after="bin")))
+
+
+def funnel_contract_dataset(input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
+    """Like :func:`contract_dataset`, with ``conv`` (a simple function of the inputs) observed only where ``bin`` is 1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(ROWS, *input_shape, generator=g)
+    flat = x.flatten(1)
+    w = torch.randn(flat.shape[1], 3, generator=g) / math.sqrt(flat.shape[1])
+    z = flat @ w
+    y = {"reg": z[:, 0], "bin": (z[:, 1] > 0).float(), "conv": (z[:, 2] > 0).float()}
+    return make_dataset(funnel_contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
+
+
+def _contract_data(strategy: Strategy, input_shape: tuple[int, ...]) -> Dataset:
+    """The contract data set, or the funnel one for a strategy that declines the plain problem (``Strategy.check_problem``)."""
+    from .errors import SpaceError
+
+    try:
+        strategy.check_problem(contract_problem(input_shape), f"strategies.{strategy.name}")
+        return contract_dataset(input_shape)
+    except SpaceError as plain:
+        try:
+            strategy.check_problem(funnel_contract_problem(input_shape), f"strategies.{strategy.name}")
+        except SpaceError as funnel:
+            raise AssertionError(f"{strategy.name}: check_problem rejects both contract problems ({plain}; {funnel})") from None
+        return funnel_contract_dataset(input_shape)
+
+
 def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
     """A small, valid value of a knob: the low end of a range (at least 2 for integers where allowed)."""
     if isinstance(knob, Fixed):
@@ -73,7 +104,9 @@ def check_strategy(strategy: Strategy, backbones: dict[str, BackboneKind] | None
     right shape; ``regularization()`` is a finite scalar; every sharing map has the tasks as
     rows and values in [0, 1]; training (through ``Strategy.fit``) lowers the training loss;
     the state dict survives ``torch.save`` / ``torch.load(weights_only=True)`` into a fresh
-    build with identical predictions. ``params`` overrides the knob values used.
+    build with identical predictions. ``params`` overrides the knob values used. A strategy
+    whose ``check_problem`` declines the plain contract problem (three tasks, one per kind)
+    is checked on a problem with a funnel (``conv`` after ``bin``) instead.
     """
     assert isinstance(strategy, Strategy), f"{strategy!r} is not a mtl_search.Strategy"
     assert strategy.name and strategy.family, "a strategy needs a name and a family"
@@ -95,7 +128,7 @@ def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any],
     backbone = kind.build(input_shape, **backbone_params)
     context = {**backbone_params, "depth": backbone.depth}  # as in a search: a bound may name the depth
     params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | overrides
-    data = contract_dataset(input_shape)
+    data = _contract_data(strategy, input_shape)
     problem = data.problem
 
     model = _build(strategy, problem, backbone, params, where)

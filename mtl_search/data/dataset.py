@@ -1,4 +1,4 @@
-"""The Dataset type: train/val/test splits of one Problem, with optional per-task label masks."""
+"""The Dataset type: train/val/test splits of one Problem, with optional per-task label masks and sample weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,15 +11,17 @@ from .problem import Problem
 
 @dataclass
 class Split:
-    """Inputs ``x`` (N x input_shape), one target tensor per task, and optional label masks.
+    """Inputs ``x`` (N x input_shape), one target tensor per task, optional label masks and sample weights.
 
     ``mask[task]`` is a bool tensor of length N; False marks a missing label (not an error:
-    the task's loss and metric skip that row).
+    the task's loss and metric skip that row). ``weight[task]`` is a float tensor of length
+    N of non-negative per-row weights of that task's loss and metric (absent: every row 1).
     """
 
     x: torch.Tensor
     y: dict[str, torch.Tensor]
     mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -28,12 +30,17 @@ class Split:
         """The label mask of ``task``, or None when every row is labelled."""
         return self.mask.get(task)
 
+    def weights(self, task: str) -> torch.Tensor | None:
+        """The per-row sample weights of ``task``, or None when every row weighs 1."""
+        return self.weight.get(task)
+
     def subset(self, index: torch.Tensor) -> "Split":
         """The rows at ``index`` (a long tensor)."""
         return Split(
             self.x[index],
             {k: v[index] for k, v in self.y.items()},
             {k: v[index] for k, v in self.mask.items()},
+            {k: v[index] for k, v in self.weight.items()},
         )
 
     def partition(self, fraction: float, generator: torch.Generator | None = None) -> tuple["Split", "Split"]:
@@ -57,7 +64,8 @@ class Split:
         for start in range(0, n, batch_size):
             if order is None:
                 sl = slice(start, start + batch_size)
-                yield Split(self.x[sl], {k: v[sl] for k, v in self.y.items()}, {k: v[sl] for k, v in self.mask.items()})
+                yield Split(self.x[sl], {k: v[sl] for k, v in self.y.items()}, {k: v[sl] for k, v in self.mask.items()},
+                            {k: v[sl] for k, v in self.weight.items()})
             else:
                 yield self.subset(order[start : start + batch_size])
 
@@ -66,6 +74,7 @@ class Split:
             self.x.to(device),
             {k: v.to(device) for k, v in self.y.items()},
             {k: v.to(device) for k, v in self.mask.items()},
+            {k: v.to(device) for k, v in self.weight.items()},
         )
 
 
@@ -89,6 +98,37 @@ class Dataset:
         return counts
 
 
+def funnel_mask(problem: Problem, split: Split, task: str) -> torch.Tensor | None:
+    """The label mask of funnel task ``task`` in ``split``: its own mask, and False wherever its parent is not labelled positive.
+
+    None for a task without a parent (its mask is unchanged). Parents are taken as they are
+    in ``split`` (apply in :meth:`Problem.funnel_order`, so a parent's own funnel mask comes first).
+    """
+    parent = problem.task(task).after
+    if parent is None:
+        return split.labelled(task)
+    positive = split.y[parent].reshape(-1) == 1
+    parent_mask = split.labelled(parent)
+    if parent_mask is not None:
+        positive = positive & parent_mask
+    own = split.labelled(task)
+    return positive if own is None else own & positive
+
+
+def apply_funnel_masks(dataset: Dataset) -> Dataset:
+    """Mask every funnel task's label where its parent is negative or unlabelled, in every split (in place; idempotent).
+
+    This is the one place a funnel is turned into missing labels, so every strategy (and
+    every metric) sees a funnel task only on the rows where its parent happened.
+    """
+    problem = dataset.problem
+    for split in (dataset.train, dataset.val, dataset.test):
+        for name in problem.funnel_order():
+            if problem.task(name).after is not None:
+                split.mask[name] = funnel_mask(problem, split, name)
+    return dataset
+
+
 def split_rows(n: int, val: float, test: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shuffled row indices for train / val / test with the given fractions."""
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
@@ -102,4 +142,4 @@ def make_dataset(problem: Problem, x: torch.Tensor, y: dict[str, torch.Tensor], 
     """Split full tensors into a Dataset."""
     train_idx, val_idx, test_idx = split_rows(x.shape[0], val, test, seed)
     full = Split(x, y)
-    return Dataset(problem, full.subset(train_idx), full.subset(val_idx), full.subset(test_idx))
+    return apply_funnel_masks(Dataset(problem, full.subset(train_idx), full.subset(val_idx), full.subset(test_idx)))

@@ -16,31 +16,54 @@ KINDS = ("regression", "binary", "multiclass")
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric over a whole split: ``fn(prediction, target) -> float``."""
+    """A metric over a whole split: ``fn(prediction, target, weight=None) -> float``.
+
+    ``weight`` (one non-negative number per row, or None for all ones) makes every metric a
+    weighted one: MSE, MAE, logloss and accuracy become weighted means over the rows
+    (``sum w_i m_i / sum w_i``), AUC the weighted rank statistic (see :func:`binary_auc`).
+    A row of weight 0 contributes nothing.
+    """
 
     name: str
     direction: str  # "min" or "max"
-    fn: Callable[[torch.Tensor, torch.Tensor], float]
+    fn: Callable[..., float]
 
 
-def _mse(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return F.mse_loss(pred.view(-1), y.view(-1).float()).item()
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``mean(values)``, or ``sum(w * values) / sum(w)`` with per-row weights (0 when every weight is 0)."""
+    if weight is None:
+        return values.mean()
+    weight = weight.reshape(-1).to(values.dtype)
+    total = weight.sum()
+    return (weight * values).sum() / total.clamp_min(torch.finfo(values.dtype).tiny) if bool(total > 0) else values.sum() * 0.0
 
 
-def _mae(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return F.l1_loss(pred.view(-1), y.view(-1).float()).item()
+def _mse(pred: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return weighted_mean((pred.view(-1) - y.view(-1).float()).square(), weight).item()
 
 
-def _binary_logloss(logit: torch.Tensor, y: torch.Tensor) -> float:
-    return F.binary_cross_entropy_with_logits(logit.view(-1), y.view(-1).float()).item()
+def _mae(pred: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return weighted_mean((pred.view(-1) - y.view(-1).float()).abs(), weight).item()
 
 
-def _binary_accuracy(logit: torch.Tensor, y: torch.Tensor) -> float:
-    return ((logit.view(-1) > 0).long() == y.view(-1).long()).float().mean().item()
+def _binary_logloss(logit: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    losses = F.binary_cross_entropy_with_logits(logit.view(-1), y.view(-1).float(), reduction="none")
+    return weighted_mean(losses, weight).item()
 
 
-def binary_auc(score: torch.Tensor, y: torch.Tensor) -> float:
-    """Area under the ROC curve by the rank statistic (ties get their average rank)."""
+def _binary_accuracy(logit: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return weighted_mean(((logit.view(-1) > 0).long() == y.view(-1).long()).float(), weight).item()
+
+
+def binary_auc(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """Area under the ROC curve by the rank statistic (ties get their average rank).
+
+    With per-row ``weight``: the weighted rank statistic, ``sum_{i pos, j neg} w_i w_j
+    [s_i > s_j] (+ 1/2 on ties) / (sum_pos w)(sum_neg w)`` — the AUC of the data set in which
+    row i appears w_i times. NaN when either class has no (weighted) row.
+    """
+    if weight is not None:
+        return _weighted_auc(score, y, weight)
     score, y = score.view(-1).double(), y.view(-1).bool()
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
@@ -59,12 +82,24 @@ def binary_auc(score: torch.Tensor, y: torch.Tensor) -> float:
     return ((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
 
-def _multiclass_logloss(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return F.cross_entropy(logits, y.view(-1).long()).item()
+def _weighted_auc(score: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> float:
+    score, y, weight = score.view(-1).double(), y.view(-1).bool(), weight.view(-1).double()
+    unique, inverse = torch.unique(score, return_inverse=True)  # sorted distinct scores
+    pos = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.where(y, weight, 0.0))
+    neg = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.where(y, 0.0, weight))
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos <= 0 or total_neg <= 0:
+        return float("nan")
+    below = torch.cumsum(neg, 0) - neg  # negative weight strictly below each distinct score
+    return float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
-def _multiclass_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(dim=1) == y.view(-1).long()).float().mean().item()
+def _multiclass_logloss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return weighted_mean(F.cross_entropy(logits, y.view(-1).long(), reduction="none"), weight).item()
+
+
+def _multiclass_accuracy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    return weighted_mean((logits.argmax(dim=1) == y.view(-1).long()).float(), weight).item()
 
 
 METRICS: dict[str, dict[str, Metric]] = {
@@ -91,12 +126,17 @@ class Task:
 
     kind: ``regression`` (MSE loss), ``binary`` (BCE on a logit) or ``multiclass``
     (cross-entropy over ``classes`` logits). ``metric`` is evaluated on val/test splits.
+    ``after``: the task's parent in a conversion funnel (a binary task), or None. A funnel
+    task's label is only meaningful where the parent's is positive: the data set masks it
+    elsewhere (:func:`mtl_search.data.dataset.apply_funnel_masks`), and the model's prediction
+    of it is conditional on the parent (e.g. P(convert | click)).
     """
 
     name: str
     kind: str
     metric: str = ""
     classes: int = 0
+    after: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -121,13 +161,20 @@ class Task:
         """``min`` or ``max``: the direction in which the task's metric improves."""
         return METRICS[self.kind][self.metric].direction
 
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """Training loss: MSE, BCE-with-logits or cross-entropy."""
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss: MSE, BCE-with-logits or cross-entropy; with per-row ``weight``, the weighted mean ``sum w l / sum w``."""
         if self.kind == "regression":
-            return F.mse_loss(prediction.view(-1), target.view(-1).float(), reduction=reduction)
-        if self.kind == "binary":
-            return F.binary_cross_entropy_with_logits(prediction.view(-1), target.view(-1).float(), reduction=reduction)
-        return F.cross_entropy(prediction, target.view(-1).long(), reduction=reduction)
+            per_row = F.mse_loss(prediction.view(-1), target.view(-1).float(), reduction="none")
+        elif self.kind == "binary":
+            per_row = F.binary_cross_entropy_with_logits(prediction.view(-1), target.view(-1).float(), reduction="none")
+        else:
+            per_row = F.cross_entropy(prediction, target.view(-1).long(), reduction="none")
+        if reduction == "none":
+            return per_row
+        if reduction == "sum":
+            return per_row.sum() if weight is None else (weight.reshape(-1).to(per_row.dtype) * per_row).sum()
+        return weighted_mean(per_row, weight)
 
     def log_likelihood(self, prediction: torch.Tensor, target: torch.Tensor, variance: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Per-row log p(target | prediction), shape (rows,).
@@ -142,9 +189,11 @@ class Task:
             return -0.5 * (torch.log(2 * math.pi * variance) + residual.square() / variance)
         return -self.loss(prediction, target, reduction="none")
 
-    def evaluate(self, prediction: torch.Tensor, target: torch.Tensor) -> float:
-        """The task's metric over a whole split."""
-        return METRICS[self.kind][self.metric].fn(prediction, target)
+    def evaluate(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+        """The task's metric over a whole split (weighted by ``weight`` per row when given; see :class:`Metric`)."""
+        if weight is None:
+            return METRICS[self.kind][self.metric].fn(prediction, target)
+        return METRICS[self.kind][self.metric].fn(prediction, target, weight)
 
 
 @dataclass(frozen=True)
@@ -160,9 +209,46 @@ class Problem:
     tasks: tuple[Task, ...] = field(default_factory=tuple)
     features: TableFeatures | None = field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        for task in self.tasks:
+            if task.after is None:
+                continue
+            where = f"tasks.{task.name}.after"
+            if task.after == task.name:
+                raise SpaceError(where, "a task cannot come after itself")
+            if task.after not in names:
+                raise SpaceError(where, f"unknown parent task {task.after!r}; {did_you_mean(task.after, names)}")
+            parent = self.tasks[names.index(task.after)]
+            if parent.kind != "binary":
+                raise SpaceError(where, f"the parent of a funnel task must be a binary task; {parent.name!r} is {parent.kind}")
+            seen, step = {task.name}, parent
+            while step.after is not None:  # walk up the funnel: a cycle never reaches a root
+                if step.name in seen:
+                    raise SpaceError(where, f"the funnel through {task.name!r} is a cycle")
+                seen.add(step.name)
+                step = self.tasks[names.index(step.after)]
+
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    def ancestors(self, name: str) -> list[str]:
+        """The funnel above task ``name``, nearest parent first (empty for a task with no ``after``)."""
+        chain, step = [], self.task(name).after
+        while step is not None:
+            chain.append(step)
+            step = self.task(step).after
+        return chain
+
+    def funnel_order(self) -> list[str]:
+        """The task names with every parent before its funnel children (otherwise in the problem's order)."""
+        return sorted(self.task_names, key=lambda n: len(self.ancestors(n)))
+
+    @property
+    def has_funnel(self) -> bool:
+        """Whether some task names a parent (``after``)."""
+        return any(t.after is not None for t in self.tasks)
 
     def task(self, name: str) -> Task:
         for t in self.tasks:

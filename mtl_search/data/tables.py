@@ -66,12 +66,14 @@ def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
     key = f"data.{spec.format}"
     columns = _column_names(spec, key)
     _check_columns(spec, tasks, columns)
+    weight_columns = {name: t["weight_column"] for name, t in tasks.items() if t.get("weight_column")}
     feature_names = spec.features if spec.features is not None else [
         c for c in columns if c not in tasks and c not in spec.exclude and c not in (spec.split_column, spec.group_column)
+        and c not in weight_columns.values()
     ]
     if not feature_names:
         raise SpaceError("data.features", "no feature columns left after removing the targets and excluded columns")
-    extra = [c for c in (spec.split_column, spec.group_column) if c]
+    extra = [c for c in (spec.split_column, spec.group_column, *weight_columns.values()) if c]
     table = _read(spec, list(dict.fromkeys([*feature_names, *tasks, *extra])), key)
     if table.num_rows < 3:
         raise SpaceError(key, f"{spec.path} has {table.num_rows} rows; at least 3 are needed for train/val/test")
@@ -94,7 +96,8 @@ def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
     problem = Problem((features.width,), tuple(task for _, _, task in labels.values()), features=features)
     y = {name: target for name, (target, _, _) in labels.items()}
     masks = {name: torch.from_numpy(mask) for name, (_, mask, _) in labels.items() if not bool(mask.all())}
-    full = Split(x, y, masks)
+    weights = {name: sample_weights(column, table.column(column), f"tasks.{name}.weight_column") for name, column in weight_columns.items()}
+    full = Split(x, y, masks, weights)
     return Dataset(problem, *(full.subset(torch.from_numpy(index)) for index in rows))
 
 
@@ -131,6 +134,11 @@ def _check_columns(spec: TableSpec, tasks: dict[str, dict[str, Any]], columns: l
         check([name], f"tasks.{name}")
         if "kind" not in task:
             raise SpaceError(f"tasks.{name}.kind", "missing; a task of a table needs a kind (regression, binary or multiclass)")
+        if task.get("weight_column"):
+            check([task["weight_column"]], f"tasks.{name}.weight_column")
+            if task["weight_column"] in tasks or task["weight_column"] in (spec.features or []):
+                raise SpaceError(f"tasks.{name}.weight_column", f"column {task['weight_column']!r} is a target or a feature; "
+                                 "a weight column holds only the rows' weights")
     check(spec.features or [], "data.features")
     check(spec.exclude, "data.exclude")
     check(spec.categorical, "data.categorical")
@@ -200,6 +208,23 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
     codes = category_codes(column, classes) - 1  # -1 where missing
     target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
     return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0)
+
+
+def sample_weights(name: str, column: Any, path: str) -> torch.Tensor:
+    """The per-row weights in ``column``: non-negative numbers, a missing value weighs 1.
+
+    A non-numeric or negative (or infinite) value is a ``SpaceError`` at ``path`` naming the column.
+    """
+    if not _is_numeric(column.type):
+        example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
+        raise SpaceError(path, f"a weight column needs numbers; column {name!r} holds {example}")
+    values = as_float(column)
+    values = np.where(np.isnan(values), 1.0, values)  # a missing weight is 1
+    bad = np.flatnonzero((values < 0) | ~np.isfinite(values))
+    if bad.size:
+        raise SpaceError(path, f"weights must be finite and >= 0; column {name!r} holds {values[bad[0]]!r} "
+                         f"(row {int(bad[0]) + 1}, {bad.size} such rows)")
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _parses_as_number(value: Any) -> bool:

@@ -33,17 +33,22 @@ class SharingMap:
 
 
 def task_losses(problem: Problem, predictions: dict[str, torch.Tensor], batch: Split) -> dict[str, torch.Tensor]:
-    """Mean loss per task over the batch rows that carry that task's label."""
+    """Mean loss per task over the batch rows that carry that task's label, weighted by the task's sample weights if any.
+
+    With weights ``w`` the loss is ``sum w_i l_i / sum w_i`` over the labelled rows; a batch
+    whose labelled rows all weigh 0 gives a zero loss (with the graph kept).
+    """
     losses = {}
     for task in problem.tasks:
-        pred, target = predictions[task.name], batch.y[task.name]
+        pred, target, weight = predictions[task.name], batch.y[task.name], batch.weights(task.name)
         mask = batch.labelled(task.name)
         if mask is not None:
             if not bool(mask.any()):
                 losses[task.name] = pred.sum() * 0.0  # keeps the graph; no labelled row here
                 continue
             pred, target = pred[mask], target[mask]
-        losses[task.name] = task.loss(pred, target)
+            weight = weight[mask] if weight is not None else None
+        losses[task.name] = task.loss(pred, target, weight=weight)
     return losses
 
 

@@ -38,7 +38,8 @@ MODEL_ARTIFACT = "model"  # the artifact folder of a trial run
 def problem_to_json(problem: Problem) -> dict[str, Any]:
     """The problem as JSON: input shape, tasks, and a table's feature description (the model's input layer depends on it)."""
     return {"input_shape": list(problem.input_shape),
-            "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes} for t in problem.tasks],
+            "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes,
+                       **({"after": t.after} if t.after is not None else {})} for t in problem.tasks],
             "features": problem.features.to_dict() if problem.features is not None else None}
 
 
@@ -105,7 +106,13 @@ def load_model(run_id: str, tracking_uri: str | None = None, registry: Any = Non
 
 @torch.no_grad()
 def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-task predictions in the task's own terms: a value (regression), P(y=1) (binary), class probabilities (multiclass)."""
+    """Per-task predictions in the task's own terms: a value (regression), P(y=1) (binary), class probabilities (multiclass).
+
+    A binary funnel task (``Task.after``) is predicted conditionally on its parent (P(convert |
+    click)); ``<task>.joint`` is added for it: the probability that it and every task above it
+    in the funnel are positive, the product of the conditionals along the funnel (ESMM's
+    pCTCVR = pCTR x pCVR for click -> conversion).
+    """
     model.eval()
     x = x.to(dtype=torch.float32).reshape(len(x), *model.problem.input_shape)
     outputs = model(x)
@@ -118,7 +125,16 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
             predictions[task.name] = torch.softmax(out, dim=1)
         else:
             predictions[task.name] = out.reshape(-1)
+    for task in model.problem.tasks:
+        chain = [task.name, *model.problem.ancestors(task.name)]
+        if task.after is not None and all(model.problem.task(n).kind == "binary" for n in chain):
+            predictions[joint_name(task.name)] = torch.stack([predictions[n] for n in chain]).prod(dim=0)
     return predictions
+
+
+def joint_name(task: str) -> str:
+    """The prediction column of a funnel task's joint probability (it and every task above it positive)."""
+    return f"{task}.joint"
 
 
 def read_inputs(path: str | Path, problem: Problem) -> torch.Tensor:
@@ -166,7 +182,7 @@ def _numeric(row: list[str]) -> bool:
 
 
 def prediction_rows(model: MultiTaskModel, x: torch.Tensor) -> list[dict[str, float]]:
-    """One row per input: a column per task (per class for multiclass tasks: ``task:k``, plus ``task`` = argmax)."""
+    """One row per input: a column per task (per class for multiclass tasks: ``task:k``, plus ``task`` = argmax; ``task.joint`` for a funnel task)."""
     predictions = predict(model, x)
     rows: list[dict[str, float]] = [{} for _ in range(len(x))]
     for task in model.problem.tasks:
@@ -177,4 +193,7 @@ def prediction_rows(model: MultiTaskModel, x: torch.Tensor) -> list[dict[str, fl
                 row.update({f"{task.name}:{k}": float(p) for k, p in enumerate(value)})
             else:
                 row[task.name] = float(value)
+        if joint_name(task.name) in predictions:
+            for row, value in zip(rows, predictions[joint_name(task.name)]):
+                row[joint_name(task.name)] = float(value)
     return rows

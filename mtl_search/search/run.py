@@ -44,6 +44,7 @@ from .plan import (
     make_scheduler,
     make_trial_plan,
 )
+from ..data.dataset import apply_funnel_masks
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
 
@@ -71,6 +72,7 @@ def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Datas
     dataset = build_dataset(space, registry)
     plan = resolve(space, registry, dataset.problem)
     dataset.problem = plan.problem
+    apply_funnel_masks(dataset)  # a funnel task's label is masked where its parent is negative, for every strategy
     if space.search.sampler == "grid":
         grid_space(plan)  # a continuous knob is a SpaceError before anything runs
     return plan, dataset, registry

@@ -18,6 +18,7 @@ from ..training.trainer import TRAINING_KNOBS, TrainConfig
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median")
 COST_OBJECTIVES = {"params": "min", "latency": "min"}
+TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray")
 
 @dataclass
@@ -108,10 +109,18 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     tasks = {}
     for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
         spec = _mapping(spec, f"tasks.{name}", "expected a mapping like {kind: regression, metric: mse}")
-        _known_keys(spec, ("kind", "metric", "classes"), f"tasks.{name}")
+        _known_keys(spec, TASK_KEYS, f"tasks.{name}")
         if "kind" in spec and spec["kind"] not in KINDS:
             raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
+        for key in ("after", "weight_column"):
+            if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+                raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
         tasks[str(name)] = spec
+    if table is None:
+        for name, spec in tasks.items():
+            if "weight_column" in spec:
+                raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
+                                 "this space's data is a registered data set (data.dataset), not csv:/parquet:")
 
     inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
     inputs = {k: parse_range(v, f"inputs.{k}") for k, v in inputs_raw.items()}
@@ -246,7 +255,7 @@ def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> 
         spec = tasks.get(task.name, {})
         kind = spec.get("kind", task.kind)
         metric = spec.get("metric", task.metric if kind == task.kind else "")
-        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes))))
+        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes)), spec.get("after", task.after)))
     return replace(problem, tasks=tuple(new_tasks))
 
 
@@ -273,6 +282,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
             )
         knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
         strategy.check(knobs, backbone, f"strategies.{name}")
+        strategy.check_problem(problem, f"strategies.{name}")
         strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)

@@ -130,16 +130,17 @@ class Trainer:
         return {t: torch.cat(p) for t, p in parts.items()}
 
     def evaluate(self, model: nn.Module, split: Split) -> Evaluation:
-        """Each task's metric and mean loss over the rows where it has a label."""
+        """Each task's metric and mean loss over the rows where it has a label (both weighted by the task's sample weights, if any)."""
         predictions = self.predict(model, split)
         metrics, losses = {}, {}
         for task in self.problem.tasks:
-            pred, target = predictions[task.name], split.y[task.name]
+            pred, target, weight = predictions[task.name], split.y[task.name], split.weights(task.name)
             mask = split.labelled(task.name)
             if mask is not None:
                 pred, target = pred[mask], target[mask]
-            metrics[task.name] = task.evaluate(pred, target)
-            losses[task.name] = float(task.loss(pred, target))
+                weight = weight[mask] if weight is not None else None
+            metrics[task.name] = task.evaluate(pred, target, weight)
+            losses[task.name] = float(task.loss(pred, target, weight=weight))
         return Evaluation(metrics, losses)
 
     def score(self, val_losses: dict[str, float]) -> float:
