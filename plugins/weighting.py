@@ -18,6 +18,17 @@ Loss weightings (one scalar loss, one backward pass):
 - ``rlw`` (Lin et al., TMLR 2022, random loss weighting): weights ``softmax(z)``, ``z ~ N(0, I)``
   drawn afresh every step.
 
+- ``fixed``: the weighted sum ``sum_t w_t L_t`` with a weight per task set (or searched) by the
+  user: knobs ``weight.<task>`` (default 1), e.g. ``training.weighting_options.fixed:
+  {weight.converted: {float: [1, 10]}}``.
+
+Floors (``min_weight.<task>``, default 0: none) for the learned loss weightings ``uncertainty``,
+``dwa``, ``gradnorm`` and ``rlw``: the weight a task's loss gets in a step is
+``max(w_t, min_weight_t)``, so a business-critical task cannot be weighted away. The method's
+own state (learned log-variances, GradNorm's weights, DWA's history) evolves as the method
+defines; only the weight applied to the loss is floored, and ``weight/<task>`` records it.
+(A floor is an addition of this project, not part of the methods' papers.)
+
 Gradient aggregators (torchjd): the Jacobian of the task losses with respect to the model's
 ``shared_parameters()`` is aggregated into one update by a torchjd ``Aggregator``; every other
 parameter gets the gradient of the plain sum of the task losses (the convention of
@@ -39,11 +50,33 @@ from torch import nn
 from mtl_search import Default, Float, Knob, Problem, Weighting, hookimpl
 
 
+FLOOR_KNOB = "min_weight"
+
+
+def floor_knobs(problem: Problem) -> dict[str, Knob]:
+    """One ``min_weight.<task>`` knob per task: the floor of that task's weight, 0 (none) unless a space sets or searches it."""
+    return {f"{FLOOR_KNOB}.{t}": Default(0.0, Float(0.0, 10.0, minimum=0.0)) for t in problem.task_names}
+
+
 class _EpochMeanWeights(Weighting):
     """Records the weights applied at every step and reports their mean over each epoch."""
 
+    floors: ClassVar[bool] = False  # True: the method takes per-task floors min_weight.<task> (see floored)
+
+    @classmethod
+    def knobs_for(cls, problem: Problem) -> dict[str, Knob]:
+        return {**cls.knobs, **(floor_knobs(problem) if cls.floors else {})}
+
     def __init__(self, tasks: list[str], **params: Any):
+        floors = {k: params.pop(k) for k in list(params) if k.startswith(FLOOR_KNOB + ".")}
         super().__init__(tasks, **params)
+        unknown = sorted(set(floors) - {f"{FLOOR_KNOB}.{t}" for t in tasks})
+        if unknown:
+            raise ValueError(f"floors of unknown tasks: {', '.join(unknown)}; tasks: {', '.join(tasks)}")
+        if floors and not self.floors:
+            raise ValueError(f"weighting {self.name!r} takes no {FLOOR_KNOB} floors")
+        self.params.update(floors)
+        self.register_buffer("min_weights", torch.tensor([float(floors.get(f"{FLOOR_KNOB}.{t}", 0.0)) for t in self.tasks]))
         self._weight_sum = torch.zeros(len(self.tasks))
         self._steps = torch.zeros(len(self.tasks))
         self._epoch_weights = {t: 1.0 for t in self.tasks}
@@ -63,6 +96,12 @@ class _EpochMeanWeights(Weighting):
     def weights(self) -> dict[str, float]:
         return dict(self._epoch_weights)
 
+    def floored(self, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``max(weights, min_weight)`` for the tasks at ``index`` (unchanged, same tensor, when no floor is set)."""
+        if not bool((self.min_weights > 0).any()):
+            return weights
+        return torch.maximum(weights, self.min_weights[index.to(self.min_weights.device)].to(weights))
+
     def present(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The positions (in ``self.tasks``) of the tasks with a loss this step, and those losses as a vector.
 
@@ -76,13 +115,15 @@ class _EpochMeanWeights(Weighting):
 class _LossWeighting(_EpochMeanWeights):
     """A weighted sum of the task losses with weights from ``step_weights``."""
 
+    floors = True
+
     def step_weights(self, index: torch.Tensor) -> torch.Tensor:
         """This step's weight of each task at ``index`` (positions in ``self.tasks``)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         index, vector = self.present(losses)
-        weights = self.step_weights(index).to(vector)
+        weights = self.floored(self.step_weights(index).to(vector), index)
         self.record(weights, index)
         return (weights * vector).sum()
 
@@ -90,6 +131,7 @@ class _LossWeighting(_EpochMeanWeights):
 class Uncertainty(_EpochMeanWeights):
     name = "uncertainty"
     description = "homoscedastic uncertainty (Kendall et al. 2018): learned log-variances, 1/(2 sigma^2) for regression, 1/sigma^2 for classification"
+    floors = True
 
     def __init__(self, tasks: list[str], **params: Any):
         super().__init__(tasks, **params)
@@ -106,7 +148,7 @@ class Uncertainty(_EpochMeanWeights):
             raise RuntimeError("uncertainty weighting: call setup(problem) first (the trainer does)")
         index, vector = self.present(losses)
         log_variance = self.log_variance[index.to(vector.device)]
-        weights = self.precision_scale[index.to(vector.device)] * torch.exp(-log_variance)
+        weights = self.floored(self.precision_scale[index.to(vector.device)] * torch.exp(-log_variance), index)
         self.record(weights, index)
         return (weights * vector).sum() + 0.5 * log_variance.sum()
 
@@ -147,6 +189,31 @@ class RandomLossWeighting(_LossWeighting):
         return torch.softmax(torch.randn(len(index)), dim=0)
 
 
+class FixedWeights(Weighting):
+    name = "fixed"
+    description = "a fixed weight per task (knobs weight.<task>, default 1; searchable): sum_t w_t L_t"
+
+    @classmethod
+    def knobs_for(cls, problem: Problem) -> dict[str, Knob]:
+        return {f"weight.{t}": Default(1.0, Float(0.0, 100.0, minimum=0.0)) for t in problem.task_names}
+
+    def __init__(self, tasks: list[str], **params: Any):
+        unknown = sorted(set(params) - {f"weight.{t}" for t in tasks})
+        if unknown:
+            raise ValueError(f"fixed weighting: weights of unknown tasks: {', '.join(unknown)}; tasks: {', '.join(tasks)}")
+        super().__init__(tasks, **params)
+        values = [float(params.get(f"weight.{t}", 1.0)) for t in self.tasks]
+        if any(v < 0 for v in values):
+            raise ValueError(f"fixed weighting: weights must be >= 0, got {dict(zip(self.tasks, values))}")
+        self.register_buffer("task_weights", torch.tensor(values))
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.task_weights[i].to(losses[t]) * losses[t] for i, t in enumerate(self.tasks) if t in losses)
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.task_weights.tolist()))
+
+
 def last_shared_layer(model: nn.Module) -> nn.Parameter | None:
     """The last weight matrix (or tensor of higher rank) among ``model.shared_parameters()``.
 
@@ -163,6 +230,7 @@ class GradNorm(_EpochMeanWeights):
     description = "GradNorm (Chen et al. 2018): learned weights that pull the tasks' gradient norms on the last shared layer together"
     needs_shared_parameters = True
     knobs = {"alpha": Float(0.0, 3.0, minimum=0.0)}
+    floors = True
 
     def __init__(self, tasks: list[str], alpha: float = 1.5, **params: Any):
         super().__init__(tasks, alpha=alpha, **params)
@@ -189,7 +257,7 @@ class GradNorm(_EpochMeanWeights):
             inverse_rate = vector.detach() / self.initial_losses[index].clamp_min(1e-12)
             target = (norms.mean() * (inverse_rate / inverse_rate.mean()) ** self.alpha).detach()
             (self.task_weights.grad,) = torch.autograd.grad((norms - target).abs().sum(), self.task_weights)
-        weights = self.task_weights.detach()[index]
+        weights = self.floored(self.task_weights.detach()[index], index)
         self.record(weights, index)
         total = (weights * vector).sum() + extra
         total.backward()
@@ -280,5 +348,6 @@ def available_aggregations() -> list[type[_Aggregation]]:
 
 @hookimpl
 def register_weightings(register):
+    register(FixedWeights)
     for cls in (Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, *available_aggregations()):
         register(cls)

@@ -292,7 +292,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
             raise SpaceError("training.weighting", f"expected weighting names, got {name!r}")
         cls = registry.lookup("weightings", name, "training.weighting")
         overrides = space.weighting_options.get(name, {})
-        weightings[name] = (cls, _merge_knobs(cls.knobs, overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
+        weightings[name] = (cls, _merge_knobs(cls.knobs_for(problem), overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
         for strategy_name, (strategy, _) in strategies.items():
             reason = cls.incompatibility(strategy)
             if reason:

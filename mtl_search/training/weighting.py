@@ -52,6 +52,15 @@ class Weighting(nn.Module):
                     "declares none (Strategy.declares_shared_parameters is False)")
         return None
 
+    @classmethod
+    def knobs_for(cls, problem: "Problem") -> dict[str, Knob]:
+        """The knobs this method has on ``problem`` (default: the class's ``knobs``).
+
+        For knobs that exist once per task (a fixed weight, a floor), named e.g.
+        ``weight.<task>``; a space narrows them under ``training.weighting_options`` like any.
+        """
+        return dict(cls.knobs)
+
     def setup(self, problem: "Problem") -> None:
         """Called once by the trainer before training, with the problem (task kinds, ...)."""
 
