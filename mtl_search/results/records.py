@@ -31,6 +31,7 @@ class TrialRecord:
     pareto: bool = False
     family: str = ""
     placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
+    violations: list[str] | None = None  # the search.constraints it violates (empty: feasible); None: no constraints
 
     @property
     def run_name(self) -> str:
@@ -50,7 +51,8 @@ class TrialRecord:
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
                 "params": self.params, "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto,
-                "metrics": self.metrics, "error": self.error, **self.placement}
+                "metrics": self.metrics, "error": self.error, **self.placement,
+                **({"feasible": not self.violations, "violations": self.violations} if self.violations is not None else {})}
 
 
 @dataclass
@@ -79,10 +81,21 @@ class SearchRecord:
         }
 
 
-def mark_front(trials: list[TrialRecord], objectives: list[dict[str, str]], reference: list[float] | None = None) -> tuple[float | None, list[float] | None]:
-    """Set ``pareto`` on each trial (finished trials only); return (hypervolume, reference point)."""
+def mark_front(trials: list[TrialRecord], objectives: list[dict[str, str]], reference: list[float] | None = None,
+               constraints: list[Any] | None = None) -> tuple[float | None, list[float] | None]:
+    """Set ``pareto`` on each trial (finished, feasible trials only); return (hypervolume, reference point).
+
+    ``constraints`` (``search.constraints``, :mod:`mtl_search.results.constraints`) set each
+    finished trial's ``violations``; a trial with violations (set now or recorded before) is
+    left out of the front and the hypervolume, and stays in the record, marked infeasible.
+    """
     directions = [o["direction"] for o in objectives]
-    scored = [(t, t.objective_values(objectives)) for t in trials if t.status == "finished"]
+    if constraints:
+        from .constraints import violations
+
+        for t in trials:
+            t.violations = violations(t, constraints) if t.status == "finished" else None
+    scored = [(t, t.objective_values(objectives)) for t in trials if t.status == "finished" and not t.violations]
     scored = [(t, v) for t, v in scored if v is not None]
     for t in trials:
         t.pareto = False
@@ -133,6 +146,8 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
         if only_front and not t.pareto:
             continue
         row: dict[str, Any] = {"number": t.number, "strategy": t.strategy, "family": t.family, "status": t.status, "pareto": t.pareto}
+        if any(u.violations is not None for u in record.trials):  # the search had constraints
+            row["feasible"] = None if t.violations is None else not t.violations
         row.update({f"val/{k}": v for k, v in t.val.items()})
         row.update({f"test/{k}": v for k, v in t.test.items()})
         row["knobs"] = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in t.params.items() if k.startswith(t.strategy + "."))
@@ -140,6 +155,8 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
             row.update({"run_name": t.run_name, "run_id": t.run_id})
             row.update({name: t.metrics.get(name) for name in COST_METRICS})
             row["error"] = (t.error or "").strip().splitlines()[-1] if t.error else ""
+            if t.violations:
+                row["violations"] = "; ".join(t.violations)
             row.update({f"config/{k}": v for k, v in t.params.items()})
         rows.append(row)
     return rows

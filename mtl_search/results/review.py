@@ -41,7 +41,7 @@ def front_data(record: SearchRecord) -> Any:
     directions = [o["direction"] for o in record.objectives]
     on_family_front = [False] * len(scored)
     for family in {t.family for t, _ in scored}:
-        members = [k for k, (t, _) in enumerate(scored) if t.family == family]
+        members = [k for k, (t, _) in enumerate(scored) if t.family == family and not t.violations]  # infeasible: on no front
         for index in pareto.pareto_front([scored[k][1] for k in members], directions):
             on_family_front[members[index]] = True
     return FrontData(
@@ -55,7 +55,8 @@ def front_data(record: SearchRecord) -> Any:
 def _hover(trial: Any, record: SearchRecord) -> str:
     values = "<br>".join(f"{o['name']} = {v:.4g}" for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
     knobs = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in trial.params.items() if k.startswith(trial.strategy + "."))
-    return f"<b>{trial.run_name}</b><br>{trial.strategy} ({trial.family})<br>{values}" + (f"<br>{knobs}" if knobs else "")
+    infeasible = f"<br>infeasible: {'; '.join(trial.violations)}" if trial.violations else ""
+    return f"<b>{trial.run_name}</b><br>{trial.strategy} ({trial.family})<br>{values}" + (f"<br>{knobs}" if knobs else "") + infeasible
 
 
 def log_search_review(client: Any, run_id: str, record: SearchRecord, history: list[tuple[float, int]]) -> None:

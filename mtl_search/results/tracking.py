@@ -28,6 +28,7 @@ ROLE = "mtl_search.role"
 STRATEGY = "mtl_search.strategy"
 FAMILY = "mtl_search.family"
 PARETO = "mtl_search.pareto"
+VIOLATES = "mtl_search.violates"  # the search.constraints a finished trial violates ("; "-separated, empty: feasible)
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
 TUNE_PATH = "mtl_search.tune_path"  # the search's Ray Tune experiment directory (for --resume)
@@ -112,6 +113,8 @@ class Tracker:
         for trial in record.trials:
             if trial.status == "finished":
                 self.client.set_tag(trial.run_id, PARETO, "true" if trial.pareto else "false")
+                if trial.violations is not None:
+                    self.client.set_tag(trial.run_id, VIOLATES, "; ".join(trial.violations))
             if trial.pareto and trial.checkpoint and os.path.isdir(trial.checkpoint):
                 self.client.log_artifacts(trial.run_id, trial.checkpoint, "model")
         now = _now_ms()
@@ -281,6 +284,7 @@ def _trial_record(run: Any) -> TrialRecord:
         pareto=tags.get(PARETO) == "true",
         family=tags.get(FAMILY, ""),
         placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
+        violations=(tags[VIOLATES].split("; ") if tags[VIOLATES] else []) if VIOLATES in tags else None,
     )
 
 

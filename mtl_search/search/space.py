@@ -13,6 +13,7 @@ from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import SpaceError, did_you_mean
 from ..knobs import Fixed, Float, Int, Knob, parse_range
 from ..nn.inputs import INPUT_KNOBS, has_categories
+from ..results.constraints import Constraint, check_constraints, parse_constraints
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
@@ -31,6 +32,7 @@ class SearchSpec:
     reference_point: dict[str, float] = field(default_factory=dict)
     early_stopping: str = "none"  # none | asha | median, on the trainer's scalarised ``score``
     max_failures: int | None = None  # failed trials tolerated before the search aborts; None: no limit
+    constraints: list[Constraint] = field(default_factory=list)  # thresholds a trial must meet to be on the front
 
 
 @dataclass
@@ -159,7 +161,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         weighting_options[str(name)] = {k: parse_range(v, f"{where}.{k}") for k, v in overrides.items()}
 
     search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
-    _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures"), "search")
+    _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints"), "search")
     sampler = search_raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
@@ -187,6 +189,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         reference_point={str(k): float(v) for k, v in reference.items()},
         early_stopping=early_stopping,
         max_failures=max_failures,
+        constraints=parse_constraints(search_raw.get("constraints")),
     )
 
     tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
@@ -314,6 +317,8 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
     for name in space.search.reference_point:
         if name not in [o.name for o in objectives]:
             raise SpaceError(f"search.reference_point.{name}", f"not an objective of this search; objectives: {', '.join(o.name for o in objectives)}")
+
+    check_constraints(space.search.constraints, problem)
 
     training = _merge_knobs(TRAINING_KNOBS, space.training, "training", "training")
     inputs = _merge_knobs(INPUT_KNOBS, space.inputs, "inputs", "the input layer")
