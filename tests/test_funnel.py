@@ -186,3 +186,10 @@ def test_shipped_funnel_csv_is_what_the_script_writes(tmp_path):
     spec.loader.exec_module(module)
     pcsv.write_csv(module.make_table(), tmp_path / "fresh.csv")
     assert (tmp_path / "fresh.csv").read_bytes() == (REPO / "search_spaces" / "data" / "funnel.csv").read_bytes()
+
+
+def test_funnel_bias_benchmark_runs():
+    from benchmarks.funnel_bias import cvr_error
+
+    result = cvr_error("aitm", seed=0, samples=300, items=10, epochs=1)
+    assert set(result) == {"mae", "mean_prediction", "true_mean"} and 0 <= result["mae"] <= 1
