@@ -47,3 +47,26 @@ def test_constraints_are_checked_against_the_tasks_before_any_trial():
         with pytest.raises(SpaceError) as err:
             prepare(parse_space({**base, "search": {"constraints": constraints}}), load_registry())
         assert err.value.path == path
+
+
+def test_constrained_samplers_are_told_each_trials_constraint_values():
+    import optuna
+
+    from mtl_search.results.constraints import constraint_values
+    from mtl_search.search.plan import make_sampler
+
+    constraints = parse_constraints({"clicked": ">= 0.7", "params": "<= 1000"})
+    assert constraint_values(constraints, {"val/clicked": 0.65, "params": 800.0}) == pytest.approx([0.05, -200.0])
+    assert constraint_values(constraints, {"params": float("nan")}) == [1.0, 1.0]  # missing values violate
+    base = {"data": {"dataset": "synthetic_funnel", "options": {"samples": 200}}, "strategies": {"hard_sharing": {}},
+            "search": {"constraints": {"clicked": ">= 0.7"}}}
+    plan, _, _ = prepare(parse_space(base), load_registry())
+    from mtl_search.results.constraints import tell_constraints
+
+    for name in ("tpe", "nsga2"):
+        study = optuna.create_study(directions=["maximize", "maximize"], sampler=make_sampler(name, 0, 1, plan))
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        tell_constraints(trial, plan.space.search.constraints, {"val/clicked": 0.6})
+        study.tell(trial, [0.6, 0.5])
+        assert list(study.trials[0].constraints.values()) == pytest.approx([0.1])  # what the sampler learns from

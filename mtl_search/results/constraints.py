@@ -10,7 +10,9 @@
 
 A finished trial that violates a constraint is *infeasible*: it is kept and shown (the
 ``feasible`` column of the tables, its violations in the detailed tables and in
-``report --format json``) but left out of the Pareto front and the hypervolume.
+``report --format json``) but left out of the Pareto front and the hypervolume. The samplers
+that support Optuna's constraints (tpe, nsga2, gp) are told each finished trial's
+constraint values (:func:`tell_constraints`), so they steer away from infeasible regions.
 """
 from __future__ import annotations
 
@@ -96,3 +98,53 @@ def violations(trial: Any, constraints: list[Constraint]) -> list[str]:
         if not c.holds(value):
             out.append(f"{c.describe()} (is {value:.4g})" if value is not None else f"{c.describe()} (no value)")
     return out
+
+
+USER_ATTR = "mtl_search.constraints"  # the Optuna trial attribute holding a finished trial's constraint values
+
+
+def constraint_values(constraints: list[Constraint], result: dict[str, Any]) -> list[float]:
+    """Optuna's convention, one value per constraint: <= 0 where it holds, the violation's size otherwise.
+
+    ``result`` is a trial's final report (``val/<task>``, ``params``, ``latency``); a missing
+    or non-finite value counts as a violation of 1.
+    """
+    values = []
+    for c in constraints:
+        value = result.get(c.name if c.name in COST_NAMES else f"val/{c.name}")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            values.append(1.0)
+        else:
+            values.append(float(c.value - value) if c.op in (">=", ">") else float(value - c.value))
+    return values
+
+
+def tell_constraints(trial: Any, constraints: list[Constraint], result: dict[str, Any]) -> None:
+    """Record a finished trial's constraint values on its Optuna ``trial`` (before it is told), where the samplers read them.
+
+    Optuna >= 5: ``Trial.set_constraint`` per constraint (every sampler that supports
+    constraints reads them); older Optuna: the ``USER_ATTR`` list that :class:`OptunaConstraints` hands the sampler.
+    """
+    values = constraint_values(constraints, result)
+    if hasattr(trial, "set_constraint"):
+        for c, value in zip(constraints, values):
+            trial.set_constraint(c.describe(), value)
+    else:  # pragma: no cover - Optuna 4
+        trial.set_user_attr(USER_ATTR, values)
+
+
+def needs_constraints_func() -> bool:
+    """Whether this Optuna's samplers learn constraints only through ``constraints_func`` (before ``Trial.set_constraint``)."""
+    import optuna
+
+    return not hasattr(optuna.trial.Trial, "set_constraint")
+
+
+class OptunaConstraints:
+    """``constraints_func`` of an Optuna < 5 sampler: the values stored on a trial under ``USER_ATTR`` (a violation where absent)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __call__(self, trial: Any) -> list[float]:
+        return list(trial.user_attrs.get(USER_ATTR, [1.0] * self.count))

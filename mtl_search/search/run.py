@@ -45,6 +45,7 @@ from .plan import (
     make_trial_plan,
 )
 from ..data.dataset import apply_funnel_masks
+from ..results.constraints import tell_constraints
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
 
@@ -222,6 +223,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             storage=optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}"),
             study_name=Path(tune_path).name,
         )
+        searcher.constraints = space.search.constraints  # search.constraints, told to Optuna per finished trial
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
@@ -319,6 +321,9 @@ class _Searcher(_OptunaSearch):
         import optuna
 
         if not error and (result or {}).get("final"):
+            # search.constraints: the values Optuna's constrained samplers read (mtl_search.results.constraints)
+            if getattr(self, "constraints", None) and trial_id in self._ot_trials:
+                tell_constraints(self._ot_trials[trial_id], self.constraints, result)
             super().on_trial_complete(trial_id, result, error)
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
