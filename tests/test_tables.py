@@ -329,7 +329,7 @@ def test_search_on_the_shipped_table(ray_session, workdir):
     shutil.copytree(REPO / "search_spaces", workdir / "spaces")
     path = workdir / "spaces" / "tabular_csv.yaml"
     path.write_text(path.read_text().replace("epochs: 15", "epochs: 1"))
-    record = run_search(load_space(path), RunOptions(trials=2), echo=lambda line: None)
+    record = run_search(load_space(path), RunOptions(trials=2))
     assert [t.status for t in record.trials] == ["finished", "finished"]
     for trial in record.trials:
         assert set(trial.val) == {"revenue", "clicked", "segment"} and all(np.isfinite(v) for v in trial.val.values())
