@@ -26,7 +26,13 @@ from .nn.layers import (
     make_tower,
     mlp_layer,
 )
-from .nn.model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .nn.model import (
+    MultiTaskModel,
+    SharingMap,
+    copy_state,
+    count_parameters,
+    task_losses,
+)
 from .results.records import SearchRecord, TrialRecord
 from .results.saved_models import load_model, predict
 from .strategy import Strategy
@@ -36,7 +42,7 @@ from .training.weighting import Weighting
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "count_parameters",
+    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "copy_state", "count_parameters",
     "Dataset", "Default", "Evaluation", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
     "Knob", "knob_bounds", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError",
     "MultiTaskModel", "NumericFeature", "PluginError", "predict", "Problem", "ResidualBlock", "ResidualConvBlock",

@@ -35,6 +35,7 @@ from mtl_search import (
     SharingMap,
     Strategy,
     Trainer,
+    copy_state,
     count_parameters,
     hookimpl,
     make_tower,
@@ -210,7 +211,7 @@ class AdaShareModel(MultiTaskModel):
 
     def weight_state(self) -> dict[str, torch.Tensor]:
         """A copy of the weights without the policy."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k not in POLICY_STATE}
+        return {k: v for k, v in copy_state(self).items() if k not in POLICY_STATE}
 
     def load_weight_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights saved by ``weight_state``, keeping the current policy."""

@@ -114,3 +114,10 @@ def count_parameters(params: Iterable[nn.Parameter]) -> int:
     for p in params:
         seen[id(p)] = p.numel()
     return sum(seen.values())
+
+
+def copy_state(module: nn.Module) -> dict[str, Any]:
+    """A detached copy of ``module``'s state dict (tensors cloned, extra state such as a table input layer's copied)."""
+    import copy
+
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()}

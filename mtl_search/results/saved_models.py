@@ -82,16 +82,21 @@ def _registered(items: dict[str, Any], name: str, kind: str) -> Any:
     return items[name]
 
 
-def load_model(run_id: str, tracking_uri: str | None = None, registry: Any = None) -> MultiTaskModel:
-    """The trained model of a trial run (trials on the front carry one), rebuilt and in eval mode.
+def load_model(source: str | Path, tracking_uri: str | None = None, registry: Any = None) -> MultiTaskModel:
+    """The trained model of a trial, rebuilt and in eval mode: ``source`` is a trial's MLflow run id, or a saved model folder.
 
-    ``tracking_uri`` defaults to the default store (``sqlite:///<cwd>/mlflow/mlflow.db``).
+    Trials on the front carry their model in MLflow; ``tracking_uri`` defaults to the default
+    store (``sqlite:///<cwd>/mlflow/mlflow.db``). A folder is one ``save_model`` wrote (a
+    trial's checkpoint, or a downloaded ``model/`` artifact).
     """
+    if Path(source).is_dir():
+        return load_model_dir(source, registry)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from .tracking import resolve_tracking_uri
 
+    run_id = str(source)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     try:
         client.get_run(run_id)
