@@ -27,6 +27,7 @@ from ..errors import MtlSearchError, SpaceError, did_you_mean
 from ..registry import Registry, load_registry
 from ..results.records import SearchRecord, TrialRecord, hypervolume_history, mark_front
 from ..results.tracking import STUDY, Tracker, default_store_dir, open_tracker
+from .faults import kill_point
 from .plan import DefineByRun, grid_space, make_sampler, make_scheduler, make_trial_plan
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
@@ -245,6 +246,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             ),
         )
         status = "FINISHED"
+        kill_point("search_started")
         try:
             if to_run:
                 tuner.fit()

@@ -22,6 +22,7 @@ from ..config import NUMBER_KEY, STRATEGY_KEY
 from ..registry import Registry
 from ..results.records import TrialRecord, mark_front
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
+from .faults import kill_point
 
 CONFIG_ATTR = "mtl_search.config"  # the Optuna trial's user attribute holding its full flat configuration
 
@@ -103,8 +104,10 @@ class OptunaSearcher(_Live, Searcher):
             values = [result.get(metric, math.nan) for metric in self.metrics]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 self.study.tell(number, values)
+                kill_point("trial_told")
                 return
         self.study.tell(number, state=optuna.trial.TrialState.FAIL if error or result.get("final") else optuna.trial.TrialState.PRUNED)
+        kill_point("trial_told")
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the study in its RDB storage is the searcher's state."""
@@ -158,6 +161,7 @@ class TrialLogger(_Live, tune.Callback):
                                                                 self._family(strategy))
         self.running[trial.trial_id] = trial
         self.echo(f"trial {config[NUMBER_KEY]} {strategy}: started")
+        kill_point("trial_started")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -168,18 +172,21 @@ class TrialLogger(_Live, tune.Callback):
             self.writes.submit(self.tracker.record_placement, run_id, dict(result))
         if not result.get("final") and "epoch" in result:
             self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
+            kill_point("trial_training")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
         result = dict(trial.last_result or {})
+        kill_point("trial_ended")
         if not result.get("final"):
             self.writes.submit(self.tracker.stop_trial, run_id)
             self._finish(trial, run_id, "stopped", result, None)
             return
         checkpoint = getattr(trial, "checkpoint", None)
         self.writes.submit(self.tracker.finish_trial, run_id, result, checkpoint.path if checkpoint is not None else None)
+        self.writes.submit(kill_point, "trial_recorded")
         self._finish(trial, run_id, "finished", result, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
