@@ -1,0 +1,132 @@
+"""Device placement: every weighting keeps its state on its losses' device, under every strategy.
+
+No GPU is needed. Two checks that fail on a device mix-up:
+
+- on ``torch.device("meta")`` (a second device on any machine): one training step of every
+  strategy whose forward runs on meta with every loss weighting, after which every tensor the
+  weighting holds is on meta. Left out, because their ops need real values: the sparse
+  routers (``topk_moe``, ``switch``: bincount, nonzero), ``adashare`` and ``lasem`` (their
+  schedules read values) and the torchjd aggregators (their solvers run on the host);
+- on the CPU, one step of every strategy with every weighting and a torchjd aggregator
+  while a torch-function mode watches the weighting module's own code: a tensor it creates
+  without naming a device (it would land on the CPU whatever the losses' device) or a copy
+  to the host is a mix-up waiting for a GPU.
+
+``gpu``-marked tests run the real thing on CUDA and are skipped without it.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import mtl_search_plugins.weighting as weighting_module
+from mtl_search.plugins import load_registry
+from mtl_search.testing import contract_dataset, default_input_shape, small_value
+from mtl_search.train import seed_everything
+
+REGISTRY = load_registry()
+LOSS_WEIGHTINGS = ["equal", "uncertainty", "dwa", "gradnorm", "rlw"]
+AGGREGATOR = "upgrad"
+META_STRATEGIES = ["hard_sharing", "mtan", "mmoe", "omoe", "cgc", "ple", "dselect_k", "cross_stitch", "l2_soft", "mrn"]
+META = torch.device("meta")
+
+
+def _setup(strategy_name: str):
+    """A small model of the strategy on its first backbone kind, and a batch of the contract data."""
+    strategy = REGISTRY.strategies[strategy_name]
+    kind = next(k for k in REGISTRY.backbones.values() if strategy.supports(k.name))
+    seed_everything(0)
+    shape = default_input_shape(kind)
+    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    backbone = kind.build(shape, **backbone_params)
+    params = {name: small_value(knob, {**backbone_params, "depth": backbone.depth}) for name, knob in strategy.knobs.items()}
+    data = contract_dataset(shape)
+    return strategy, strategy.build(data.problem, backbone, params), data
+
+
+def _pairs(weightings: list[str], strategies: list[str]) -> list[tuple[str, str]]:
+    return [(s, w) for s in strategies for w in weightings
+            if not (REGISTRY.weightings[w].needs_shared_parameters and not REGISTRY.strategies[s].declares_shared_parameters)]
+
+
+def _weighting_tensors(weighting: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a weighting holds: parameters, buffers and tensors kept as plain attributes."""
+    tensors = dict(weighting.named_parameters()) | dict(weighting.named_buffers())
+    for module_name, module in weighting.named_modules():
+        for name, value in vars(module).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{module_name}.{name}".lstrip(".")] = value
+    return tensors
+
+
+@pytest.mark.parametrize("strategy_name,weighting_name", _pairs(LOSS_WEIGHTINGS, META_STRATEGIES))
+def test_one_training_step_on_the_meta_device_keeps_the_weighting_there(strategy_name, weighting_name):
+    _, model, data = _setup(strategy_name)
+    model = model.to(META).train()
+    weighting = REGISTRY.weightings[weighting_name](data.problem.task_names).to(META)
+    weighting.setup(data.problem)
+    batch = data.train.subset(torch.arange(8)).to(META)
+    params = [p for p in [*model.parameters(), *weighting.parameters()] if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3)
+    total = weighting.backward(model.task_losses(batch), model.regularization(), model)
+    optimizer.step()
+    weighting.after_step()
+    model.after_step()
+    assert total.device == META
+    off = {name: str(t.device) for name, t in _weighting_tensors(weighting).items() if t.device != META}
+    assert not off, f"{weighting_name} under {strategy_name} keeps tensors off the losses' device: {off}"
+
+
+FACTORIES = {torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.randn, torch.rand, torch.randint,
+             torch.arange, torch.eye, torch.linspace}
+WEIGHTING_FILE = str(Path(weighting_module.__file__).resolve())
+
+
+class HostPlacementWatch(TorchFunctionMode):
+    """Records, for calls made from the weighting module's own code, device-less tensor creation and copies to the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        caller = sys._getframe(1)
+        if str(Path(caller.f_code.co_filename).resolve()) == WEIGHTING_FILE:
+            where = f"{caller.f_code.co_name} line {caller.f_lineno}"
+            if func in FACTORIES and kwargs.get("device") is None:
+                self.found.append(f"{func.__name__}(...) without a device in {where}")
+            if func is torch.Tensor.cpu or (func is torch.Tensor.to and "cpu" in [*args[1:], kwargs.get("device")]):  # a named host
+                self.found.append(f"a copy to the host in {where}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("strategy_name,weighting_name", _pairs([*LOSS_WEIGHTINGS, AGGREGATOR], list(REGISTRY.strategies)))
+def test_a_weighting_creates_every_tensor_of_a_step_on_the_losses_device(strategy_name, weighting_name):
+    strategy, model, data = _setup(strategy_name)
+    model.train()
+    weighting = REGISTRY.weightings[weighting_name](data.problem.task_names)
+    weighting.setup(data.problem)
+    batch = data.train.subset(torch.arange(16))
+    watch = HostPlacementWatch()
+    with watch:
+        weighting.backward(model.task_losses(batch), model.regularization(), model)
+        weighting.after_step()
+    assert not watch.found, f"{weighting_name} under {strategy_name}: {watch.found}"
+
+
+def test_the_watch_sees_device_less_tensors_and_host_copies_made_in_the_weighting_module():
+    # the check can fail: code compiled as the weighting module's (the bugs the watch exists for) is caught
+    namespace = {"torch": torch}
+    exec(compile("def steps(n):\n    return torch.ones(n)\n\ndef record(w):\n    return w.cpu()\n", WEIGHTING_FILE, "exec"), namespace)
+    watch = HostPlacementWatch()
+    with watch:
+        namespace["steps"](3)
+        namespace["record"](torch.ones(2))
+        torch.ones(2)  # made here, in the test: not the weighting's
+    assert len(watch.found) == 2
+    assert "ones(...) without a device in steps" in watch.found[0] and "a copy to the host in record" in watch.found[1]
