@@ -199,10 +199,15 @@ class AdaShareModel(MultiTaskModel):
         return [{"params": [p for name, p in self.named_parameters() if name != "policy_logits"], "lr": lr}]
 
     def policy_param_groups(self) -> list[dict[str, Any]]:
-        """The policy logits at the schedule's learning rate; weight decay 5e-4 with ``loss_form: official`` (the official
-        code's Adam on the logits), none with ``paper`` (the paper states none)."""
-        decay = OFFICIAL_POLICY_WEIGHT_DECAY if self.loss_form == "official" else 0.0
-        return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": decay}]
+        """The policy logits at the schedule's learning rate, by Adam (as in the paper and the official code).
+
+        ``loss_form: official`` adds the official code's L2 weight decay 5e-4 (Adam's, added to
+        the gradient; not AdamW's decoupled decay); ``paper``: none (the paper states none).
+        """
+        if self.loss_form == "official":
+            return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": OFFICIAL_POLICY_WEIGHT_DECAY,
+                     "optimizer": "adam"}]
+        return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": 0.0}]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [*self.stem.parameters(), *self.blocks.parameters()]
