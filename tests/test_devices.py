@@ -130,3 +130,57 @@ def test_the_watch_sees_device_less_tensors_and_host_copies_made_in_the_weightin
         torch.ones(2)  # made here, in the test: not the weighting's
     assert len(watch.found) == 2
     assert "ones(...) without a device in steps" in watch.found[0] and "a copy to the host in record" in watch.found[1]
+
+
+# ---------------------------------------------------------------- the GPU check
+
+def test_gpu_check_fails_cleanly_without_cuda(capsys, tmp_path):
+    from benchmarks import gpu_check
+
+    with pytest.raises(gpu_check.CudaUnavailable, match="CUDA not available"):
+        gpu_check.require_cuda(available=False)
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the check would run")
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert "CUDA not available" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_gpu_check_covers_every_strategy_and_writes_its_table_from_a_cpu_run(tmp_path):
+    from benchmarks import gpu_check
+
+    planned = gpu_check.pairs(REGISTRY)
+    assert {s for s, _ in planned} == set(REGISTRY.strategies)
+    assert {w for _, w in planned} == {"equal", "gradnorm", "upgrad"}
+    assert ("l2_soft", "gradnorm") not in planned  # l2_soft declares no shared parameters
+    rows = [gpu_check.check_pair(REGISTRY, s, w, "cpu") for s, w in [("mmoe", "gradnorm"), ("hard_sharing", "upgrad")]]
+    assert all(r["passed"] and r["precision"] == "fp32" and r["steps"] == 3 for r in rows), rows  # 192 train rows / 64
+    broken = gpu_check.check_pair(REGISTRY, "mmoe", "equal", "not-a-device")
+    assert not broken["passed"] and broken["errors"]
+    table = gpu_check.markdown({"device": "cpu", "torch": torch.__version__, "cuda": None, "rows": [*rows, broken],
+                                "search": {"passed": True, "statuses": ["finished"] * 4, "devices": ["cuda"] * 4, "seconds": 1.0}})
+    assert "| mmoe | gradnorm | yes | fp32 |" in table and "| mmoe | equal | NO |" in table and "2 of 3" in table
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("weighting_name", [*LOSS_WEIGHTINGS, AGGREGATOR])
+def test_every_strategy_trains_a_step_on_cuda(weighting_name):
+    from benchmarks import gpu_check
+
+    for strategy_name, weighting in gpu_check.pairs(REGISTRY):
+        if weighting == weighting_name or (weighting == "equal" and weighting_name in ("uncertainty", "dwa", "rlw")):
+            row = gpu_check.check_pair(REGISTRY, strategy_name, weighting_name, "cuda")
+            assert row["passed"], row["errors"]
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_a_search_shares_a_gpu_between_two_trials(tmp_path):
+    from benchmarks import gpu_check
+
+    result = gpu_check.check_search(tmp_path)
+    assert result["passed"], result
