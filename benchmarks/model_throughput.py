@@ -81,7 +81,8 @@ def step_seconds(strategy: Any, kind: Any, size: dict[str, int], repeats: int,
     backbone_params = _backbone_params(kind, size) if kind.name != "conv" else _conv_params(kind, size)
     backbone = kind.build(input_shape, **backbone_params)
     problem = contract_problem(input_shape)
-    params = {name: _knob_value(name, knob, backbone_params, size) for name, knob in strategy.knobs.items()} | (overrides or {})
+    context = {**backbone_params, "depth": backbone.depth}  # a knob bound may name the depth (conv derives it from channels)
+    params = {name: _knob_value(name, knob, context, size) for name, knob in strategy.knobs.items()} | (overrides or {})
     model = strategy.build(problem, backbone, params)
     batch = size["batch"]
     data = Split(torch.randn(batch, *input_shape), {"reg": torch.randn(batch), "bin": (torch.rand(batch) > 0.5).float(),

@@ -58,7 +58,8 @@ class MultiTaskModel(nn.Module):
     - ``task_losses(batch)``: per-task training losses of a batch (a strategy that needs an
       E-step per batch overrides this). Default: forward, then masked task losses.
     - ``param_groups(lr)``: optimiser parameter groups (e.g. a larger learning rate for
-      cross-stitch units). Default: one group.
+      cross-stitch units). Default: one group. A group may name its algorithm in
+      ``"optimizer"``: ``"adamw"`` (default), ``"adam"`` or ``"sgd"`` (``mtl_search.optim``).
     - ``shared_parameters()``: parameters used by more than one task (for gradient
       aggregation methods). Default: none declared.
     - ``last_shared_weights()``: the weight tensor(s) W of the last shared layer, on which

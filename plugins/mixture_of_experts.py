@@ -15,11 +15,23 @@
 
 Dense experts run as one batched contraction over stacked weights (``StackedMLP``). Sparse
 routing computes only the routed rows: they are dispatched into an (experts, slots, features)
-buffer and run as one batched matmul. The experts read the flattened input and replace the
-backbone's blocks (so they also run on image backbones, as MLP experts over the pixels;
-Switch needs an mlp kind for its width); their activation follows the backbone's. Auxiliary losses reach the
-trainer through ``regularization()``; routing statistics (load per expert, dropped fraction,
-over the last training epoch) through ``trial_metrics()``.
+buffer and run as one batched matmul. By default (``experts_on: input``) the experts are MLPs
+that read the flattened input and replace the backbone's blocks (so they also run on image
+backbones, as MLP experts over the pixels; Switch needs an mlp kind for its width); their
+activation follows the backbone's. With ``experts_on: backbone`` (mmoe, omoe, dselect_k, cgc,
+ple) every expert is a copy of the backbone recipe -- stem, blocks and features, e.g. a small
+CNN on images, as in the vision setups of the MMoE/PLE literature and LibMTL -- and the
+copies run as one ``torch.func.vmap`` over their stacked weights (``BackboneExperts``); the
+gates still read the flattened input (MMoE's g(x) = softmax(W x)), and for PLE only the first
+level's experts are backbones (later levels are MLP experts over their outputs). The sparse
+routers (topk_moe, switch) keep MLP experts: their experts compute only routed rows.
+Auxiliary losses reach the trainer through ``regularization()``; routing statistics (load per
+expert, dropped fraction, over the last training epoch) through ``trial_metrics()``.
+
+GradNorm's W (``last_shared_weights``) is the last weight matrix of the experts, stacked over
+them (METHODS.md section 13): for mmoe/omoe/dselect_k the experts', for cgc/ple the last
+level's shared experts', for topk_moe/switch the last sparse layer's experts' (for Switch the
+FFN's output matrix; the router is not a layer of the network's features).
 """
 from __future__ import annotations
 
@@ -642,7 +654,8 @@ class _FamilyStrategy(Strategy):
     """What every strategy of the family shares: the family name; experts read the flattened input.
 
     Because the experts replace the backbone's blocks and read the flattened input, they build
-    on every backbone kind: on an image backbone they are MLP experts over the pixels.
+    on every backbone kind: on an image backbone they are MLP experts over the pixels, unless
+    the dense strategies' ``experts_on: backbone`` makes each expert a copy of the backbone.
     """
 
     family = "mixture_of_experts"

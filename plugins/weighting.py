@@ -12,8 +12,11 @@ Loss weightings (one scalar loss, one backward pass):
   losses, ``Temp = 2``, ``lambda = 1`` for the first two epochs.
 - ``gradnorm`` (Chen et al., ICML 2018): learned weights ``w_t`` trained on
   ``sum_t |w_t ||grad_W L_t|| - mean_G * r_t^alpha|`` (the target held constant), ``W`` the
-  last shared layer's weights, ``r_t`` the relative inverse training rate; after every step
-  the weights are renormalised to sum to T.
+  last shared layer's weight matrix (``MultiTaskModel.last_shared_weights()``: by default
+  the last shared parameter of rank >= 2 that is not a bias; the mixtures of experts name
+  their experts' last weight matrix, cross-stitch the last stitched block of every column,
+  measured jointly), ``r_t`` the relative inverse training rate; after every step the
+  weights are renormalised to sum to T.
 - ``rlw`` (Lin et al., TMLR 2022, random loss weighting): weights ``softmax(z)``, ``z ~ N(0, I)``
   drawn afresh every step.
 
@@ -26,6 +29,12 @@ has no conflict to resolve and is trained on the plain sum.
 
 ``weight/<task>`` (logged per epoch) is the mean weight the task got over the epoch's steps:
 its loss weight, or for an aggregator the weight of its row of the Jacobian.
+
+Devices: every weighting keeps its state (learned weights, GradNorm's initial losses, DWA's
+lambdas, the running sums behind ``weight/<task>``) in parameters and buffers, which the
+trainer moves with ``.to(device)``, and creates each step's tensors on the losses' device;
+the host is read once per epoch (``on_epoch_end``), not per step. Early stopping restores a
+weighting's ``state_dict`` (DWA's loss history included, as extra state) with the best weights.
 """
 from __future__ import annotations
 
