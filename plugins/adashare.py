@@ -202,7 +202,7 @@ class AdaShareModel(MultiTaskModel):
         """The policy logits at the schedule's learning rate, by Adam (as in the paper and the official code).
 
         ``loss_form: official`` adds the official code's L2 weight decay 5e-4 (Adam's, added to
-        the gradient; not AdamW's decoupled decay); ``paper``: none (the paper states none).
+        the gradient; not AdamW's decoupled decay); ``paper``: none.
         """
         if self.loss_form == "official":
             return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": OFFICIAL_POLICY_WEIGHT_DECAY,
