@@ -314,3 +314,10 @@ def test_mmoe_with_backbone_experts_trains_a_digits_trial(request, tmp_path):
     result = train_trial(config, dataset, trial_plan, lambda metrics, checkpoint_dir=None: reports.append(metrics))
     assert len(reports) == 2 and 0.0 <= result["val/left"] <= 1.0
     assert json.loads(result["sharing_map_json"])["gate_weights"]["columns"] == ["expert0", "expert1"]
+
+
+@pytest.mark.parametrize("name,params", [("mmoe", {}), ("cgc", {}), ("ple", {"levels": 2}), ("dselect_k", {})])
+def test_backbone_experts_meet_the_strategy_contract_on_every_backbone_kind(name, params):
+    from mtl_search.testing import check_strategy
+
+    check_strategy(REGISTRY.strategies[name], params={"experts_on": "backbone", **params}, epochs=4)
