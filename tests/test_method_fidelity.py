@@ -321,3 +321,36 @@ def test_backbone_experts_meet_the_strategy_contract_on_every_backbone_kind(name
     from mtl_search.testing import check_strategy
 
     check_strategy(REGISTRY.strategies[name], params={"experts_on": "backbone", **params}, epochs=4)
+
+
+# ---------------------------------------------------------------- per-group optimisers
+
+def test_grouped_optimizer_steps_each_group_with_its_own_algorithm():
+    from mtl_search.optim import GroupedOptimizer, make_optimizer
+
+    torch.manual_seed(0)
+    a, b, c = (torch.nn.Parameter(torch.randn(3)) for _ in range(3))
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in (a, b, c)]
+    grouped = make_optimizer([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.5, "optimizer": "sgd"},
+                              {"params": [c], "lr": 0.1, "optimizer": "adam", "weight_decay": 0.01}], lr=0.1, weight_decay=0.02)
+    assert isinstance(grouped, GroupedOptimizer) and len(grouped.param_groups) == 3
+    plain = [torch.optim.AdamW([reference[0]], lr=0.1, weight_decay=0.02), torch.optim.SGD([reference[1]], lr=0.5, weight_decay=0.02),
+             torch.optim.Adam([reference[2]], lr=0.1, weight_decay=0.01)]
+    for _ in range(3):
+        grouped.zero_grad()
+        for optimizer in plain:
+            optimizer.zero_grad()
+        (sum((p ** 2).sum() for p in (a, b, c)) + sum((p ** 2).sum() for p in reference)).backward()
+        grouped.step()
+        for optimizer in plain:
+            optimizer.step()
+    for mine, theirs in zip((a, b, c), reference):
+        assert torch.allclose(mine, theirs)
+    state = grouped.state_dict()
+    fresh = make_optimizer([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.5, "optimizer": "sgd"},
+                            {"params": [c], "lr": 0.1, "optimizer": "adam"}], lr=0.1, weight_decay=0.02)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.state[a]["exp_avg"], grouped.state[a]["exp_avg"])
+    assert isinstance(make_optimizer([{"params": [a]}], lr=0.1, weight_decay=0.0), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="parameter group optimizer rmsprop is not one of adamw, adam, sgd"):
+        make_optimizer([{"params": [a], "optimizer": "rmsprop"}], lr=0.1, weight_decay=0.0)
