@@ -107,8 +107,7 @@ class MultiTaskModel(nn.Module):
         shared = [p for p in self.shared_parameters() if p.requires_grad]
         names = {id(p): name for name, p in self.named_parameters()}
         weights = [p for p in shared if p.dim() >= 2 and not names.get(id(p), "").rsplit(".", 1)[-1].startswith("bias")]
-        chosen = (weights or shared)[-1:]
-        return chosen
+        return (weights or shared)[-1:]
 
     def after_step(self) -> None:
         pass

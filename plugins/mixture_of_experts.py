@@ -147,11 +147,13 @@ class BackboneExperts(nn.Module):
         return torch.func.vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, images)
 
 
-def make_experts(n: int, in_features: int, widths: list[int], activation: str, backbone: Backbone, experts_on: str) -> nn.Module:
+def make_experts(n: int, in_features: int, widths: list[int], activation: str, backbone: Backbone | None, experts_on: str) -> nn.Module:
     """``n`` dense experts: MLPs over the flat input (``input``) or copies of the backbone (``backbone``)."""
     if experts_on == "input":
         return StackedMLP(n, in_features, widths, activation)
     if experts_on == "backbone":
+        if backbone is None:
+            raise ValueError("experts_on: backbone needs the backbone to copy")
         return BackboneExperts(n, backbone)
     raise ValueError(f"experts_on must be one of {', '.join(EXPERTS_ON)}, got {experts_on!r}")
 
