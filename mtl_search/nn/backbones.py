@@ -64,9 +64,13 @@ class Backbone:
         """Width of ``new_input()``'s output."""
         return math.prod(self.input_shape)
 
-    def new_stem(self) -> nn.Module:
-        """The input layer followed by the kind's stem: raw model input -> an activation of ``stem_shape``."""
-        return nn.Sequential(self.make_input(), self.make_stem())
+    def new_stem(self, include_input: bool = True) -> nn.Module:
+        """The input layer followed by the kind's stem: raw model input -> an activation of ``stem_shape``.
+
+        ``include_input=False``: the kind's stem alone, reading an ``input_shape`` activation (for
+        modules fed by an input layer the model already ran, e.g. experts behind ``new_input()``).
+        """
+        return nn.Sequential(self.make_input(), self.make_stem()) if include_input else self.make_stem()
 
     def new_block(self, index: int) -> nn.Module:
         if not 0 <= index < self.depth:
