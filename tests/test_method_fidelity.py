@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from mtl_search_plugins.adashare import OFFICIAL_POLICY_WEIGHT_DECAY, AdaShare
 from mtl_search_plugins.datasets import synthetic_correlated
 from mtl_search_plugins.mixture_of_experts import (
-    BackboneExperts,
     DSelectKGate,
     SwitchLayer,
 )
@@ -23,6 +22,7 @@ from mtl_search_plugins.weighting import (
 )
 
 from mtl_search import (
+    BackboneExperts,
     MultiTaskModel,
     Problem,
     StackedLinear,
