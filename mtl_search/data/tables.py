@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import MtlSearchError, SpaceError
-from .dataset import Dataset, Split
+from .dataset import Dataset, Split, apply_funnel_masks
 from .features import (
     CategoricalFeature,
     NumericFeature,
@@ -98,7 +98,7 @@ def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
     masks = {name: torch.from_numpy(mask) for name, (_, mask, _) in labels.items() if not bool(mask.all())}
     weights = {name: sample_weights(column, table.column(column), f"tasks.{name}.weight_column") for name, column in weight_columns.items()}
     full = Split(x, y, masks, weights)
-    return Dataset(problem, *(full.subset(torch.from_numpy(index)) for index in rows))
+    return apply_funnel_masks(Dataset(problem, *(full.subset(torch.from_numpy(index)) for index in rows)))
 
 
 def _column_names(spec: TableSpec, key: str) -> list[str]:
@@ -196,7 +196,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
             example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
             raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
         values = np.nan_to_num(as_float(column), nan=0.0)
-        return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""))
+        return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""), after=task.get("after"))
     classes = _vocabulary(column)
     if len(classes) < 2:
         raise SpaceError(f"tasks.{name}", f"target {name!r} has one class ({classes[0]!r}); a {kind} task needs at least two")
@@ -207,7 +207,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         raise SpaceError(f"tasks.{name}.classes", f"the data has {len(classes)} classes ({', '.join(classes)}), not {task['classes']}")
     codes = category_codes(column, classes) - 1  # -1 where missing
     target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
-    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0)
+    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0, task.get("after"))
 
 
 def sample_weights(name: str, column: Any, path: str) -> torch.Tensor:

@@ -133,6 +133,13 @@ def tell_constraints(trial: Any, constraints: list[Constraint], result: dict[str
         trial.set_user_attr(USER_ATTR, values)
 
 
+def trial_of(study: Any, number: int) -> Any:
+    """The running ``optuna.trial.Trial`` of ``study`` with trial number ``number`` (to set its constraints before it is told)."""
+    import optuna
+
+    return optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
 def needs_constraints_func() -> bool:
     """Whether this Optuna's samplers learn constraints only through ``constraints_func`` (before ``Trial.set_constraint``)."""
     import optuna
