@@ -70,3 +70,17 @@ def test_constrained_samplers_are_told_each_trials_constraint_values():
         tell_constraints(trial, plan.space.search.constraints, {"val/clicked": 0.6})
         study.tell(trial, [0.6, 0.5])
         assert list(study.trials[0].constraints.values()) == pytest.approx([0.1])  # what the sampler learns from
+
+
+def test_the_searcher_tells_optuna_the_constraint_values_of_a_finished_trial():
+    import optuna
+
+    from mtl_search.search.tune import OptunaSearcher
+
+    study = optuna.create_study(directions=["maximize"])
+    searcher = OptunaSearcher(study, lambda trial: {"x": trial.suggest_float("x", 0, 1)}, ["val/clicked"])
+    searcher.constraints = parse_constraints({"clicked": ">= 0.7"})
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"final": True, "val/clicked": 0.75})
+    assert study.trials[0].state.name == "COMPLETE"
+    assert list(study.trials[0].constraints.values()) == pytest.approx([-0.05])  # feasible: <= 0

@@ -230,7 +230,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo)
         searcher = OptunaSearcher(study, DefineByRun(plan), [o["key"] for o in objectives], resumption.reruns[:to_run],
                                   stop=lambda: interrupt.draining or logger.abort_reason is not None)
-        searcher.constraints = space.search.constraints  # search.constraints, told to Optuna per finished trial
+        searcher.constraints = logger.constraints = space.search.constraints  # search.constraints: told to Optuna, kept off the front
         resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan)), resources)
         run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start

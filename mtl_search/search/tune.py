@@ -152,6 +152,7 @@ class TrialLogger(_Live, tune.Callback):
         self.records: list[TrialRecord] = list(earlier)
         self.failures = 0
         self.abort_reason: str | None = None
+        self.constraints: list[Any] = []  # search.constraints: an infeasible trial is left off the running front too
         self.writes = BackgroundWriter(echo)
 
     def close(self) -> None:
@@ -229,7 +230,7 @@ class TrialLogger(_Live, tune.Callback):
             placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
         )
         self.records.append(record)
-        mark_front(self.records, self.objectives)
+        mark_front(self.records, self.objectives, constraints=self.constraints)
         values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
         line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
         line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
