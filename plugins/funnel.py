@@ -27,8 +27,8 @@ Targeted Display Advertising", KDD 2021). Every task has a tower giving q_t (pri
 backbone blocks after a shared embedding). Down the funnel, the adaptive information
 transfer (AIT) module mixes what the previous task passes on, p_{t-1} = g_{t-1}(z_{t-1})
 (g: one ReLU layer), with the task's own q_t by attention: for u in {p_{t-1}, q_t},
-w_u = softmax_u(<h1(u), h2(u)> / sqrt(k)), z_t = sum_u w_u h3(u) (h1, h2, h3 linear maps to
-k = the tower width), z_1 = q_1; yhat_t = sigmoid(MLP_t(z_t)) is the probability of
+w_u = softmax_u(<h1(u), h2(u)> / sqrt(k)), z_t = sum_u w_u h3(u) (h1, h2, h3 k x k matrices,
+no bias, k = the tower width, as in the authors' released code), z_1 = q_1; yhat_t = sigmoid(MLP_t(z_t)) is the probability of
 reaching step t. The loss is sum_t CE(y_t, yhat_t) over all impressions (y_t: every step up
 to t happened) plus alpha * the behavioural expectation calibrator sum_{t>=2} max(yhat_t -
 yhat_{t-1}, 0) averaged over the rows (a later step may not be likelier than an earlier
@@ -239,7 +239,8 @@ class AdaptiveInformationTransfer(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.h1, self.h2, self.h3 = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        # k x k matrices without a bias, as in the authors' released code
+        self.h1, self.h2, self.h3 = (nn.Linear(width, width, bias=False) for _ in range(3))
         self.scale = math.sqrt(width)
         self.last_weights: torch.Tensor | None = None  # (rows, 2): weight of the transferred and of the own input
 
