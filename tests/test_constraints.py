@@ -84,3 +84,15 @@ def test_the_searcher_tells_optuna_the_constraint_values_of_a_finished_trial():
     searcher.on_trial_complete("t0", {"final": True, "val/clicked": 0.75})
     assert study.trials[0].state.name == "COMPLETE"
     assert list(study.trials[0].constraints.values()) == pytest.approx([-0.05])  # feasible: <= 0
+
+
+def test_the_front_plots_show_infeasible_trials_apart():
+    from mtl_search.results.plots import trials_by_family
+    from mtl_search.results.review import front_data
+
+    trials = [_trial(0, 0.65, 0.95), _trial(1, 0.75, 0.70), _trial(2, 0.72, 0.60)]
+    mark_front(trials, OBJECTIVES, constraints=parse_constraints({"ctr": ">= 0.70"}))
+    data = front_data(SearchRecord("e", "s", OBJECTIVES, trials))
+    layers = {layer.name: layer.indices for layer in trials_by_family(data)}
+    assert layers["infeasible (search.constraints)"] == [0] and layers["funnel"] == [1, 2] and layers["Pareto front"] == [1]
+    assert "infeasible: ctr >= 0.7" in data.hover[0]

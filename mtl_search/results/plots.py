@@ -31,6 +31,10 @@ class FrontData:
     on_front: list[bool]  # the global front
     on_family_front: list[bool]  # non-dominated within the trial's own family
     hover: list[str]
+    infeasible: list[bool] | None = None  # violates search.constraints (kept off every front); None: no constraints
+
+    def is_infeasible(self, k: int) -> bool:
+        return bool(self.infeasible and self.infeasible[k])
 
     def family_colours(self) -> dict[str, str]:
         return {family: PALETTE[i % len(PALETTE)] for i, family in enumerate(sorted(set(self.families)))}
@@ -53,15 +57,19 @@ class Series:
 
 
 def trials_by_family(data: FrontData) -> list[Series]:
-    """Every trial coloured by its family, the global front ringed, labelled and joined."""
-    series = [Series(family, colour, [k for k, f in enumerate(data.families) if f == family], "points")
+    """Every trial coloured by its family (infeasible ones grey), the global front ringed, labelled and joined."""
+    series = [Series(family, colour, [k for k, f in enumerate(data.families) if f == family and not data.is_infeasible(k)], "points")
               for family, colour in data.family_colours().items()]
+    infeasible = [k for k in range(len(data.values)) if data.is_infeasible(k)]
+    if infeasible:
+        series.append(Series("infeasible (search.constraints)", FAINT_COLOUR, infeasible, "faint"))
     return series + [Series("Pareto front", FRONT_COLOUR, [k for k, f in enumerate(data.on_front) if f], "ring", connect=True)]
 
 
 def fronts_per_family(data: FrontData) -> list[Series]:
     """Each family's own front in its colour (dominated trials faint), and the global front ringed."""
-    series = [Series("dominated in its family", FAINT_COLOUR, [k for k, f in enumerate(data.on_family_front) if not f], "faint")]
+    series = [Series("dominated in its family or infeasible" if data.infeasible and any(data.infeasible) else "dominated in its family",
+                     FAINT_COLOUR, [k for k, f in enumerate(data.on_family_front) if not f], "faint")]
     series += [Series(f"{family} front", colour, [k for k, f in enumerate(data.families) if f == family and data.on_family_front[k]], "points", connect=True)
                for family, colour in data.family_colours().items()]
     return series + [Series("global front", FRONT_COLOUR, [k for k, f in enumerate(data.on_front) if f], "ring", connect=True)]

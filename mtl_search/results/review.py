@@ -49,6 +49,7 @@ def front_data(record: SearchRecord) -> Any:
         labels=[t.run_name for t, _ in scored], families=[t.family or t.strategy for t, _ in scored],
         on_front=[t.pareto for t, _ in scored], on_family_front=on_family_front,
         hover=[_hover(t, record) for t, _ in scored],
+        infeasible=[bool(t.violations) for t, _ in scored] if any(t.violations is not None for t, _ in scored) else None,
     )
 
 
