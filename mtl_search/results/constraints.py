@@ -9,8 +9,8 @@
         params: "<= 50000"            # a cost figure: params or latency
 
 A finished trial that violates a constraint is *infeasible*: it is kept and shown (the
-``feasible`` column of the tables, its violations in the detailed tables and in
-``report --format json``) but left out of the Pareto front and the hypervolume. The samplers
+``feasible`` column of the tables, its violations in the detailed tables, in
+``report --format json`` and in the plots' hover text, grey in the front plots) but left out of the Pareto front and the hypervolume. The samplers
 that support Optuna's constraints (tpe, nsga2, gp) are told each finished trial's
 constraint values (:func:`tell_constraints`), so they steer away from infeasible regions.
 """
