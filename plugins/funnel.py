@@ -131,10 +131,7 @@ def bce_from_log_probability(log_p: torch.Tensor, y: torch.Tensor, known: torch.
     """Mean (weighted by ``weight``) of -[y log p + (1 - y) log(1 - p)] over the ``known`` rows; a zero with the graph when none."""
     losses = -(y * log_p + (1 - y) * log1mexp(log_p))
     w = known.to(losses.dtype) if weight is None else known.to(losses.dtype) * weight.reshape(-1).to(losses.dtype)
-    total = w.sum()
-    if not bool(total > 0):
-        return log_p.sum() * 0.0
-    return (w * losses).sum() / total
+    return (w * losses).sum() / w.sum().clamp_min(torch.finfo(losses.dtype).tiny)  # 0 when no row is known, without a sync
 
 
 def calibration_loss(problem: Problem, probabilities: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -34,8 +34,8 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
     if weight is None:
         return values.mean()
     weight = weight.reshape(-1).to(values.dtype)
-    total = weight.sum()
-    return (weight * values).sum() / total.clamp_min(torch.finfo(values.dtype).tiny) if bool(total > 0) else values.sum() * 0.0
+    # all weights 0: 0 / tiny = 0, with the graph kept and no host-device sync
+    return (weight * values).sum() / weight.sum().clamp_min(torch.finfo(values.dtype).tiny)
 
 
 def _mse(pred: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
