@@ -1,4 +1,4 @@
-"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; METHODS.md section 12).
+"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; docs/methods.md, "LASEM").
 
 Every task chooses, per block (or per group of blocks, "LASEMG"), between the shared block
 and its own private copy. A transfer configuration is one such binary choice per group, so

@@ -247,7 +247,7 @@ def _teacher_dataset(model, n=600, seed=0):
 
 @pytest.mark.parametrize("prior", ["running_mean", "argmax_counts"])
 def test_em_selects_private_first_and_shared_rest_for_the_transformed_task(prior):
-    """Fixed seed and budget, as the issue asks. The outcome depends on the seed (see README, known limit)."""
+    """Fixed seed and budget, as the issue asks. The outcome depends on the seed (see docs/strategies.md, selective_transfer, known limit)."""
     torch.manual_seed(0)
     problem = Problem((6,), (Task("a", "regression"), Task("b", "regression")))
     model = Lasem().build(problem, build_mlp((6,), depth=2, width=8, activation="tanh"),
