@@ -177,3 +177,14 @@ def test_memory_quick_in_fresh_processes(tmp_path):
     result, _ = _written(tmp_path, "memory")
     assert set(result["results"]) == {"quickstart", "table"}
     assert all(r["driver_mib"] > 0 and r["trial_worker_mib"] > 0 for r in result["results"].values())
+
+
+@pytest.mark.slow
+def test_kill_soak_quick(tmp_path):
+    """One kill and a resume on a Ray head of its own (about a minute; the resume tests cover the moments exactly)."""
+    from benchmarks.kill_soak import main as benchmark
+
+    benchmark(["--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "kill_soak.json").read_text())
+    assert report["trials_lost"] == 0 and report["trials_repeated"] == 0 and report["optuna_matches_mlflow"]
+    assert report["search_finished"] and report["kills_survived"] == report["kills"]
