@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_dataset, default_input_shape, small_value
+from mtl_search.testing import contract_dataset_for, default_input_shape, small_value
 from mtl_search.training.trainer import TrainConfig, Trainer, seed_everything
 
 from .common import parser, write
@@ -75,7 +75,7 @@ def build(registry: Any, strategy_name: str, device: str) -> tuple[Any, Any, Any
     backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
     backbone = kind.build(shape, **backbone_params)
     params = {name: small_value(knob, {**backbone_params, "depth": backbone.depth}) for name, knob in strategy.knobs.items()}
-    data = contract_dataset(shape)
+    data = contract_dataset_for(strategy, shape)  # a funnel strategy (esmm, aitm) gets the funnel data set
     return strategy, strategy.build(data.problem, backbone, params).to(device), data
 
 

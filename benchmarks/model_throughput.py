@@ -27,7 +27,7 @@ import torch
 
 from mtl_search import Int, Split
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_problem, small_value
+from mtl_search.testing import contract_problem_for, small_value
 from mtl_search.training.trainer import seed_everything
 
 from .common import machine, median_seconds, parser, write
@@ -80,13 +80,14 @@ def step_seconds(strategy: Any, kind: Any, size: dict[str, int], repeats: int,
     input_shape = (MLP_INPUT,) if "channels" not in kind.knobs else IMAGE_INPUT
     backbone_params = _backbone_params(kind, size) if kind.name != "conv" else _conv_params(kind, size)
     backbone = kind.build(input_shape, **backbone_params)
-    problem = contract_problem(input_shape)
+    problem = contract_problem_for(strategy, input_shape)  # a funnel strategy (esmm, aitm) gets the funnel problem
     context = {**backbone_params, "depth": backbone.depth}  # a knob bound may name the depth (conv derives it from channels)
     params = {name: _knob_value(name, knob, context, size) for name, knob in strategy.knobs.items()} | (overrides or {})
     model = strategy.build(problem, backbone, params)
     batch = size["batch"]
-    data = Split(torch.randn(batch, *input_shape), {"reg": torch.randn(batch), "bin": (torch.rand(batch) > 0.5).float(),
-                                                   "cls": torch.randint(0, 3, (batch,))})
+    targets = {"reg": torch.randn(batch), "bin": (torch.rand(batch) > 0.5).float(), "cls": torch.randint(0, 3, (batch,)),
+               "conv": (torch.rand(batch) > 0.5).float()}
+    data = Split(torch.randn(batch, *input_shape), {t: targets[t] for t in problem.task_names})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
 

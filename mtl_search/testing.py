@@ -74,19 +74,22 @@ def _declines_plain(strategy: Strategy) -> bool:
     return False
 
 
-def _contract_data(strategy: Strategy, input_shape: tuple[int, ...]) -> Dataset:
-    """The contract data set, or the funnel one for a strategy that declines the plain problem (``Strategy.check_problem``)."""
+def contract_problem_for(strategy: Strategy, input_shape: tuple[int, ...]) -> Problem:
+    """The contract problem ``strategy`` models: the plain one, or the funnel one for a strategy that declines it."""
+    return funnel_contract_problem(input_shape) if _declines_plain(strategy) else contract_problem(input_shape)
+
+
+def contract_dataset_for(strategy: Strategy, input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
+    """The contract data set ``strategy`` is checked on (see :func:`contract_problem_for`)."""
     from .errors import SpaceError
 
+    if not _declines_plain(strategy):
+        return contract_dataset(input_shape, seed)
     try:
-        strategy.check_problem(contract_problem(input_shape), f"strategies.{strategy.name}")
-        return contract_dataset(input_shape)
-    except SpaceError as plain:
-        try:
-            strategy.check_problem(funnel_contract_problem(input_shape), f"strategies.{strategy.name}")
-        except SpaceError as funnel:
-            raise AssertionError(f"{strategy.name}: check_problem rejects both contract problems ({plain}; {funnel})") from None
-        return funnel_contract_dataset(input_shape)
+        strategy.check_problem(funnel_contract_problem(input_shape), f"strategies.{strategy.name}")
+    except SpaceError as funnel:
+        raise AssertionError(f"{strategy.name}: check_problem rejects both contract problems (the funnel one: {funnel})") from None
+    return funnel_contract_dataset(input_shape, seed)
 
 
 def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
@@ -151,7 +154,7 @@ def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any],
     backbone = kind.build(input_shape, **backbone_params)
     context = {**backbone_params, "depth": backbone.depth}  # as in a search: a bound may name the depth
     params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | overrides
-    data = _contract_data(strategy, input_shape)
+    data = contract_dataset_for(strategy, input_shape)
     problem = data.problem
 
     model = _build(strategy, problem, backbone, params, where)

@@ -25,13 +25,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_dataset, default_input_shape, small_value
+from mtl_search.testing import contract_dataset_for, default_input_shape, small_value
 from mtl_search.training.trainer import seed_everything
 
 REGISTRY = load_registry()
 LOSS_WEIGHTINGS = ["equal", "uncertainty", "dwa", "gradnorm", "rlw"]
 AGGREGATOR = "upgrad"
-META_STRATEGIES = ["hard_sharing", "mtan", "mmoe", "omoe", "cgc", "ple", "dselect_k", "cross_stitch", "l2_soft", "mrn"]
+META_STRATEGIES = ["hard_sharing", "mtan", "mmoe", "omoe", "cgc", "ple", "dselect_k", "cross_stitch", "l2_soft", "mrn", "esmm", "aitm"]
 META = torch.device("meta")
 
 
@@ -44,7 +44,7 @@ def _setup(strategy_name: str):
     backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
     backbone = kind.build(shape, **backbone_params)
     params = {name: small_value(knob, {**backbone_params, "depth": backbone.depth}) for name, knob in strategy.knobs.items()}
-    data = contract_dataset(shape)
+    data = contract_dataset_for(strategy, shape)  # the funnel data set for esmm and aitm
     return strategy, strategy.build(data.problem, backbone, params), data
 
 
