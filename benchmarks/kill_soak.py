@@ -101,7 +101,9 @@ def soak(kills: int, trials: int, epochs: int, samples: int, delays: tuple[float
             lost_seconds = sum(((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000 for r in killed)
             parent = next(r for r in runs if r.data.tags.get("mtl_search.role") == "search")
             study = optuna.load_study(study_name=parent.data.tags["mtl_search.study"], storage=f"sqlite:///{work / 'mlflow' / 'optuna.db'}")
-            complete = sorted(t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE)
+            # a re-run keeps the number of the trial it runs again (its configuration on the study trial says which)
+            complete = sorted(t.user_attrs["mtl_search.config"]["trial_number"] for t in study.get_trials()
+                              if t.state == optuna.trial.TrialState.COMPLETE)
         finally:
             subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
     return {

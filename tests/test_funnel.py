@@ -19,7 +19,7 @@ from mtl_search_plugins.funnel import (
 )
 
 from mtl_search import Problem, SpaceError, Split, Task, TrainConfig, Trainer, predict, split_rows
-from mtl_search.data.dataset import apply_funnel_masks, make_dataset
+from mtl_search.data.dataset import apply_funnel_masks
 from mtl_search.nn.create import create_model
 from mtl_search.registry import load_registry
 from mtl_search.results.saved_models import load_model_dir, prediction_rows, save_model

@@ -62,7 +62,9 @@ def test_resume_after_a_kill_runs_every_trial_once(ray_session, workdir, capsys,
 
     storage = f"sqlite:///{workdir / 'mlflow' / 'optuna.db'}"
     study = optuna.load_study(study_name=parents[0].data.tags["mtl_search.study"], storage=storage)
-    complete = sorted(t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE)
+    # a re-run keeps the number of the trial it runs again (its configuration on the study trial says which)
+    complete = sorted(t.user_attrs["mtl_search.config"]["trial_number"] for t in study.get_trials()
+                      if t.state == optuna.trial.TrialState.COMPLETE)
     assert complete == sorted(numbers)  # Optuna holds the same trials as MLflow
     assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
 

@@ -100,9 +100,6 @@ def violations(trial: Any, constraints: list[Constraint]) -> list[str]:
     return out
 
 
-USER_ATTR = "mtl_search.constraints"  # the Optuna trial attribute holding a finished trial's constraint values
-
-
 def constraint_values(constraints: list[Constraint], result: dict[str, Any]) -> list[float]:
     """Optuna's convention, one value per constraint: <= 0 where it holds, the violation's size otherwise.
 
@@ -120,38 +117,6 @@ def constraint_values(constraints: list[Constraint], result: dict[str, Any]) -> 
 
 
 def tell_constraints(trial: Any, constraints: list[Constraint], result: dict[str, Any]) -> None:
-    """Record a finished trial's constraint values on its Optuna ``trial`` (before it is told), where the samplers read them.
-
-    Optuna >= 5: ``Trial.set_constraint`` per constraint (every sampler that supports
-    constraints reads them); older Optuna: the ``USER_ATTR`` list that :class:`OptunaConstraints` hands the sampler.
-    """
-    values = constraint_values(constraints, result)
-    if hasattr(trial, "set_constraint"):
-        for c, value in zip(constraints, values):
-            trial.set_constraint(c.describe(), value)
-    else:  # pragma: no cover - Optuna 4
-        trial.set_user_attr(USER_ATTR, values)
-
-
-def trial_of(study: Any, number: int) -> Any:
-    """The running ``optuna.trial.Trial`` of ``study`` with trial number ``number`` (to set its constraints before it is told)."""
-    import optuna
-
-    return optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-
-
-def needs_constraints_func() -> bool:
-    """Whether this Optuna's samplers learn constraints only through ``constraints_func`` (before ``Trial.set_constraint``)."""
-    import optuna
-
-    return not hasattr(optuna.trial.Trial, "set_constraint")
-
-
-class OptunaConstraints:
-    """``constraints_func`` of an Optuna < 5 sampler: the values stored on a trial under ``USER_ATTR`` (a violation where absent)."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __call__(self, trial: Any) -> list[float]:
-        return list(trial.user_attrs.get(USER_ATTR, [1.0] * self.count))
+    """Record a finished trial's constraint values on its Optuna ``trial`` (before it is told), where the samplers read them."""
+    for c, value in zip(constraints, constraint_values(constraints, result)):
+        trial.set_constraint(c.describe(), value)

@@ -76,16 +76,11 @@ def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = Non
     """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid)."""
     import optuna
 
-    from ..results.constraints import OptunaConstraints, needs_constraints_func
-
-    # search.constraints: Optuna >= 5's samplers read the values the searcher sets on each trial; older ones need this function
-    constrained = plan is not None and bool(plan.space.search.constraints) and needs_constraints_func()
-    constraints = OptunaConstraints(len(plan.space.search.constraints)) if constrained else None
+    # search.constraints reach tpe, nsga2 and gp as the values the searcher sets on each trial (Trial.set_constraint)
     if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed,
-                                          constraints_func=constraints)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -96,7 +91,7 @@ def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = Non
         import scipy  # noqa: F401  (Optuna's GPSampler imports it only when it first samples)
     except ImportError as exc:
         raise SpaceError("search.sampler", f"the gp sampler needs scipy (pip install scipy): {exc}") from None
-    return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.GPSampler(seed=seed)
 
 
 def _grid_sampler_base() -> type:

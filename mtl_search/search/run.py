@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..config import NUMBER_KEY
 from ..data.dataset import Dataset, apply_funnel_masks
 from ..data.tables import load_table
 from ..errors import MtlSearchError, SpaceError, did_you_mean
@@ -31,7 +32,15 @@ from .faults import kill_point
 from .plan import DefineByRun, grid_space, make_sampler, make_scheduler, make_trial_plan
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
-from .tune import CONFIG_ATTR, Interrupt, OptunaSearcher, Rerun, Stopper, TrialLogger
+from .tune import (
+    CONFIG_ATTR,
+    RERUN_ATTR,
+    Interrupt,
+    OptunaSearcher,
+    Rerun,
+    Stopper,
+    TrialLogger,
+)
 
 
 def build_dataset(space: Space, registry: Registry) -> Dataset:
@@ -104,26 +113,30 @@ class Resumption:
     """What the durable record says of a search: trials done, and trials to run again with their number and configuration."""
 
     done: list[TrialRecord] = field(default_factory=list)
-    reruns: list[Rerun] = field(default_factory=list)
+    reruns: list[Rerun] = field(default_factory=list)  # trials Optuna has ended, proposed again as they were
+    enqueued: int = 0  # trials re-run through the study's queue, with their parameters and number
 
 
 def reconcile(study: Any, done: list[TrialRecord]) -> Resumption:
     """Bring the Optuna study in line with the trials MLflow recorded, and list the trials to run again.
 
-    ``done`` are the trials with a terminal MLflow run (finished, failed, stopped). An Optuna
-    trial still RUNNING whose end reached MLflow is told that end; one whose end did not is
-    run again with its own configuration and number (still RUNNING, told when the re-run
-    ends); one Optuna has ended but MLflow has not recorded is run again too (not told
-    twice). A trial that never received its configuration never started: it is failed in
-    Optuna, and a fresh sample takes its place.
+    ``done`` are the trials with a terminal MLflow run (finished, failed, stopped), by trial
+    number (a study trial's number, or for a re-run the number it keeps). An Optuna trial still
+    RUNNING whose end reached MLflow is told that end. One whose end did not is failed in
+    Optuna and enqueued again with its parameters, keeping its number: it runs from the start
+    with the same configuration. One Optuna has ended but MLflow has not recorded is run again
+    as it was, and not told twice. A trial that never received its configuration never
+    started: it is failed, and a fresh sample takes its place.
     """
     import optuna
 
     by_number = {t.number: t for t in done}
     state = optuna.trial.TrialState
-    reruns = []
+    reruns, enqueued = [], 0
     for trial in study.get_trials(deepcopy=False):
-        record = by_number.get(trial.number)
+        config = trial.user_attrs.get(CONFIG_ATTR)
+        number = config[NUMBER_KEY] if config else trial.number
+        record = by_number.get(number)
         if record is not None:
             if trial.state == state.RUNNING:
                 values = record.objective_values(_objectives(study)) if record.status == "finished" else None
@@ -132,13 +145,14 @@ def reconcile(study: Any, done: list[TrialRecord]) -> Resumption:
                 else:
                     study.tell(trial.number, state=state.PRUNED if record.status == "stopped" else state.FAIL)
             continue
-        config = trial.user_attrs.get(CONFIG_ATTR)
-        if config is None:
-            if trial.state == state.RUNNING:
-                study.tell(trial.number, state=state.FAIL)
-            continue
-        reruns.append(Rerun(trial.number, config, told=trial.state != state.RUNNING))
-    return Resumption(done, reruns)
+        if trial.state == state.RUNNING:
+            study.tell(trial.number, state=state.FAIL)
+            if config is not None:
+                study.enqueue_trial(trial.params, user_attrs={RERUN_ATTR: number})
+                enqueued += 1
+        elif config is not None and trial.state == state.COMPLETE:
+            reruns.append(Rerun(number, config))
+    return Resumption(done, reruns, enqueued)
 
 
 def _objectives(study: Any) -> list[dict[str, str]]:
@@ -210,7 +224,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             resumption = reconcile(study, tracker.reopen_search(search_run_id))
             kept = len(resumption.done)
             echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
-                 f"{len(resumption.reruns)} to run again")
+                 f"{len(resumption.reruns) + resumption.enqueued} to run again")
         else:
             study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
             study = _create_study(storage, study_name, plan, space, concurrency, objectives)

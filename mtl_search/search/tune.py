@@ -20,12 +20,13 @@ from ray.tune.search import Searcher
 
 from ..config import NUMBER_KEY, STRATEGY_KEY
 from ..registry import Registry
-from ..results.constraints import tell_constraints, trial_of
+from ..results.constraints import tell_constraints
 from ..results.records import TrialRecord, mark_front
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
 
 CONFIG_ATTR = "mtl_search.config"  # the Optuna trial's user attribute holding its full flat configuration
+RERUN_ATTR = "mtl_search.rerun_of"  # on a trial enqueued by a resume: the trial number it runs again
 
 
 @dataclass
@@ -58,18 +59,21 @@ class _Live:
 
 @dataclass(frozen=True)
 class Rerun:
-    """A trial of the study to run again from the start with its configuration and number (``told``: Optuna already has its end)."""
+    """A trial Optuna has already been told the end of, to run again (its end never reached MLflow) with its configuration and number."""
 
     number: int
     config: dict[str, Any]
-    told: bool = False
 
 
 class OptunaSearcher(_Live, Searcher):
     """Proposes configurations with Optuna's ask-and-tell interface and tells it how each trial ended.
 
-    Re-runs (trials of a resumed search that never reached MLflow) are proposed first, with
-    their recorded configuration and trial number. A finished trial is told its objective
+    A resumed search's re-runs come two ways: trials Optuna never learned the end of are
+    enqueued in the study with their parameters (``RERUN_ATTR`` names the trial number they
+    keep), and asked like any other; trials Optuna has ended but MLflow never recorded
+    (``reruns``) are proposed first, with their configuration, and not told again. Every
+    trial's full configuration is stored on its study trial (``CONFIG_ATTR``) before it
+    starts. A finished trial is told its objective
     values; a trial the scheduler stopped early, PRUNED (its last epoch is not a result); an
     errored one, FAIL. ``stop`` is asked before every proposal (Ctrl-C, ``search.max_failures``).
     """
@@ -79,38 +83,39 @@ class OptunaSearcher(_Live, Searcher):
         Searcher.__init__(self)
         self.study, self.space, self.metrics, self.stop = study, space, list(metrics), stop
         self.reruns = list(reruns)
-        self.trials: dict[str, tuple[int, bool]] = {}  # Tune trial id -> (Optuna trial number, already told)
+        self.trials: dict[str, Any] = {}  # Tune trial id -> its Optuna trial (None: a re-run Optuna already has the end of)
         self.constraints: list[Any] = []  # search.constraints (mtl_search.results.constraints), told with each result
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.stop():
             return Searcher.FINISHED
         if self.reruns:
-            rerun = self.reruns.pop(0)
-            self.trials[trial_id] = (rerun.number, rerun.told)
-            return dict(rerun.config)
+            self.trials[trial_id] = None
+            return dict(self.reruns.pop(0).config)
         trial = self.study.ask()
-        config = self.space(trial)
+        config = self.space(trial)  # an enqueued re-run's parameters are fixed: the same configuration again
+        if RERUN_ATTR in trial.user_attrs:
+            config[NUMBER_KEY] = trial.user_attrs[RERUN_ATTR]
         trial.set_user_attr(CONFIG_ATTR, config)  # what a resumed search re-runs if this trial never reaches MLflow
-        self.trials[trial_id] = (trial.number, False)
+        self.trials[trial_id] = trial
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
-        number, told = self.trials.pop(trial_id, (None, True))
-        if told:
+        trial = self.trials.pop(trial_id, None)
+        if trial is None:
             return
         result = result or {}
         if not error and result.get("final"):
             values = [result.get(metric, math.nan) for metric in self.metrics]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 if self.constraints:  # where Optuna's constrained samplers read them
-                    tell_constraints(trial_of(self.study, number), self.constraints, result)
-                self.study.tell(number, values)
+                    tell_constraints(trial, self.constraints, result)
+                self.study.tell(trial, values)
                 kill_point("trial_told")
                 return
-        self.study.tell(number, state=optuna.trial.TrialState.FAIL if error or result.get("final") else optuna.trial.TrialState.PRUNED)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL if error or result.get("final") else optuna.trial.TrialState.PRUNED)
         kill_point("trial_told")
 
     def save(self, checkpoint_path: str) -> None:
