@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .search.run import prepare
+    from .search.prepare import prepare
     from .search.space import load_space
 
     space = load_space(args.space)

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import NUMBER_KEY, STRATEGY_KEY
-from ..data.dataset import Dataset
-from ..data.tables import load_table
-from ..errors import MtlSearchError, SpaceError, did_you_mean
-from ..registry import Registry, load_registry
+from ..errors import MtlSearchError
+from ..registry import Registry
 from ..results.records import (
     SearchRecord,
     TrialRecord,
@@ -39,41 +37,13 @@ from ..results.tracking import (
 )
 from .plan import (
     DefineByRun,
-    grid_space,
     make_sampler,
     make_scheduler,
     make_trial_plan,
 )
-from .space import Plan, Space, resolve
+from .prepare import build_dataset, prepare  # noqa: F401  (build_dataset: re-exported)
+from .space import Space
 from .trial import tune_trainable
-
-
-def build_dataset(space: Space, registry: Registry) -> Dataset:
-    """Build the space's data set (a registered one with its options, or the user's table); bad input is a SpaceError."""
-    if space.table is not None:
-        return load_table(space.table, space.tasks)
-    entry = registry.lookup("datasets", space.dataset, "data.dataset")
-    for key in space.dataset_options:
-        if key not in entry.options:
-            raise SpaceError(f"data.options.{key}", f"unknown option of data set {space.dataset!r}; {did_you_mean(key, entry.options)}")
-    try:
-        return entry.factory(**{**entry.options, **space.dataset_options})
-    except (ValueError, TypeError) as exc:
-        raise SpaceError("data.options", f"data set {space.dataset!r} rejected its options: {exc}") from None
-
-
-def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Dataset, Registry]:
-    """Load plugins, build the data set and check the whole space against both."""
-    registry = registry or load_registry(space.plugins, space.base_dir)
-    for info in registry.plugins:
-        if info.error and info.source == "space":
-            raise SpaceError("plugins", f"plugin {info.name!r} could not be loaded: {info.error}")
-    dataset = build_dataset(space, registry)
-    plan = resolve(space, registry, dataset.problem)
-    dataset.problem = plan.problem
-    if space.search.sampler == "grid":
-        grid_space(plan)  # a continuous knob is a SpaceError before anything runs
-    return plan, dataset, registry
 
 
 @dataclass
