@@ -48,8 +48,6 @@ def build_dataset(space: Space, registry: Registry) -> Dataset:
 
 def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Dataset, Registry]:
     """Load plugins, build the data set, check the whole space against both, then run the preflight checks."""
-    from .plan import grid_space
-
     registry = registry or load_registry(space.plugins, space.base_dir)
     errors = ErrorCollector()
     for info in registry.plugins:
@@ -64,6 +62,8 @@ def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Datas
     with errors.section():
         check_builds(plan, dataset)
     if space.search.sampler == "grid":
+        from .plan import grid_space  # imports Optuna: only for the grid sampler
+
         with errors.section():
             grid_space(plan)  # a continuous knob is a SpaceError before anything runs
     errors.raise_if_any()

@@ -5,7 +5,7 @@ store (``tune.with_parameters``). The MLflow logging is a Tune callback on the d
 """
 from __future__ import annotations
 
-import math
+import json
 import os
 import signal
 import threading
@@ -22,13 +22,13 @@ from ..registry import Registry
 from ..results.records import (
     SearchRecord,
     TrialRecord,
-    format_table,
     hypervolume_history,
     mark_front,
-    trial_table,
+    trial_line,
 )
 from ..results.tracking import (
     PLACEMENT_TAGS,
+    TASK_METRICS,
     TUNE_PATH,
     BackgroundWriter,
     Tracker,
@@ -143,6 +143,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     experiment = options.experiment or space.experiment
     objectives = [{"name": o.name, "key": o.key, "direction": o.direction} for o in plan.objectives]
     reference = [space.search.reference_point[o["name"]] for o in objectives] if space.search.reference_point else None
+    task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # [issue-22] every printed value names its metric
 
     tracker = Tracker(resolve_tracking_uri(options.tracking_uri or space.tracking_uri), experiment)
     store = state_dir(tracker.uri)
@@ -159,7 +160,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
              "early_stopping": space.search.early_stopping,
              "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
             space.path.read_text() if space.path else "",
-            tags={TUNE_PATH: tune_path},
+            tags={TUNE_PATH: tune_path, TASK_METRICS: json.dumps(task_metrics)},  # [issue-22] TASK_METRICS
         )
         echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
 
@@ -176,7 +177,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     trial_plan = make_trial_plan(plan)
     ensure_ray(options.address or space.ray.address)
     control = SearchControl(space.search.max_failures, echo)
-    control.logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, echo, earlier, control)
+    control.logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, echo, earlier, control, task_metrics)  # [issue-22]
     resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=trial_plan), resources)
     if options.resume:
@@ -224,20 +225,13 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         logger = control.logger
         logger.stop_unfinished()
         logger.close()
-        record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason)
+        record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason,
+                              task_metrics=task_metrics)  # [issue-22]
         record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
         history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
         tracker.finish_search(record, history, status)
         registry.notify("search_finished", search=record)
-    echo("\nPareto front (validation):")
-    columns = ["number", "strategy", *[f"val/{o['name']}" for o in objectives if o["key"].startswith("val/")], *[f"test/{t}" for t in plan.problem.task_names]]
-    echo(format_table(trial_table(record, only_front=True), columns))
-    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
-    counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
-    echo(f"\n{len(record.trials)} trials ({counts['failed']} failed, {counts['stopped']} stopped early), front size {len(record.front)}, hypervolume {hv}")
-    if record.aborted:
-        echo(f"ABORTED: {record.aborted}")
-    echo("review: mtl-search ui   |   mtl-search report --format json")
+    # [issue-22] the final front is printed by the CLI (cmd_run: results.records.final_summary)
     return record
 
 
@@ -332,9 +326,11 @@ class TrialLogger:
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[dict[str, str]], registry: Registry, total: int,
-                 echo: Callable[[str], None], earlier: list[TrialRecord], control: SearchControl):
+                 echo: Callable[[str], None], earlier: list[TrialRecord], control: SearchControl,
+                 task_metrics: dict[str, str] | None = None):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.registry, self.total, self.echo, self.control = registry, total, echo, control
+        self.task_metrics = task_metrics or {}  # [issue-22]
         self.run_ids: dict[str, str] = {}
         self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
         self.placed: set[str] = set()
@@ -411,10 +407,9 @@ class TrialLogger:
         )
         self.records.append(record)
         mark_front(self.records, self.objectives)
-        values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
-        line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
-        line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
-        self.echo(f"{line} | front size {sum(t.pareto for t in self.records)}")
+        # [issue-22] named metrics; a failure's last line and where its traceback is
+        self.echo(trial_line(record, len(self.records), self.total, sum(t.pareto for t in self.records), self.task_metrics,
+                             f"error.txt of MLflow run {run_id}" if status == "failed" else None))
         self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
 
 
