@@ -94,3 +94,14 @@ def test_the_documented_example_meets_the_contract(tmp_path, monkeypatch):
     (tmp_path / "doc_example.py").write_text(example)
     monkeypatch.syspath_prepend(str(tmp_path))
     check_strategy(importlib.import_module("doc_example").Adapters())
+
+
+def test_scaffolded_strategy_declares_its_shared_parameters_so_gradient_weightings_accept_it(tmp_path, monkeypatch):
+    from mtl_search.registry import load_registry
+
+    assert main(["new-plugin", "shared_probe", "--dir", str(tmp_path)]) == 0
+    monkeypatch.syspath_prepend(str(tmp_path / "mtl-search-shared-probe"))
+    strategy = importlib.import_module("mtl_search_shared_probe.strategy").SharedProbe()
+    assert strategy.declares_shared_parameters
+    gradnorm = load_registry().weightings["gradnorm"]
+    assert gradnorm.needs_shared_parameters and gradnorm.incompatibility(strategy) is None

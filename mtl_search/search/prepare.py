@@ -110,9 +110,9 @@ def check_class_counts(plan: Plan, dataset: Dataset) -> None:
 
 def smallest_values(knobs: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The smallest configuration of ranges (as the contract check picks it: ``testing.small_value``)."""
-    from ..testing import small_value
+    from ..testing import small_values
 
-    return {name: small_value(knob, context) for name, knob in knobs.items()}
+    return small_values(knobs, context)
 
 
 def smallest_config(plan: Plan, strategy: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

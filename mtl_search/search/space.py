@@ -11,7 +11,7 @@ from ..config import DEFAULT_WEIGHTING
 from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import ErrorCollector, SpaceError, did_you_mean
-from ..knobs import Fixed, Float, Int, Knob, parse_range
+from ..knobs import Fixed, Float, Int, Knob, check_named_bounds, parse_range
 from ..nn.inputs import INPUT_KNOBS, has_categories
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
@@ -343,6 +343,8 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                     f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
                 )
             knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
+            if backbone_ok:  # bounds naming other knobs (of the strategy, the backbone) name something and never make a range empty
+                check_named_bounds(knobs, backbone, f"strategies.{name}")
             if backbone_ok:  # a check reasons about the backbone's ranges: only once they are valid
                 strategy.check(knobs, backbone, f"strategies.{name}")
             strategies[name] = (strategy, knobs)
