@@ -19,7 +19,6 @@ Writes ``command_latency.md`` and ``command_latency.json`` to ``--out`` (default
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource

@@ -26,9 +26,10 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": ".hookspecs",
     **dict.fromkeys(("Choice", "Default", "Fixed", "Float", "Int", "IntList", "Knob", "knob_bounds"), ".knobs"),
     **dict.fromkeys(("Backbone", "BackboneKind"), ".nn.backbones"),
+    **dict.fromkeys(("BackboneExperts", "RoutedExperts", "expert_slots"), ".nn.experts"),
     **dict.fromkeys(("ACTIVATIONS", "ResidualBlock", "ResidualConvBlock", "ResidualMLPBlock", "StackedLinear", "StackedMLP",
                      "conv_layer", "forward_with_intermediate", "make_norm", "make_tower", "mlp_layer"), ".nn.layers"),
-    **dict.fromkeys(("MultiTaskModel", "SharingMap", "count_parameters", "task_losses"), ".nn.model"),
+    **dict.fromkeys(("MultiTaskModel", "SharingMap", "copy_state", "count_parameters", "task_losses"), ".nn.model"),
     **dict.fromkeys(("SearchRecord", "TrialRecord"), ".results.records"),
     **dict.fromkeys(("load_model", "predict"), ".results.saved_models"),
     "Strategy": ".strategy",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .hookspecs import hookimpl  # noqa: F401
     from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds  # noqa: F401
     from .nn.backbones import Backbone, BackboneKind  # noqa: F401
+    from .nn.experts import BackboneExperts, RoutedExperts, expert_slots  # noqa: F401
     from .nn.layers import (  # noqa: F401
         ACTIVATIONS,
         ResidualBlock,
@@ -74,7 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         make_tower,
         mlp_layer,
     )
-    from .nn.model import MultiTaskModel, SharingMap, count_parameters, task_losses  # noqa: F401
+    from .nn.model import MultiTaskModel, SharingMap, copy_state, count_parameters, task_losses  # noqa: F401
     from .results.records import SearchRecord, TrialRecord  # noqa: F401
     from .results.saved_models import load_model, predict  # noqa: F401
     from .strategy import Strategy  # noqa: F401

@@ -39,6 +39,7 @@ from mtl_search import (
     Split,
     Strategy,
     Trainer,
+    copy_state,
     count_parameters,
     hookimpl,
     knob_bounds,
@@ -260,7 +261,7 @@ class LasemModel(MultiTaskModel):
     # --- sequential (lifelong) mode ------------------------------------------------------------------
     def shared_state(self) -> list[dict[str, torch.Tensor]]:
         """A copy of every shared unit's state (parameters and buffers)."""
-        return [{k: v.detach().clone() for k, v in unit.state_dict().items()} for unit in self.shared]
+        return [copy_state(unit) for unit in self.shared]
 
     def restore_unselected_shared(self, task: str, before: list[dict[str, torch.Tensor]]) -> None:
         """Put back the shared units ``task``'s configuration does not use, as they were in ``before``."""

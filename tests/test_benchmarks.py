@@ -57,6 +57,12 @@ def test_model_throughput_covers_every_registered_strategy(tmp_path):
         assert row["large"]["params"] > row["small"]["params"], f"{row['strategy']}: the large size is not larger"
         assert f"| {row['strategy']} |" in table
     assert next(r for r in result["rows"] if r["strategy"] == result["baseline"])["small"]["vs_baseline"] == 1.0
+    images = {r["strategy"]: r for r in result["image_rows"]}
+    assert {"mmoe (experts_on input)", "mmoe (experts_on backbone)", "cross_stitch", "mtan"} <= set(images)
+    for row in images.values():
+        assert row["small"]["samples_per_s"] > 0 and f"| {row['strategy']} |" in table
+    # backbone experts are n copies of the conv backbone: more parameters than one MLP expert layer over the pixels
+    assert images["mmoe (experts_on backbone)"]["small"]["params"] != images["mmoe (experts_on input)"]["small"]["params"]
 
 
 def test_search_efficiency_curves(tmp_path):

@@ -6,7 +6,13 @@ import pytest
 
 from mtl_search.cli import main
 from mtl_search.errors import SpaceError
-from mtl_search.knobs import Choice, Int, check_named_bounds, dependency_order, knob_bounds
+from mtl_search.knobs import (
+    Choice,
+    Int,
+    check_named_bounds,
+    dependency_order,
+    knob_bounds,
+)
 
 PLUGIN = '''
 from mtl_search import Int, hookimpl
@@ -101,7 +107,8 @@ def test_validate_refuses_a_bound_naming_nothing_and_a_range_that_can_be_empty(t
     with pytest.raises(SpaceError, match=r"strategies.s.k: its range \[3, experts\] is empty when the low bound is 3 and the high bound 2"):
         check_named_bounds({"k": Int(3, "experts"), "experts": Int(2, 6)}, backbone, "strategies.s")
     check_named_bounds({"k": Int(1, "experts"), "experts": Int(1, 4), "d": Int(0, "depth")}, backbone, "strategies.s")
-    # a space replacing k's range by a plain [3, 4] unties it from experts: the build check finds k > experts
-    code = main(["validate", str(_space(tmp_path, "{experts: {int: [2, 4]}, k: {int: [3, 4]}}"))])
+    # a space's own range for k must stay within every experts value the space allows
+    code = main(["validate", str(_space(tmp_path, "{experts: {int: [2, 4]}, k: {int: [1, 4]}}"))])
     err = capsys.readouterr().err
-    assert code == 2 and "strategies.bounded_topk: strategy 'bounded_topk' failed to build" in err and "k=3, experts=2" in err
+    assert code == 2 and "strategies.bounded_topk.k: 4 is above knob experts (2 to 4); every trial's value must be at most 2" in err
+    assert main(["validate", str(_space(tmp_path, "{experts: {int: [2, 4]}, k: {int: [1, 2]}}"))]) == 0, capsys.readouterr().err

@@ -50,7 +50,7 @@ def test_scaffolded_plugin_meets_the_contract_is_listed_and_sampled(tmp_path, mo
     assert ran.returncode == 0, ran.stderr[-3000:]
     report = _cli(["report", "--format", "json"], root, tmp_path)
     trials = json.loads(report.stdout)["trials"]
-    assert [t["strategy"] for t in trials] == ["my_adapter"] * 2 and all(t["status"] == "finished" for t in trials)
+    assert [t["strategy"] for t in trials] == ["my_adapter"] * 2 and all(t["status"] == "finished" for t in trials), trials
 
 
 @pytest.mark.parametrize("name", ["My-Plugin", "1st", ""])

@@ -88,6 +88,7 @@ class SearchRecord:
     hypervolume: float | None = None
     reference_point: list[float] | None = None
     aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
+    interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
 
     @property
@@ -242,8 +243,13 @@ def final_summary(record: SearchRecord) -> str:
              f"front size {len(record.front)}, hypervolume {hv}"]
     if record.aborted:
         lines.append(f"ABORTED: {record.aborted}")
+    if record.interrupted:
+        lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
     lines.append("review: mtl-search ui   |   mtl-search report   |   mtl-search predict RUN_ID ROWS.csv")
     return "\n".join(lines)
+
+
+front_summary = final_summary  # the name cmd_run used before the best-per-strategy table was added
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
