@@ -120,3 +120,15 @@ def test_a_local_ray_instance_gets_an_explicit_auth_mode_and_a_cluster_keeps_its
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     quiet_ray_auth_notice(connecting=False)
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_plot_axes_and_hover_text_name_the_metric():
+    from mtl_search.results.plots import front_png, trials_by_family
+    from mtl_search.results.review import front_data
+
+    data = front_data(_record())
+    assert data.names == ["y1 mse", "y2 auc"]
+    figure = front_png(data, trials_by_family(data), "t")
+    (panel,) = [ax for ax in figure.axes if ax.collections]
+    assert panel.get_xlabel() == "y1 mse (lower is better)" and panel.get_ylabel() == "y2 auc (higher is better)"
+    assert "y1 mse = 0.2500" in data.hover[1]
