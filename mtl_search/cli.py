@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .search.prepare import prepare
+    from .search.prepare import PREFLIGHT_ROWS, prepare
     from .search.space import load_space
 
     space = load_space(args.space)
@@ -118,6 +118,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     counts = dataset.labelled_counts()
     print("labelled rows per task: " + "; ".join(
         f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
+    print(f"each strategy built and run on {PREFLIGHT_ROWS} rows at the smallest configuration of its ranges")
     return 0
 
 
