@@ -97,14 +97,26 @@ def import_profile(args: list[str], env: dict[str, str], cwd: Path) -> dict[str,
     return {"import_s": total / 1e6, "heavy": [m for m in HEAVY if m in names]}
 
 
-def measure(code: Path | None, folder: Path, repeats: int) -> dict[str, dict[str, Any]]:
-    env = environment(code)
-    rows = {}
+def measure(checkouts: dict[str, Path | None], folder: Path, repeats: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{checkout label: {command: figures}}``; the checkouts' runs alternate, so a change in the machine's load hits both alike."""
+    envs = {label: environment(code) for label, code in checkouts.items()}
+    results: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in checkouts}
     for name, args in commands(folder).items():
-        runs = [run_once(args, env, folder) for _ in range(repeats)]
-        rows[name] = {"wall_s": statistics.median(w for w, _ in runs), "cpu_s": statistics.median(c for _, c in runs),
-                      **import_profile(args, env, folder), "repeats": repeats}
-    return rows
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label in checkouts}
+        for _ in range(repeats):
+            for label, env in envs.items():
+                runs[label].append(run_once(args, env, folder))
+        for label, env in envs.items():
+            results[label][name] = {"wall_s": statistics.median(w for w, _ in runs[label]),
+                                    "cpu_s": statistics.median(c for _, c in runs[label]),
+                                    **import_profile(args, env, folder), "repeats": repeats}
+    return results
+
+
+def commit_of(code: Path) -> str:
+    """The checkout's commit (short), or "unknown"."""
+    done = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -119,9 +131,10 @@ def main(argv: list[str] | None = None) -> str:
         subprocess.run([sys.executable, "-c", STORE_SCRIPT, f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}"],
                        env=environment(None), check=True, capture_output=True)
         load_before = machine()
-        results = {"this": measure(None, folder, repeats)}
+        checkouts: dict[str, Path | None] = {"this": None}
         if args.compare:
-            results["other"] = measure(args.compare.resolve(), folder, repeats)
+            checkouts["other"] = args.compare.resolve()
+        results = measure(checkouts, folder, repeats)
     lines = ["Each command in a fresh process (`python -m mtl_search.cli ...`), median of "
              f"{repeats} run(s); CPU = the process's user + system time; imports from one run under `-X importtime`.",
              f"Machine: {load_before}", ""]
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> str:
             line += f" {other['wall_s']:.2f} | {other['cpu_s']:.2f} | {', '.join(other['heavy']) or 'none'} |"
         lines.append(line)
     if args.compare:
-        lines += ["", f"other: {args.compare}"]
+        lines += ["", f"this: commit {commit_of(ROOT)}; other: commit {commit_of(args.compare)} (runs of the two alternate)"]
     return write("command_latency", "\n".join(lines) + "\n",
                  {"machine": load_before, "repeats": repeats, "compare": str(args.compare) if args.compare else None, **results}, args.out)
 

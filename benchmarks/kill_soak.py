@@ -43,6 +43,22 @@ def _cli(*args: str, cwd: Path, address: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _wait_for_search(db: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the search (parent) run is in the sqlite store, read straight from the file."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as connection:
+                    if connection.execute("SELECT COUNT(*) FROM tags WHERE key = 'mtl_search.role' AND value = 'search'").fetchone()[0]:
+                        return
+            except sqlite3.OperationalError:  # tables not created yet
+                pass
+        time.sleep(0.2)
+
+
 def soak(kills: int, trials: int, epochs: int, samples: int, delays: tuple[float, float], seed: int) -> dict[str, Any]:
     """Run the soak in a scratch folder; returns its figures."""
     import optuna
@@ -61,6 +77,8 @@ def soak(kills: int, trials: int, epochs: int, samples: int, delays: tuple[float
         try:
             for run in range(kills + 1):
                 process = _cli("run", "space.yaml", *(["--resume"] if run else []), cwd=work, address=address)
+                if run == 0:  # a search killed before it recorded itself has nothing to resume: the clock starts once it has
+                    _wait_for_search(work / "mlflow" / "mlflow.db", process)
                 delay = rng.uniform(*delays)
                 try:  # the last run, or one that finishes before its kill, runs to the end
                     process.wait(timeout=None if run == kills else delay)
@@ -102,7 +120,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.quick:
         figures = soak(kills=1, trials=3, epochs=2, samples=400, delays=(8.0, 12.0), seed=0)
     else:
-        figures = soak(kills=10, trials=12, epochs=20, samples=6000, delays=(4.0, 20.0), seed=0)
+        figures = soak(kills=10, trials=12, epochs=20, samples=6000, delays=(4.0, 40.0), seed=0)
     markdown = textwrap.dedent(f"""\
         Kill soak: {figures['trials']} trials at concurrency 2, the driver killed with SIGKILL at {figures['kills']} random moments
         (each {figures['delays_s'][0]:g}–{figures['delays_s'][1]:g} s into a run) and resumed after each (`python -m benchmarks.kill_soak`).

@@ -1,4 +1,4 @@
-"""AdaShare: learned per-task select-or-skip policies over shared residual blocks (Sun et al., NeurIPS 2020; METHODS.md section 11).
+"""AdaShare: learned per-task select-or-skip policies over shared residual blocks (Sun et al., NeurIPS 2020; docs/methods.md, "AdaShare").
 
 Every task runs the same stem and the same L shape-preserving blocks, but decides per block
 whether to execute it or skip it; tasks that execute a block share it. During the search

@@ -1,4 +1,4 @@
-"""Mixture-of-experts sharing, the whole family (METHODS.md sections 6-10).
+"""Mixture-of-experts sharing, the whole family (docs/methods.md, "Sparsely-gated mixture of experts" to "DSelect-k").
 
 - ``omoe``, ``mmoe`` (Ma et al., KDD 2018): n experts shared by all tasks, one softmax gate
   per task (MMoE) or one for all (OMoE), a tower per task.
@@ -30,7 +30,7 @@ Auxiliary losses reach the trainer through ``regularization()``; routing statist
 expert, dropped fraction, over the last training epoch) through ``trial_metrics()``.
 
 GradNorm's W (``last_shared_weights``) is the last weight matrix of the experts, stacked over
-them (METHODS.md section 13): for mmoe/omoe/dselect_k the experts', for cgc/ple the last
+them (docs/methods.md, "Loss weighting"): for mmoe/omoe/dselect_k the experts', for cgc/ple the last
 level's shared experts', for topk_moe/switch the last sparse layer's experts' (for Switch the
 FFN's output matrix; the router is not a layer of the network's features).
 """
@@ -151,7 +151,7 @@ def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 class DSelectKGate(nn.Module):
-    """DSelect-k (METHODS.md section 10): k single-expert selectors on m = ceil(log2 n) smooth-step bits per gate.
+    """DSelect-k (docs/methods.md, "DSelect-k"): k single-expert selectors on m = ceil(log2 n) smooth-step bits per gate.
 
     Selector l scores expert i by prod_j (S(z_lj) if bit j of i is 1 else 1 - S(z_lj)); the gate is
     q = sum_l softmax(w)_l r(z_l). ``per_example=False``: z, w are free parameters per gate;
@@ -253,7 +253,7 @@ class LevelGates:
 
 
 class ExtractionLevel(nn.Module):
-    """One CGC / PLE extraction level (METHODS.md section 8).
+    """One CGC / PLE extraction level (docs/methods.md, "CGC and PLE").
 
     Task t's ``experts_per_task`` private experts and its gate read task t's input; the shared
     experts (and the shared gate, on every level but the last) read the shared input. Task t's
@@ -376,7 +376,7 @@ def prob_in_top_k(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Ten
 
 
 class NoisyTopKLayer(nn.Module):
-    """Sparsely-gated MoE layer (Shazeer et al. 2017; METHODS.md section 6) with ``groups`` gates.
+    """Sparsely-gated MoE layer (Shazeer et al. 2017; docs/methods.md, "Sparsely-gated mixture of experts") with ``groups`` gates.
 
     H(x) = x W_g + eps * softplus(x W_noise) (eps ~ N(0, 1), in training only and when ``noise``);
     G(x) = softmax(KeepTopK(H(x), k)); y = sum_i G_i E_i(x), computed for the k chosen experts only.
@@ -431,7 +431,7 @@ class NoisyTopKLayer(nn.Module):
 
 
 class SwitchLayer(nn.Module):
-    """A Switch layer (Fedus et al. 2021; METHODS.md section 9): h + p_i(h) E_i(h) with i = argmax p(h).
+    """A Switch layer (Fedus et al. 2021; docs/methods.md, "Switch routing"): h + p_i(h) E_i(h) with i = argmax p(h).
 
     The router p(h) = softmax(W_r h) runs in float32 whatever the autocast dtype. Capacity per
     expert = ceil(capacity_factor * rows / n) (at least 1; the rows come first-come in batch

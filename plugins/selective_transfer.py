@@ -1,4 +1,4 @@
-"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; METHODS.md section 12).
+"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; docs/methods.md, "LASEM").
 
 Every task chooses, per block (or per group of blocks, "LASEMG"), between the shared block
 and its own private copy. A transfer configuration is one such binary choice per group, so
@@ -282,7 +282,7 @@ class Lasem(Strategy):
     }
 
     def check(self, knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
-        """Refuse group ranges that allow more than MAX_CONFIGURATIONS configurations, or more groups than blocks."""
+        """Refuse group ranges that allow more than MAX_CONFIGURATIONS configurations (the core refuses more groups than blocks)."""
         most = knob_bounds(knobs["groups"], backbone)[1]
         if 2**most > MAX_CONFIGURATIONS:
             raise SpaceError(
@@ -290,9 +290,6 @@ class Lasem(Strategy):
                 f"up to {most} block groups allow {2**most} transfer configurations per task, above the limit of "
                 f"{MAX_CONFIGURATIONS}; set groups to at most {MAX_GROUPS} (blocks are then grouped, LASEMG)",
             )
-        fewest_blocks = knob_bounds(backbone["depth"], backbone)[0]
-        if not (isinstance(knobs["groups"], Int) and knobs["groups"].high == "depth") and most > fewest_blocks:
-            raise SpaceError(f"{path}.groups", f"up to {most} groups, but the backbone may have only {fewest_blocks} blocks")
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         return LasemModel(problem, backbone, params["groups"], params["tower_width"], params["prior"], params["mode"])

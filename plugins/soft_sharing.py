@@ -1,15 +1,15 @@
 """Soft parameter sharing: cross-stitch networks, L2 soft sharing and the Multilinear Relationship Network.
 
-- ``cross_stitch`` (Misra et al., CVPR 2016; METHODS.md section 2): one column per task,
+- ``cross_stitch`` (Misra et al., CVPR 2016; docs/methods.md, "Cross-stitch networks"): one column per task,
   the T activations mixed by a learned T x T matrix (optionally one per channel) after
   chosen blocks; alpha starts at 0.9 on the diagonal and 0.1/(T-1) elsewhere and learns
   by SGD with a learning rate ``alpha_lr_multiplier`` times the network's (the network
   itself trains with the trainer's AdamW). GradNorm measures the last stitched block of
   every column (see ``CrossStitchModel.last_shared_weights``).
-- ``l2_soft`` (Duong et al., ACL 2015; section 4): one column per task, penalty
+- ``l2_soft`` (Duong et al., ACL 2015; docs/methods.md, "L2 soft sharing"): one column per task, penalty
   lambda * sum over task pairs of the squared distance of corresponding parameters of the
   tied blocks.
-- ``mrn`` (Long et al., NeurIPS 2017; section 5): a shared trunk, task-specific last layers
+- ``mrn`` (Long et al., NeurIPS 2017; docs/methods.md, "MRN"): a shared trunk, task-specific last layers
   under a tensor-normal prior whose three covariances are re-estimated (flip-flop) after
   every optimiser step, all with mode products.
 """

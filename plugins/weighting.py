@@ -8,7 +8,7 @@ Loss weightings (one scalar loss, one backward pass):
   a regression task adds ``exp(-s_t) / 2 * L_t + s_t / 2`` (``1/(2 sigma^2) L + log sigma``),
   a classification task ``exp(-s_t) * L_t + s_t / 2`` (``1/sigma^2 L + log sigma``), eq. 7 of
   the paper. (LibMTL and others use ``1/sigma^2`` for every task; not followed here.)
-- ``dwa`` (Liu et al., CVPR 2019; METHODS.md section 3): ``lambda_k = K exp(w_k / Temp) /
+- ``dwa`` (Liu et al., CVPR 2019; docs/methods.md, "Loss weighting"): ``lambda_k = K exp(w_k / Temp) /
   sum_i exp(w_i / Temp)``, ``w_k = L_k(t-1) / L_k(t-2)`` from the epochs' mean training
   losses, ``Temp = 2``, ``lambda = 1`` for the first two epochs.
 - ``gradnorm`` (Chen et al., ICML 2018): learned weights ``w_t`` trained on

@@ -191,3 +191,14 @@ def test_command_latency_quick(tmp_path):
         assert f"| `{name}` |" in table
     assert rows["--help"]["heavy"] == []  # the figures' point: --help imports nothing heavy
     assert "torch" not in rows["report"]["heavy"] and "ray" not in rows["report"]["heavy"]
+
+
+@pytest.mark.slow
+def test_kill_soak_quick(tmp_path):
+    """One kill and a resume on a Ray head of its own (about a minute; the resume tests cover the moments exactly)."""
+    from benchmarks.kill_soak import main as benchmark
+
+    benchmark(["--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "kill_soak.json").read_text())
+    assert report["trials_lost"] == 0 and report["trials_repeated"] == 0 and report["optuna_matches_mlflow"]
+    assert report["search_finished"] and report["kills_survived"] == report["kills"]

@@ -349,14 +349,14 @@ def test_loading_benchmark_quick_mode(tmp_path):
 
 
 def test_readme_dataset_plugin_example_registers_and_builds():
-    """The README's register_datasets example, run as written: a space can name it and its options."""
+    """The register_datasets example of docs/plugins.md, run as written: a space can name it and its options."""
     import types
 
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Named data sets from a plugin"):]
+    text = (REPO / "docs" / "plugins.md").read_text()
+    section = text[text.index("## 7. Named data sets from a plugin"):]
     code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 3)]
     module = types.ModuleType("readme_dataset_plugin")
-    exec(compile(code, "README.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
     registry = load_registry(extra=[("readme_dataset_plugin", module)])
     entry = registry.datasets["noisy_parity"]
     data = entry.factory(**{**entry.options, "samples": 200})

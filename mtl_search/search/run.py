@@ -57,8 +57,8 @@ def ensure_ray(address: str | None) -> None:
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        else:  # "local": a new instance, never a cluster someone else started on this machine (ray.init's default joins one)
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
 
