@@ -101,10 +101,16 @@ def test_summary_names_best_trial_per_objective_and_family():
     assert "| moe | 3 | 0 | 2 (trial-002-mmoe) | 2.5 (trial-002-mmoe) |" in text
 
 
-def test_runs_table_view_lists_strategy_pareto_and_per_task_metrics():
-    columns = runs_table_view(_record(POINTS))["selectedColumns"]
-    assert columns[:3] == ["tags.`mtl_search.strategy`", "tags.`mtl_search.family`", "tags.`mtl_search.pareto`"]
-    assert {"metrics.`val/a`", "metrics.`val/b`", "metrics.`train_seconds`"} <= set(columns)
+def test_runs_table_view_lists_strategy_pareto_objectives_params_then_knobs_and_expands_the_search():
+    record = _record(POINTS)
+    record.trials[0].params = {"strategy": "hard_sharing", "trial_number": 0, "hard_sharing.shared_depth": 1, "backbone.width": 32}
+    view = runs_table_view(record)
+    columns = view["selectedColumns"]
+    assert columns[:5] == ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/a`", "metrics.`val/b`", "metrics.`params`"]
+    assert columns[5:7] == ["params.`backbone.width`", "params.`hard_sharing.shared_depth`"]  # the searched knobs, not strategy/number
+    assert {"metrics.`train_seconds`", "metrics.`hypervolume`", "metrics.`front_size`", "tags.`mtl_search.family`"} <= set(columns[7:])
+    assert len(columns) == len(set(columns)) and view["columnOrder"] == columns
+    assert view["runsExpanded"] == {"parent": True}
 
 
 def _tiny_model():
@@ -259,9 +265,14 @@ def _wait_for(url: str, seconds: float) -> None:
             time.sleep(1)
 
 
+# the browser test's screenshot is kept as an artifact of the test run (CI keeps the folder)
+SCREENSHOTS = Path(os.environ.get("MTL_SEARCH_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
 def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -291,13 +302,20 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
         browser.get(url)
         wait = WebDriverWait(browser, 90)
         wait.until(lambda b: parent.info.run_name in b.find_element(By.TAG_NAME, "body").text)
-        body = browser.find_element(By.TAG_NAME, "body").text
-        assert "test/y1" in body and "Runs" in body  # the runs table with mtl-search's columns (off-screen ones are not rendered), not the GenAI overview
-        # child runs are nested under the search: expand it and see every trial
-        browser.find_element(By.CSS_SELECTOR, "button[data-component-id*=runnamecellrenderer]").click()
-        names = [c.info.run_name for c in children]
-        wait.until(lambda b: all(n in b.find_element(By.TAG_NAME, "body").text for n in names))
-        browser.save_screenshot(str(tmp_path / "runs.png"))
+        # the stored view: strategy, pareto, the objectives and the parameter count first, then the searched knobs
+        view = ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/y1`", "metrics.`val/y2`", "metrics.`params`",
+                "params.`backbone.activation`"]
+        script = "return Object.fromEntries(Array.from(document.querySelectorAll('.ag-header-cell[col-id]'))" \
+                 ".map(e => [e.getAttribute('col-id'), e.getBoundingClientRect().left]))"
+        wait.until(lambda b: all(c in b.execute_script(script) for c in view))
+        left = browser.execute_script(script)
+        assert [left[c] for c in view] == sorted(left[c] for c in view), left
+        # child runs are nested under the search: expanded, every trial is listed (names may be cut short: their numbers)
+        numbers = [c.info.run_name[: len("trial-000")] for c in children]
+        if not all(n in browser.find_element(By.TAG_NAME, "body").text for n in numbers):
+            browser.find_element(By.CSS_SELECTOR, "button[data-component-id*=runnamecellrenderer]").click()
+        wait.until(lambda b: all(n in b.find_element(By.TAG_NAME, "body").text for n in numbers))
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_runs_view.png"))
     finally:
         if browser is not None:
             browser.save_screenshot(str(tmp_path / "last.png"))

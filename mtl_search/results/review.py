@@ -93,13 +93,24 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
 
 
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
-    """The runs table's columns for a search: strategy, family, pareto, the objectives and per-task val/test, costs."""
+    """The runs table's stored view for a search, left to right after the run name.
+
+    Strategy and pareto tags, the objectives, the parameter count, the searched knobs, then
+    the family, per-task val/test, the other costs, and the search run's hypervolume and front
+    size (on its own row). MLflow keeps the column groups (tags, metrics, params) but orders
+    columns by the stored ``columnOrder``; ``runsExpanded`` asks for the search row open on its trials.
+    """
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
-    metrics = [o["name"] if not o["key"].startswith("val/") else o["key"] for o in record.objectives]
-    metrics += [f"val/{t}" for t in tasks] + [f"test/{t}" for t in tasks] + list(COST_METRICS)
-    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.family", "mtl_search.pareto")]
-    columns += [f"metrics.`{key}`" for key in dict.fromkeys(metrics)]
-    return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    objectives = [o["name"] if not o["key"].startswith("val/") else o["key"] for o in record.objectives]
+    knobs = sorted({name for t in record.trials for name in t.params if "." in name})
+    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.pareto")]
+    columns += [f"metrics.`{key}`" for key in dict.fromkeys([*objectives, "params"])]
+    columns += [f"params.`{name}`" for name in knobs]
+    columns += ["tags.`mtl_search.family`"]
+    rest = [f"val/{t}" for t in tasks] + [f"test/{t}" for t in tasks] + list(COST_METRICS) + ["hypervolume", "front_size"]
+    columns += [f"metrics.`{key}`" for key in dict.fromkeys(rest) if f"metrics.`{key}`" not in columns]
+    return {"selectedColumns": columns, "columnOrder": columns, "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "runsExpanded": {record.search_run_id: True}}
 
 
 def set_review_view(client: Any, experiment_id: str, record: SearchRecord) -> None:
