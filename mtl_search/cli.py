@@ -1,11 +1,19 @@
 """The command line: ``mtl-search run | validate | plugins | report | predict | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
+
+This module imports only the standard library: ``--help`` and argument errors answer at
+once, and each command imports what it needs (``validate`` no Ray or MLflow, ``report``
+no torch or Ray). Reading commands (``report``, ``ui``, ``predict``) never create or
+migrate a tracking store.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,19 +88,26 @@ def _positive(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .results.records import front_summary
-    from .search.run import RunOptions, run_search
+    from .console import quiet_ray_auth_notice, send_library_logs_to_file
     from .search.space import load_space
 
     space = load_space(args.space)
+    quiet_ray_auth_notice(connecting=bool(args.address or space.ray.address))
+    from .results.records import final_summary
+    from .results.tracking import resolve_tracking_uri
+    from .search.run import RunOptions, run_search, state_dir
+
+    log = send_library_logs_to_file(state_dir(resolve_tracking_uri(args.tracking_uri or space.tracking_uri)))
     record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume),
                         progress=print)
-    print(front_summary(record))
+    print("\n" + final_summary(record))
+    if log.exists():
+        print(f"notices of Ray, Tune and MLflow: {log}")
     return EXIT_ABORTED if record.aborted else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .search.run import prepare
+    from .search.prepare import PREFLIGHT_ROWS, prepare
     from .search.space import load_space
 
     space = load_space(args.space)
@@ -103,6 +118,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     counts = dataset.labelled_counts()
     print("labelled rows per task: " + "; ".join(
         f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
+    print(f"each strategy built and run on {PREFLIGHT_ROWS} rows at the smallest configuration of its ranges")
     return 0
 
 
@@ -142,11 +158,17 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .results.records import family_record, format_table, trial_table
+    from .results.records import (
+        best_per_strategy,
+        family_record,
+        format_table,
+        format_value,
+        trial_table,
+    )
     from .results.review import csv_text
-    from .results.tracking import load_search, resolve_tracking_uri
+    from .results.tracking import load_search, require_store, resolve_tracking_uri
 
-    record = load_search(resolve_tracking_uri(args.tracking_uri), args.experiment)
+    record = load_search(require_store(resolve_tracking_uri(args.tracking_uri)), args.experiment)
     if args.family:
         record = family_record(record, args.family)
     if args.format == "json":
@@ -157,18 +179,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(csv_text(rows), end="")
         return 0
     scope = f"family {args.family!r}, " if args.family else ""
-    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
+    hv = format_value(float(record.hypervolume)) if record.hypervolume is not None else "n/a"
     print(f"experiment {record.experiment!r}, search run {record.search_run_id}, {scope}"
           f"{'every trial' if args.all else 'Pareto front'} ({len(record.front)} of {len(record.trials)} trials on the front), hypervolume {hv}")
-    print(format_table(rows))
+    print(format_table(rows, task_metrics=record.task_metrics))
+    print("\nBest per strategy (validation):")
+    print(format_table(best_per_strategy(record)))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .console import quiet_artifact_downloads
     from .results.review import csv_text
     from .results.saved_models import load_model, prediction_rows, read_inputs
+    from .results.tracking import require_store, resolve_tracking_uri
 
-    model = load_model(args.run_id, args.tracking_uri)
+    quiet_artifact_downloads()
+    model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
     x = read_inputs(args.data, model.problem)
     text = csv_text(prediction_rows(model, x))
     if args.output:
@@ -180,17 +207,98 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .results.tracking import latest_search_experiment, resolve_tracking_uri
+    from .results.tracking import (
+        latest_search_experiment,
+        require_store,
+        resolve_tracking_uri,
+    )
 
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = require_store(resolve_tracking_uri(args.tracking_uri))
+    check_port_free(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
     experiment_id = latest_search_experiment(uri)
+    print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
     if experiment_id is not None:
         from .results.review import experiment_url
 
         print(f"latest search: {experiment_url(base, experiment_id)}", flush=True)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)])
+    return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
+                  "--workers", str(args.workers)])
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise MtlSearchError when nothing can listen on ``host:port`` (a server already does, or the address is not ours)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MtlSearchError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise MtlSearchError(f"cannot serve the UI on {host}:{port}: {exc.strerror or exc}; "
+                                 f"another server (an earlier `mtl-search ui`?) holds it: stop it or pick another port with --port") from None
+
+
+STOP_GRACE_SECONDS = 10  # after SIGTERM, how long the server's process group has before SIGKILL
+
+
+def serve(command: list[str]) -> int:
+    """Run a server in a process group of its own until it exits, or until SIGTERM / SIGINT stops the whole group.
+
+    The MLflow UI is a server with worker processes of its own: signalling only the first
+    process would leave the workers serving. Returns the server's exit status (0 when stopped here).
+    """
+    process = subprocess.Popen(command, start_new_session=True)
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        _signal_group(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if stopping:
+            _stop_group(process.pid)
+            return 0
+        _stop_group(process.pid)  # the server died: leave none of its workers behind
+        if code != 0:
+            print(f"error: the MLflow server exited with status {code}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGTERM then, after ``STOP_GRACE_SECONDS``, SIGKILL what is left of the process group ``pgid``."""
+    import time
+
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        if not _signal_group(pgid, 0):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "ui": cmd_ui}

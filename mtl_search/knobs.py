@@ -85,9 +85,17 @@ class Default(Fixed):
 class Int(Knob):
     """An integer in ``[low, high]`` (inclusive). ``minimum``/``maximum`` bound what a space may ask for.
 
-    A bound may be the name of a backbone knob or ``"depth"`` (``Int(0, "depth")``): it is read
-    from the backbone values sampled for the same trial (the depth from the built backbone,
-    as some kinds derive it, e.g. conv from its channel list).
+    A bound may be a name, read from the values sampled for the same trial:
+
+    - another knob of the same strategy (``"k": Int(1, "experts")``: k never exceeds the
+      experts sampled with it), sampled first whatever the declaration order; a cycle of
+      names is an error;
+    - a backbone knob, or ``"depth"`` (``Int(0, "depth")``): the backbone's values (the
+      depth from the built backbone, as some kinds derive it, e.g. conv from its channel list).
+
+    A sibling knob of the same name takes precedence over a backbone knob. ``validate``
+    refuses a name that is neither, and a range that is empty for some value of the knobs
+    it names.
     """
 
     low: int | str
@@ -252,10 +260,79 @@ def _check_bounds(value: float, minimum: float | None, maximum: float | None, pa
         raise SpaceError(path, f"{value!r} is above the largest allowed value {maximum!r}")
 
 
+def bound_names(knob: Knob) -> list[str]:
+    """The knob names an ``Int``'s bounds refer to (``Int(1, "experts")`` -> ``["experts"]``)."""
+    return [b for b in (knob.low, knob.high) if isinstance(b, str)] if isinstance(knob, Int) else []
+
+
+def dependency_order(knobs: dict[str, Knob], path: str = "") -> list[str]:
+    """The knobs' names in the order to sample them: each after the knobs of ``knobs`` its bounds name.
+
+    Otherwise the declaration order is kept (so a strategy whose bounds name no sibling
+    samples as it always did). Names that are not keys of ``knobs`` (backbone knobs,
+    ``depth``) are left to the caller. A cycle is a SpaceError at ``path.<knob>``.
+    """
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = chain[chain.index(name):] + [name]
+            raise SpaceError(f"{path}.{name}" if path else name, f"knob bounds name each other in a cycle: {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for other in bound_names(knobs[name]):
+            if other in knobs and other != name:
+                visit(other, chain + [name])
+            elif other == name:
+                raise SpaceError(f"{path}.{name}" if path else name, f"a bound of knob {name!r} names the knob itself")
+        state[name] = "done"
+        order.append(name)
+
+    for name in knobs:
+        visit(name, [])
+    return order
+
+
+def check_named_bounds(knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
+    """Refuse bounds naming nothing, cycles of names, and ranges empty for some value of the knobs they name.
+
+    ``knobs`` are a strategy's knobs after a space's overrides, ``backbone`` the backbone
+    kind's; ``depth`` is always allowed (a kind may derive it). Errors are SpaceErrors at
+    ``path.<knob>``.
+    """
+    dependency_order(knobs, path)
+    scope = {**backbone, **knobs}
+    for name, knob in knobs.items():
+        names = bound_names(knob)
+        for other in names:
+            if other not in scope and other != "depth":
+                raise SpaceError(f"{path}.{name}", f"a bound of knob {name!r} names {other!r}, which is no knob of this strategy "
+                                                   f"({', '.join(sorted(knobs))}) and no backbone knob ({', '.join(sorted(backbone)) or 'none'})")
+            if other in scope:
+                try:
+                    low, high = knob_bounds(scope[other], scope)
+                except (TypeError, KeyError):  # a list-valued knob (IntList), or one naming something unresolved
+                    low = high = None
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+                    raise SpaceError(f"{path}.{name}", f"a bound of knob {name!r} names {other!r}, which is not an integer knob")
+        if not names or any(n not in scope for n in names):
+            continue
+        largest_low = knob_bounds(scope[knob.low], scope)[1] if isinstance(knob.low, str) else knob.low
+        smallest_high = knob_bounds(scope[knob.high], scope)[0] if isinstance(knob.high, str) else knob.high
+        if largest_low > smallest_high:
+            raise SpaceError(f"{path}.{name}", f"its range [{knob.low}, {knob.high}] is empty when the low bound is {largest_low} "
+                                               f"and the high bound {smallest_high}; narrow the knobs it names so the low bound "
+                                               "never exceeds the high one")
+
+
 def knob_bounds(knob: Knob, backbone: dict[str, Knob] | None = None) -> tuple[Any, Any]:
     """The smallest and largest value a knob's range allows (for checks across knobs, ``Strategy.check``).
 
-    A bound naming a backbone knob (``Int(0, "depth")``) follows that knob's range in ``backbone``.
+    A bound naming another knob (``Int(0, "depth")``, ``Int(1, "experts")``) follows that
+    knob's range in ``backbone``: pass the backbone's knobs, and for a bound naming a sibling
+    knob the strategy's own as well (``{**backbone, **knobs}``).
     """
     if isinstance(knob, Fixed):
         values = [knob.value]

@@ -116,9 +116,6 @@ def load_registry(space_plugins: list[str] = (), base_dir: Path | None = None, e
 
     Raises PluginError when two plugins register the same name under one kind.
     """
-    # Ray serialises with its own vendored cloudpickle: registering with the standalone package has no effect there.
-    import ray.cloudpickle as cloudpickle
-
     from .nn import backbones
     from .training import weighting
 
@@ -160,7 +157,11 @@ def load_registry(space_plugins: list[str] = (), base_dir: Path | None = None, e
             info.error = _describe(exc)
             continue
         if source == "space" and isinstance(plugin, ModuleType):
-            # Ray workers may not be able to import a module named only in a space.
+            # Ray workers may not be able to import a module named only in a space. Ray serialises with its
+            # own vendored cloudpickle (registering with the standalone package has no effect there); imported
+            # here, so commands loading no space plugin (plugins, validate of most spaces) do not import Ray.
+            import ray.cloudpickle as cloudpickle
+
             cloudpickle.register_pickle_by_value(plugin)
         info.hooks = sorted(impl.name for impl in _impls_of(manager, name))
         staged = _collect(manager, name, info)

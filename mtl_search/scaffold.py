@@ -72,6 +72,9 @@ class {cls}(Strategy):
     name = "{name}"
     family = "{name}"
     description = "shared trunk with a residual private adapter per task"
+    # its models list the trunk in shared_parameters(): weightings that act on the shared
+    # gradients (gradnorm, gradient aggregators) may train it; without this they refuse it
+    declares_shared_parameters = True
     knobs = {{"tower_width": Int(4, 64, log=True, minimum=1), "adapter_scale": Float(0.0, 1.0, minimum=0.0)}}
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:

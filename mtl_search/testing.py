@@ -107,6 +107,17 @@ def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
     raise TypeError(f"unknown knob type {knob!r}")
 
 
+def small_values(knobs: dict[str, Knob], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``small_value`` of each knob; a bound naming another of ``knobs`` reads the small value chosen for it."""
+    from .knobs import dependency_order
+
+    scope = dict(context or {})
+    values: dict[str, Any] = {}
+    for name in dependency_order(knobs):
+        values[name] = scope[name] = small_value(knobs[name], scope)
+    return {name: values[name] for name in knobs}
+
+
 def default_input_shape(kind: BackboneKind) -> tuple[int, ...]:
     """Inputs a backbone kind accepts: images (1, 8, 8) for kinds with a ``channels`` knob, else vectors of 8."""
     return (1, 8, 8) if "channels" in kind.knobs else (8,)
@@ -153,7 +164,7 @@ def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any],
     backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
     backbone = kind.build(input_shape, **backbone_params)
     context = {**backbone_params, "depth": backbone.depth}  # as in a search: a bound may name the depth
-    params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | overrides
+    params = small_values(strategy.knobs, context) | overrides
     data = contract_dataset_for(strategy, input_shape)
     problem = data.problem
 

@@ -58,7 +58,6 @@ from torch import nn
 
 from mtl_search import Default, Float, Knob, Problem, Weighting, hookimpl
 
-
 FLOOR_KNOB = "min_weight"
 
 

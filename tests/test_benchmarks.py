@@ -179,6 +179,20 @@ def test_memory_quick_in_fresh_processes(tmp_path):
     assert all(r["driver_mib"] > 0 and r["trial_worker_mib"] > 0 for r in result["results"].values())
 
 
+def test_command_latency_quick(tmp_path):
+    from benchmarks.command_latency import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "command_latency")
+    rows = result["this"]
+    assert set(rows) == {"--help", "validate", "report", "plugins"}
+    for name, row in rows.items():
+        assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["import_s"] > 0, name
+        assert f"| `{name}` |" in table
+    assert rows["--help"]["heavy"] == []  # the figures' point: --help imports nothing heavy
+    assert "torch" not in rows["report"]["heavy"] and "ray" not in rows["report"]["heavy"]
+
+
 @pytest.mark.slow
 def test_kill_soak_quick(tmp_path):
     """One kill and a resume on a Ray head of its own (about a minute; the resume tests cover the moments exactly)."""

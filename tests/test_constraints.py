@@ -6,7 +6,13 @@ import pytest
 from mtl_search import SpaceError, TrialRecord
 from mtl_search.registry import load_registry
 from mtl_search.results.constraints import parse_constraints
-from mtl_search.results.records import SearchRecord, family_record, format_table, mark_front, trial_table
+from mtl_search.results.records import (
+    SearchRecord,
+    family_record,
+    format_table,
+    mark_front,
+    trial_table,
+)
 from mtl_search.search.run import prepare
 from mtl_search.search.space import parse_space
 

@@ -18,7 +18,16 @@ from mtl_search_plugins.funnel import (
     synthetic_funnel,
 )
 
-from mtl_search import Problem, SpaceError, Split, Task, TrainConfig, Trainer, predict, split_rows
+from mtl_search import (
+    Problem,
+    SpaceError,
+    Split,
+    Task,
+    TrainConfig,
+    Trainer,
+    predict,
+    split_rows,
+)
 from mtl_search.data.dataset import apply_funnel_masks
 from mtl_search.nn.create import create_model
 from mtl_search.registry import load_registry

@@ -50,7 +50,7 @@ def test_scaffolded_plugin_meets_the_contract_is_listed_and_sampled(tmp_path, mo
     assert ran.returncode == 0, ran.stderr[-3000:]
     report = _cli(["report", "--format", "json"], root, tmp_path)
     trials = json.loads(report.stdout)["trials"]
-    assert [t["strategy"] for t in trials] == ["my_adapter"] * 2 and all(t["status"] == "finished" for t in trials)
+    assert [t["strategy"] for t in trials] == ["my_adapter"] * 2 and all(t["status"] == "finished" for t in trials), trials
 
 
 @pytest.mark.parametrize("name", ["My-Plugin", "1st", ""])
@@ -93,4 +93,41 @@ def test_the_documented_example_meets_the_contract(tmp_path, monkeypatch):
     assert len(example.strip().splitlines()) <= 45
     (tmp_path / "doc_example.py").write_text(example)
     monkeypatch.syspath_prepend(str(tmp_path))
-    check_strategy(importlib.import_module("doc_example").Adapters())
+    strategy = importlib.import_module("doc_example").Adapters()
+    check_strategy(strategy)
+    from mtl_search.registry import load_registry
+
+    assert load_registry().weightings["gradnorm"].incompatibility(strategy) is None  # it declares its shared parameters
+
+
+def test_the_plugin_guide_covers_what_an_author_needs_without_the_source():
+    from pathlib import Path
+
+    import mtl_search
+    from mtl_search.testing import check_strategy as checker
+
+    text = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    for term in ("declares_shared_parameters", "def check(self, knobs, backbone, path)", "Default(value, within)",
+                 "Choice(*values)", "new_blocks(a, b)", "0 <= a <= b <= depth", "new_input()", "new_stem()", "`depth`",
+                 "check_strategy(strategy, backbones=None, params=None, epochs=6)", "knob_bounds(knob, backbone)",
+                 'Int(1, "experts")'):
+        assert term in text, term
+    # the documented signatures are the real ones
+    import inspect
+
+    assert {n: p.default for n, p in inspect.signature(checker).parameters.items()} == \
+        {"strategy": inspect.Parameter.empty, "backbones": None, "params": None, "epochs": 6}
+    assert list(inspect.signature(mtl_search.Strategy.check).parameters) == ["self", "knobs", "backbone", "path"]
+    assert list(inspect.signature(mtl_search.Backbone.new_blocks).parameters) == ["self", "start", "stop"]
+    assert mtl_search.Default(1, mtl_search.Int(0, 3)).within == mtl_search.Int(0, 3)
+
+
+def test_scaffolded_strategy_declares_its_shared_parameters_so_gradient_weightings_accept_it(tmp_path, monkeypatch):
+    from mtl_search.registry import load_registry
+
+    assert main(["new-plugin", "shared_probe", "--dir", str(tmp_path)]) == 0
+    monkeypatch.syspath_prepend(str(tmp_path / "mtl-search-shared-probe"))
+    strategy = importlib.import_module("mtl_search_shared_probe.strategy").SharedProbe()
+    assert strategy.declares_shared_parameters
+    gradnorm = load_registry().weightings["gradnorm"]
+    assert gradnorm.needs_shared_parameters and gradnorm.incompatibility(strategy) is None

@@ -198,12 +198,12 @@ def test_parent_run_carries_plots_tables_and_description(searched):
         assert child.data.tags["mtl_search.device"] == "cpu" and child.data.metrics["latency"] > 0
 
 
-def test_front_model_reproduces_its_recorded_val_metric_and_predicts_from_csv(searched):
+def test_front_model_reproduces_its_recorded_val_metric_and_predicts_from_csv(searched, capfd):
     root, uri, _, _, _, children = searched
     child = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
     model = load_model(child.info.run_id, uri)
     registry = load_registry()
-    from mtl_search.search.run import build_dataset
+    from mtl_search.search.prepare import build_dataset
     from mtl_search.search.space import load_space
 
     dataset = build_dataset(load_space(root / "space.yaml"), registry)
@@ -215,7 +215,11 @@ def test_front_model_reproduces_its_recorded_val_metric_and_predicts_from_csv(se
     features = root / "features.csv"
     features.write_text("\n".join(",".join(f"{v:.9g}" for v in row) for row in val.x[:7].tolist()) + "\n")
     out = root / "predictions.csv"
+    capfd.readouterr()
     assert main(["predict", child.info.run_id, str(features), "--output", str(out), "--tracking-uri", uri]) == 0
+    printed = capfd.readouterr()
+    assert "Downloading artifacts" not in printed.err and "%|" not in printed.err, printed.err  # no tqdm bars
+    assert printed.out.strip() == f"7 predictions written to {out}"
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 7 and math.isclose(float(rows[3]["y2"]), float(predictions["y2"][3]), rel_tol=1e-4, abs_tol=1e-6)
     dominated = next((c for c in children if c.data.tags["mtl_search.pareto"] == "false"), None)

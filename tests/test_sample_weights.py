@@ -10,7 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtl_search import Dataset, Problem, SpaceError, Split, Task, TrainConfig, Trainer, task_losses
+from mtl_search import (
+    Dataset,
+    Problem,
+    SpaceError,
+    Split,
+    Task,
+    TrainConfig,
+    Trainer,
+    task_losses,
+)
 from mtl_search.data.problem import binary_auc
 from mtl_search.data.tables import load_table
 from mtl_search.search.space import parse_space

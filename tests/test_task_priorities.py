@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mtl_search_plugins.weighting import DynamicWeightAverage, FixedWeights, GradNorm, RandomLossWeighting, Uncertainty
+from mtl_search_plugins.weighting import (
+    DynamicWeightAverage,
+    FixedWeights,
+    GradNorm,
+    RandomLossWeighting,
+    Uncertainty,
+)
 
 from mtl_search import Problem, SpaceError, Task
 from mtl_search.config import TrialConfig

@@ -2,12 +2,36 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import pareto
 
 COST_METRICS = ("params", "latency", "train_seconds")  # a trial's final figures besides per-task metrics
+SIGNIFICANT_DIGITS = 4  # every value printed for a user: the same number of significant digits
+
+
+def format_value(value: Any) -> str:
+    """A value as printed in tables and progress lines: floats with ``SIGNIFICANT_DIGITS`` significant digits."""
+    if isinstance(value, float):
+        return f"{value:#.{SIGNIFICANT_DIGITS}g}".rstrip(".") if math.isfinite(value) else str(value)
+    return "" if value is None else str(value)
+
+
+def metric_label(name: str, task_metrics: dict[str, str] | None = None) -> str:
+    """An objective or task named with its metric, ``y1 mse``; a cost objective (``params``) as it is."""
+    metric = (task_metrics or {}).get(name)
+    return f"{name} {metric}" if metric else name
+
+
+def column_label(column: str, task_metrics: dict[str, str] | None = None) -> str:
+    """A table column as printed: ``val/y1`` -> ``val y1 mse``; other columns unchanged."""
+    split, _, task = column.partition("/")
+    if split in ("val", "test") and task:
+        return f"{split} {metric_label(task, task_metrics)}"
+    return column
+
 
 def trial_run_name(number: int, strategy: str) -> str:
     """The name of a trial's MLflow run, e.g. ``trial-007-mmoe``."""
@@ -67,6 +91,7 @@ class SearchRecord:
     reference_point: list[float] | None = None
     aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
     interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
+    task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -78,6 +103,7 @@ class SearchRecord:
             "search_run_id": self.search_run_id,
             "objectives": [{"name": o["name"], "direction": o["direction"]} for o in self.objectives],
             "hypervolume": self.hypervolume,
+            "task_metrics": self.task_metrics,
             "trials": [t.to_json() for t in sorted(self.trials, key=lambda t: t.number)],
         }
 
@@ -131,22 +157,24 @@ def family_record(record: SearchRecord, family: str) -> SearchRecord:
 
         raise MtlSearchError(f"no trial of family {family!r} in this search; families: {', '.join(families) or 'none'}")
     trials = [replace(t) for t in record.trials if t.family == family]
-    subset = SearchRecord(record.experiment, record.search_run_id, record.objectives, trials, reference_point=record.reference_point)
+    subset = SearchRecord(record.experiment, record.search_run_id, record.objectives, trials, reference_point=record.reference_point,
+                          task_metrics=record.task_metrics)
     subset.hypervolume, _ = mark_front(trials, record.objectives, record.reference_point)
     return subset
 
 
 def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool = False) -> list[dict[str, Any]]:
-    """Flat rows: number, strategy, family, status, pareto, val/test per task, the strategy's knobs.
+    """Flat rows: number, run id (what ``predict`` takes), strategy, family, status, pareto, val/test per task, the strategy's knobs.
 
-    ``detailed`` (the table artifacts) adds the run, cost figures, error and every sampled
+    ``detailed`` (the table artifacts) adds the run name, cost figures, error and every sampled
     parameter as a ``config/<name>`` column.
     """
     rows = []
     for t in sorted(record.trials, key=lambda t: t.number):
         if only_front and not t.pareto:
             continue
-        row: dict[str, Any] = {"number": t.number, "strategy": t.strategy, "family": t.family, "status": t.status, "pareto": t.pareto}
+        row: dict[str, Any] = {"number": t.number, "run_id": t.run_id, "strategy": t.strategy, "family": t.family,
+                               "status": t.status, "pareto": t.pareto}
         if any(u.violations is not None for u in record.trials):  # the search had constraints
             row["feasible"] = None if t.violations is None else not t.violations
         row.update({f"val/{k}": v for k, v in t.val.items()})
@@ -164,41 +192,104 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return format_value(value) if isinstance(value, float) else str(value)
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A plain fixed-width text table."""
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, task_metrics: dict[str, str] | None = None) -> str:
+    """A plain fixed-width text table; ``val/<task>`` and ``test/<task>`` headers name the task's metric (``val y1 mse``)."""
     if not rows:
         return "(no trials)"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
+    headers = {c: column_label(c, task_metrics) for c in columns}
+    widths = {c: max(len(headers[c]), *(len(format_value(r.get(c))) for r in rows)) for c in columns}
+    lines = ["  ".join(headers[c].ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(format_value(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
 
 
+def _tasks(record: SearchRecord) -> list[str]:
+    """The search's tasks in their problem's order where known (``task_metrics``), else by name."""
+    seen = {k for t in record.trials for k in (*t.val, *t.test)}
+    return [k for k in record.task_metrics if k in seen] + sorted(seen - set(record.task_metrics))
 
 
-def front_summary(record: SearchRecord) -> str:
-    """What a finished ``mtl-search run`` prints: the front's table, the trial counts and how to review the search."""
-    tasks = sorted({task for t in record.trials for task in t.test})
-    columns = ["number", "strategy", *[f"val/{o['name']}" for o in record.objectives if o["key"].startswith("val/")],
-               *[f"test/{t}" for t in tasks]]
-    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
+def best_per_strategy(record: SearchRecord) -> list[dict[str, Any]]:
+    """One row per strategy: its trials, how many finished and reached the front, and its best value of each objective.
+
+    The best value of an objective is taken over the strategy's finished trials (in the
+    objective's direction), with the number of the trial reaching it. With several
+    objectives no single trial is best, so each objective's best is shown.
+    """
+    rows = []
+    for strategy in sorted({t.strategy for t in record.trials}):
+        members = [t for t in record.trials if t.strategy == strategy]
+        row: dict[str, Any] = {"strategy": strategy, "trials": len(members),
+                               "finished": sum(t.status == "finished" for t in members),
+                               "on front": sum(t.pareto for t in members)}
+        for obj in record.objectives:
+            scored = [(values[0], t) for t in members if t.status == "finished" and (values := t.objective_values([obj]))]
+            label = f"best {metric_label(obj['name'], record.task_metrics)}"
+            if scored:
+                value, trial = (min if obj["direction"] == "min" else max)(scored, key=lambda pair: pair[0])
+                row[label] = f"{format_value(float(value))} (trial {trial.number})"
+            else:
+                row[label] = "n/a"
+        rows.append(row)
+    return rows
+
+
+def final_summary(record: SearchRecord) -> str:
+    """What ``mtl-search run`` prints when the search ends.
+
+    The front (validation objectives, cost objectives, test values of every task; each
+    column names its metric; the run ids ``predict`` takes), the best value of each
+    objective per strategy below it, then the counts line (trials, failures, front size,
+    hypervolume) and where to look next.
+    """
+    costs = [o["name"] for o in record.objectives if not o["key"].startswith("val/")]
+    columns = ["number", "run_id", "strategy", *[f"val/{o['name']}" for o in record.objectives if o["key"].startswith("val/")],
+               *costs, *[f"test/{t}" for t in _tasks(record)]]
+    front = trial_table(record, only_front=True)
+    for row, trial in zip(front, sorted(record.front, key=lambda t: t.number)):
+        row.update({name: trial.metrics.get(name) for name in costs})
+    hv = format_value(float(record.hypervolume)) if record.hypervolume is not None else "n/a"
     counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
-    lines = ["", "Pareto front (validation):", format_table(trial_table(record, only_front=True), columns), "",
+    lines = ["Pareto front (validation):", format_table(front, columns, record.task_metrics), "",
+             "Best per strategy (validation):", format_table(best_per_strategy(record)), "",
              f"{len(record.trials)} trials ({counts['failed']} failed, {counts['stopped']} stopped early), "
              f"front size {len(record.front)}, hypervolume {hv}"]
     if record.aborted:
         lines.append(f"ABORTED: {record.aborted}")
     if record.interrupted:
         lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
-    lines.append("review: mtl-search ui   |   mtl-search report --format json")
+    lines.append("review: mtl-search ui   |   mtl-search report   |   mtl-search predict RUN_ID ROWS.csv")
     return "\n".join(lines)
+
+
+front_summary = final_summary  # the name cmd_run used before the best-per-strategy table was added
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_summary(error: str | None) -> str:
+    """The last line of a traceback (the exception and its message), terminal colour codes removed."""
+    lines = [line for line in _ANSI.sub("", error or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def trial_line(record: TrialRecord, done: int, total: int, front_size: int, task_metrics: dict[str, str] | None = None,
+               traceback_at: str | None = None) -> str:
+    """The console line of a trial that ended.
+
+    ``[3/8] trial 2 mmoe: finished (y1 mse 0.4675, y2 mse 0.3470) | front size 2``; a failed
+    trial shows its error's last line and ``traceback_at``, where its full traceback is stored.
+    """
+    line = f"[{done}/{total}] trial {record.number} {record.strategy}: {record.status}"
+    values = ", ".join(f"{metric_label(k, task_metrics)} {format_value(float(v))}" for k, v in record.val.items()
+                       if isinstance(v, (int, float)) and math.isfinite(v))
+    if values:
+        line += f" ({values})"
+    elif record.error:
+        line += f": {error_summary(record.error)}" + (f" (full traceback: {traceback_at})" if traceback_at else "")
+    return f"{line} | front size {front_size}"

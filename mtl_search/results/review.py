@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from . import pareto
-from .records import COST_METRICS, SearchRecord, trial_table
+from .records import COST_METRICS, SearchRecord, format_value, metric_label, trial_table
 
 # The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
 # as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
@@ -45,7 +45,7 @@ def front_data(record: SearchRecord) -> Any:
         for index in pareto.pareto_front([scored[k][1] for k in members], directions):
             on_family_front[members[index]] = True
     return FrontData(
-        values=[v for _, v in scored], names=[o["name"] for o in record.objectives], directions=directions,
+        values=[v for _, v in scored], names=[metric_label(o["name"], record.task_metrics) for o in record.objectives], directions=directions,
         labels=[t.run_name for t, _ in scored], families=[t.family or t.strategy for t, _ in scored],
         on_front=[t.pareto for t, _ in scored], on_family_front=on_family_front,
         hover=[_hover(t, record) for t, _ in scored],
@@ -54,7 +54,8 @@ def front_data(record: SearchRecord) -> Any:
 
 
 def _hover(trial: Any, record: SearchRecord) -> str:
-    values = "<br>".join(f"{o['name']} = {v:.4g}" for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
+    values = "<br>".join(f"{metric_label(o['name'], record.task_metrics)} = {format_value(float(v))}"
+                         for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
     knobs = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in trial.params.items() if k.startswith(trial.strategy + "."))
     infeasible = f"<br>infeasible: {'; '.join(trial.violations)}" if trial.violations else ""
     return f"<b>{trial.run_name}</b><br>{trial.strategy} ({trial.family})<br>{values}" + (f"<br>{knobs}" if knobs else "") + infeasible

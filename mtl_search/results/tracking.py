@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MtlSearchError
-from ..nn.model import SharingMap
 from .records import SearchRecord, TrialRecord, trial_run_name
 from .review import (
     EXPERIMENT_KIND,
@@ -31,6 +30,7 @@ PARETO = "mtl_search.pareto"
 VIOLATES = "mtl_search.violates"  # the search.constraints a finished trial violates ("; "-separated, empty: feasible)
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
+TASK_METRICS = "mtl_search.task_metrics"  # JSON {task: metric} on the search run: what its val/test values measure
 STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a second Ctrl-C) ended early
 PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
 CHECKPOINT = "mtl_search.checkpoint"  # the folder of a finished trial's saved model (a Tune checkpoint)
@@ -60,6 +60,45 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def require_store(uri: str) -> str:
+    """``uri`` when it names a complete tracking store; else MtlSearchError (reading commands create nothing).
+
+    For a sqlite store: the file must exist and hold every table MLflow needs, read without
+    writing (a store a search is creating right now is not complete yet: the reader waits
+    rather than racing it to create the tables). Servers (``http(s)://``) are the server's business.
+    """
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri[len("sqlite:///"):])
+    if not path.is_file():
+        raise MtlSearchError(f"no tracking store at {path}: no search has been run here; "
+                             "run `mtl-search run SPACE` in this folder first, or give --tracking-uri")
+    if not _store_complete(path):
+        raise MtlSearchError(f"{path} is not a complete MLflow store (a search starting now may still be creating it); "
+                             "try again in a moment")
+    return uri
+
+
+def _store_complete(path: Path) -> bool:
+    """Whether the sqlite file holds every table of MLflow's schema (read-only: nothing is created or migrated)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    try:
+        import mlflow.store.tracking.dbmodels.models  # noqa: F401  (defines the tables on Base)
+        from mlflow.store.db.base_sql_model import Base
+
+        expected = set(Base.metadata.tables)  # as MLflow's own check (store.db.utils._all_tables_exist)
+    except ImportError:  # pragma: no cover - MLflow moved its models: fall back to the tables every version has
+        expected = {"experiments", "runs", "metrics", "params", "tags", "alembic_version"}
+    return "alembic_version" in tables and expected <= tables
 def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri") -> "Tracker":
     """A Tracker on ``uri`` (default store when None), or an MtlSearchError naming ``source`` when the store is unusable.
 
@@ -199,6 +238,9 @@ class Tracker:
         """A trial's final metrics and sharing map; ``checkpoint``: the folder of its saved model (logged later if it is on the front)."""
         from mlflow.entities import Metric
 
+        from ..nn.model import (
+            SharingMap,  # torch: only where a trial ends, not in reading commands
+        )
         from .plots import sharing_map_figure
 
         step, now = int(result.get("epochs_trained", 0)), _now_ms()
@@ -306,6 +348,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
+                        task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None)
 
 

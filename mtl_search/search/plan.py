@@ -5,7 +5,7 @@ from typing import Any
 
 from ..config import NUMBER_KEY, STRATEGY_KEY, param_name
 from ..errors import SpaceError
-from ..knobs import Knob
+from ..knobs import Knob, dependency_order, knob_bounds
 from .space import Plan
 from .trial import TrialPlan
 
@@ -40,7 +40,12 @@ class DefineByRun:
 
 
 def _suggest_all(trial: Any, section: str, knobs: dict[str, Knob], into: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-    values = {name: knob.suggest(trial, param_name(section, name), context) for name, knob in knobs.items()}
+    """Suggest every knob of a section; a bound naming another knob of the section reads its value sampled just before."""
+    context = dict(context or {})
+    values: dict[str, Any] = {}
+    for name in dependency_order(knobs, section):
+        values[name] = context[name] = knobs[name].suggest(trial, param_name(section, name), context)
+    values = {name: values[name] for name in knobs}  # declaration order
     into.update({param_name(section, name): value for name, value in values.items()})
     return values
 
@@ -62,7 +67,15 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
               ((name, knob.grid(f"backbone.{name}") or [knob.suggest(None, name)]) for name, knob in plan.backbone.items())
               if all(isinstance(x, int) for x in v)}
     for name, (_, knobs) in plan.strategies.items():
-        add(name, f"strategies.{name}", knobs, bounds)
+        siblings = dict(bounds)  # a bound naming another knob of the strategy: that knob's smallest and largest value
+        for knob_name in dependency_order(knobs, f"strategies.{name}"):
+            try:
+                low, high = knob_bounds(knobs[knob_name], {**plan.backbone, **knobs})
+            except (KeyError, TypeError):
+                continue
+            if isinstance(low, int) and isinstance(high, int):
+                siblings[knob_name] = (low, high)
+        add(name, f"strategies.{name}", knobs, siblings)
     add("training", "training", plan.training)
     weightings = plan.weighting.grid("training.weighting")
     if weightings is not None:

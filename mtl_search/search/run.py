@@ -12,6 +12,7 @@ line prints the front.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -22,15 +23,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..config import NUMBER_KEY
-from ..data.dataset import Dataset, apply_funnel_masks
-from ..data.tables import load_table
-from ..errors import MtlSearchError, SpaceError, did_you_mean
-from ..registry import Registry, load_registry
+from ..errors import MtlSearchError
+from ..registry import Registry
 from ..results.records import SearchRecord, TrialRecord, hypervolume_history, mark_front
-from ..results.tracking import STUDY, Tracker, default_store_dir, open_tracker
+from ..results.tracking import (
+    STUDY,
+    TASK_METRICS,
+    Tracker,
+    default_store_dir,
+    open_tracker,
+)
 from .faults import kill_point
-from .plan import DefineByRun, grid_space, make_sampler, make_scheduler, make_trial_plan
-from .space import Plan, Space, resolve
+from .plan import DefineByRun, make_sampler, make_scheduler, make_trial_plan
+from .prepare import prepare
+from .space import Plan, Space
 from .trial import tune_trainable
 from .tune import (
     CONFIG_ATTR,
@@ -41,35 +47,6 @@ from .tune import (
     Stopper,
     TrialLogger,
 )
-
-
-def build_dataset(space: Space, registry: Registry) -> Dataset:
-    """Build the space's data set (a registered one with its options, or the user's table); bad input is a SpaceError."""
-    if space.table is not None:
-        return load_table(space.table, space.tasks)
-    entry = registry.lookup("datasets", space.dataset, "data.dataset")
-    for key in space.dataset_options:
-        if key not in entry.options:
-            raise SpaceError(f"data.options.{key}", f"unknown option of data set {space.dataset!r}; {did_you_mean(key, entry.options)}")
-    try:
-        return entry.factory(**{**entry.options, **space.dataset_options})
-    except (ValueError, TypeError) as exc:
-        raise SpaceError("data.options", f"data set {space.dataset!r} rejected its options: {exc}") from None
-
-
-def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Dataset, Registry]:
-    """Load plugins, build the data set and check the whole space against both."""
-    registry = registry or load_registry(space.plugins, space.base_dir)
-    for info in registry.plugins:
-        if info.error and info.source == "space":
-            raise SpaceError("plugins", f"plugin {info.name!r} could not be loaded: {info.error}")
-    dataset = build_dataset(space, registry)
-    plan = resolve(space, registry, dataset.problem)
-    dataset.problem = plan.problem
-    apply_funnel_masks(dataset)  # a funnel task's label is masked where its parent is negative, for every strategy
-    if space.search.sampler == "grid":
-        grid_space(plan)  # a continuous knob is a SpaceError before anything runs
-    return plan, dataset, registry
 
 
 @dataclass
@@ -212,6 +189,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     experiment = options.experiment or space.experiment
     objectives = [{"name": o.name, "key": o.key, "direction": o.direction} for o in plan.objectives]
     reference = [space.search.reference_point[o["name"]] for o in objectives] if space.search.reference_point else None
+    task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
     tracker = open_tracker(options.tracking_uri or space.tracking_uri, experiment, source)
     store = state_dir(tracker.uri)
@@ -234,14 +212,15 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                  "early_stopping": space.search.early_stopping,
                  "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
                 space.path.read_text() if space.path else "",
-                tags={STUDY: study.study_name},
+                tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
             )
             resumption = Resumption()
             echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
 
         ensure_ray(options.address or space.ray.address)
         to_run = max(0, trials - len(resumption.done))
-        logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo)
+        logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
+                             task_metrics)
         searcher = OptunaSearcher(study, DefineByRun(plan), [o["key"] for o in objectives], resumption.reruns[:to_run],
                                   stop=lambda: interrupt.draining or logger.abort_reason is not None)
         searcher.constraints = logger.constraints = space.search.constraints  # search.constraints: told to Optuna, kept off the front
@@ -277,7 +256,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.stop_unfinished()
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
-                                  interrupted=interrupt.draining)
+                                  interrupted=interrupt.draining, task_metrics=task_metrics)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)

@@ -10,8 +10,16 @@ import yaml
 from ..config import DEFAULT_WEIGHTING
 from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
-from ..errors import SpaceError, did_you_mean
-from ..knobs import Fixed, Float, Int, Knob, knob_bounds, parse_range
+from ..errors import ErrorCollector, SpaceError, did_you_mean
+from ..knobs import (
+    Fixed,
+    Float,
+    Int,
+    Knob,
+    check_named_bounds,
+    knob_bounds,
+    parse_range,
+)
 from ..nn.inputs import INPUT_KNOBS, has_categories
 from ..results.constraints import Constraint, check_constraints, parse_constraints
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
@@ -86,133 +94,180 @@ def load_space(path: str | Path) -> Space:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpaceError("", f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:  # nothing but blank lines, comments or an empty document
+        raise SpaceError("", f"{path}: the space file is empty; it needs at least data: and strategies:, "
+                             "e.g. data: {dataset: synthetic_correlated} and strategies: {hard_sharing: {}}")
     return parse_space(raw, path)
 
 
 def parse_space(raw: Any, path: Path | None = None) -> Space:
-    """Check the structure of an already-loaded space mapping."""
-    top = _mapping(raw, "", "the space file must be a mapping of keys")
-    _known_keys(top, TOP_LEVEL, "")
-    experiment = top.get("experiment", path.stem if path else "mtl-search")
-    if not isinstance(experiment, str) or not experiment.strip():
-        raise SpaceError("experiment", f"expected a non-empty name, got {experiment!r}")
+    """Check the structure of an already-loaded space mapping.
 
-    data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options'), or 'csv'/'parquet' with a table's path")
-    table = _parse_table(data, path.parent if path else Path.cwd()) if any(k in data for k in TABLE_FORMATS) else None
-    if table is not None:
-        dataset, options = table.format, {}
-    else:
-        _known_keys(data, ("dataset", "options", *TABLE_FORMATS), "data")
-        dataset = data.get("dataset")
-        if not isinstance(dataset, str) or not dataset:
-            raise SpaceError("data.dataset", f"expected the name of a registered data set (or csv:/parquet: a table's path), got {dataset!r}")
-        options = _mapping(data.get("options", {}), "data.options", "expected a mapping of option values")
+    Every independent error is reported at once: each section (and each strategy, task,
+    setting within one) is checked even when an earlier one failed; one error is raised as a
+    :class:`SpaceError`, several as a :class:`SpaceErrors` listing each with its key path.
+    """
+    top = _mapping(raw, "", "the space file must be a mapping of keys")
+    errors = ErrorCollector()
+    with errors.section():
+        _known_keys(top, TOP_LEVEL, "")
+    experiment = "mtl-search"
+    with errors.section():
+        experiment = top.get("experiment", path.stem if path else "mtl-search")
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise SpaceError("experiment", f"expected a non-empty name, got {experiment!r}")
+
+    table, dataset, options = None, "", {}
+    with errors.section():
+        data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options'), or 'csv'/'parquet' with a table's path")
+        table = _parse_table(data, path.parent if path else Path.cwd()) if any(k in data for k in TABLE_FORMATS) else None
+        if table is not None:
+            dataset, options = table.format, {}
+        else:
+            _known_keys(data, ("dataset", "options", *TABLE_FORMATS), "data")
+            dataset = data.get("dataset")
+            if not isinstance(dataset, str) or not dataset:
+                raise SpaceError("data.dataset", f"expected the name of a registered data set (or csv:/parquet: a table's path), got {dataset!r}")
+            options = _mapping(data.get("options", {}), "data.options", "expected a mapping of option values")
 
     tasks = {}
-    for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
-        spec = _mapping(spec, f"tasks.{name}", "expected a mapping like {kind: regression, metric: mse}")
-        _known_keys(spec, TASK_KEYS, f"tasks.{name}")
-        if "kind" in spec and spec["kind"] not in KINDS:
-            raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
-        for key in ("after", "weight_column"):
-            if key in spec and (not isinstance(spec[key], str) or not spec[key]):
-                raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
-        tasks[str(name)] = spec
-    if table is None:
-        for name, spec in tasks.items():
-            if "weight_column" in spec:
-                raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
-                                 "this space's data is a registered data set (data.dataset), not csv:/parquet:")
+    with errors.section():
+        for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
+            with errors.section():
+                spec = _mapping(spec, f"tasks.{name}", "expected a mapping like {kind: regression, metric: mse}")
+                _known_keys(spec, TASK_KEYS, f"tasks.{name}")
+                if "kind" in spec and spec["kind"] not in KINDS:
+                    raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
+                for key in ("after", "weight_column"):
+                    if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+                        raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
+                if table is None and "weight_column" in spec:
+                    raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
+                                     "this space's data is a registered data set (data.dataset), not csv:/parquet:")
+                tasks[str(name)] = spec
 
-    inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
-    inputs = {k: parse_range(v, f"inputs.{k}") for k, v in inputs_raw.items()}
+    inputs: dict[str, Knob] = {}
+    with errors.section():
+        inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
+        inputs = _ranges(inputs_raw, "inputs", errors)
 
-    backbone_raw = _mapping(top.get("backbone", {}), "backbone", "expected a mapping like {kind: mlp, depth: 3}")
-    backbone_kind = backbone_raw.get("kind", "mlp")
-    if not isinstance(backbone_kind, str):
-        raise SpaceError("backbone.kind", f"expected a backbone kind name, got {backbone_kind!r}")
-    backbone = {k: parse_range(v, f"backbone.{k}") for k, v in backbone_raw.items() if k != "kind"}
+    backbone_kind, backbone = "mlp", {}
+    with errors.section():
+        backbone_raw = _mapping(top.get("backbone", {}), "backbone", "expected a mapping like {kind: mlp, depth: 3}")
+        backbone = _ranges({k: v for k, v in backbone_raw.items() if k != "kind"}, "backbone", errors)
+        backbone_kind = backbone_raw.get("kind", "mlp")
+        if not isinstance(backbone_kind, str):
+            backbone_kind = "mlp"
+            raise SpaceError("backbone.kind", f"expected a backbone kind name, got {backbone_raw.get('kind')!r}")
 
-    strategies_raw = top.get("strategies")
-    if not isinstance(strategies_raw, dict) or not strategies_raw:
-        raise SpaceError("strategies", "expected a non-empty mapping of strategy name to knob overrides, e.g. {hard_sharing: {}}")
     strategies = {}
-    for name, overrides in strategies_raw.items():
-        overrides = _mapping(overrides if overrides is not None else {}, f"strategies.{name}", "expected a mapping of knob overrides (or {})")
-        strategies[str(name)] = {k: parse_range(v, f"strategies.{name}.{k}") for k, v in overrides.items()}
+    with errors.section():
+        strategies_raw = top.get("strategies")
+        if not isinstance(strategies_raw, dict) or not strategies_raw:
+            raise SpaceError("strategies", "expected a non-empty mapping of strategy name to knob overrides, e.g. {hard_sharing: {}}")
+        for name, overrides in strategies_raw.items():
+            with errors.section():
+                overrides = _mapping(overrides if overrides is not None else {}, f"strategies.{name}", "expected a mapping of knob overrides (or {})")
+                strategies[str(name)] = _ranges(overrides, f"strategies.{name}", errors)
 
-    training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
-    _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
-    epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
-    patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
-    max_trial_seconds = training_raw.get("max_trial_seconds")
-    if max_trial_seconds is not None:
-        max_trial_seconds = _number(max_trial_seconds, "training.max_trial_seconds", positive=True)
-    training = {k: parse_range(training_raw.get(k, getattr(TrainConfig, k)), f"training.{k}") for k in TRAINING_KNOBS}
-    weighting = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
-    if isinstance(weighting, (Int, Float)):
-        raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
+    epochs, patience, max_trial_seconds = TrainConfig.epochs, TrainConfig.patience, None
+    training: dict[str, Knob] = {k: Fixed(getattr(TrainConfig, k)) for k in TRAINING_KNOBS}
+    weighting: Knob = Fixed(DEFAULT_WEIGHTING)
     weighting_options = {}
-    options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
-                           "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
-    for name, overrides in options_raw.items():
-        where = f"training.weighting_options.{name}"
-        overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
-        weighting_options[str(name)] = {k: parse_range(v, f"{where}.{k}") for k, v in overrides.items()}
+    with errors.section():
+        training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
+        with errors.section():
+            _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
+        with errors.section():
+            epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
+        with errors.section():
+            patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
+        with errors.section():
+            if training_raw.get("max_trial_seconds") is not None:
+                max_trial_seconds = _number(training_raw["max_trial_seconds"], "training.max_trial_seconds", positive=True)
+        training = _ranges({k: training_raw.get(k, getattr(TrainConfig, k)) for k in TRAINING_KNOBS}, "training", errors)
+        with errors.section():
+            parsed = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
+            if isinstance(parsed, (Int, Float)):
+                raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
+            weighting = parsed
+        with errors.section():
+            options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
+                                   "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
+            for name, overrides in options_raw.items():
+                where = f"training.weighting_options.{name}"
+                with errors.section():
+                    overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
+                    weighting_options[str(name)] = _ranges(overrides, where, errors)
 
-    search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
-    _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints"), "search")
-    sampler = search_raw.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
-    early_stopping = search_raw.get("early_stopping", "none")
-    if early_stopping not in EARLY_STOPPING:
-        raise SpaceError("search.early_stopping", f"unknown early stopping {early_stopping!r}; {did_you_mean(str(early_stopping), EARLY_STOPPING)}")
-    max_failures = search_raw.get("max_failures")
-    if max_failures is not None:
-        max_failures = _int(max_failures, "search.max_failures", minimum=0)
-    objectives = search_raw.get("objectives", [])
-    if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
-        raise SpaceError("search.objectives", f"expected a list of task names (and optionally params, latency), got {objectives!r}")
-    if len(set(objectives)) != len(objectives):
-        raise SpaceError("search.objectives", f"an objective is listed twice: {objectives!r}")
-    reference = _mapping(search_raw.get("reference_point", {}), "search.reference_point", "expected a mapping of objective to value")
-    for key, value in reference.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpaceError(f"search.reference_point.{key}", f"expected a number, got {value!r}")
-    search = SearchSpec(
-        trials=_int(search_raw.get("trials", 20), "search.trials", minimum=1),
-        sampler=sampler,
-        objectives=objectives,
-        concurrency=_int(search_raw.get("concurrency", 1), "search.concurrency", minimum=1),
-        seed=_int(search_raw.get("seed", 0), "search.seed", minimum=0),
-        reference_point={str(k): float(v) for k, v in reference.items()},
-        early_stopping=early_stopping,
-        max_failures=max_failures,
-        constraints=parse_constraints(search_raw.get("constraints")),
-    )
+    search = SearchSpec()
+    with errors.section():
+        search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
+        with errors.section():
+            _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints"), "search")
+        with errors.section():
+            sampler = search_raw.get("sampler", "tpe")
+            if sampler not in SAMPLERS:
+                raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
+            search.sampler = sampler
+        with errors.section():
+            early_stopping = search_raw.get("early_stopping", "none")
+            if early_stopping not in EARLY_STOPPING:
+                raise SpaceError("search.early_stopping", f"unknown early stopping {early_stopping!r}; {did_you_mean(str(early_stopping), EARLY_STOPPING)}")
+            search.early_stopping = early_stopping
+        with errors.section():
+            if search_raw.get("max_failures") is not None:
+                search.max_failures = _int(search_raw["max_failures"], "search.max_failures", minimum=0)
+        with errors.section():
+            objectives = search_raw.get("objectives", [])
+            if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
+                raise SpaceError("search.objectives", f"expected a list of task names (and optionally params, latency), got {objectives!r}")
+            if len(set(objectives)) != len(objectives):
+                raise SpaceError("search.objectives", f"an objective is listed twice: {objectives!r}")
+            search.objectives = objectives
+        with errors.section():
+            reference = _mapping(search_raw.get("reference_point", {}), "search.reference_point", "expected a mapping of objective to value")
+            for key, value in reference.items():
+                with errors.section():
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise SpaceError(f"search.reference_point.{key}", f"expected a number, got {value!r}")
+                    search.reference_point[str(key)] = float(value)
+        for key, default, minimum in (("trials", 20, 1), ("concurrency", 1, 1), ("seed", 0, 0)):
+            with errors.section():
+                setattr(search, key, _int(search_raw.get(key, default), f"search.{key}", minimum=minimum))
+        with errors.section():
+            search.constraints = parse_constraints(search_raw.get("constraints"))
 
-    tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
-    _known_keys(tracking, ("uri",), "tracking")
-    uri = tracking.get("uri")
-    if uri is not None and not isinstance(uri, str):
-        raise SpaceError("tracking.uri", f"expected a tracking URI string, got {uri!r}")
+    uri = None
+    with errors.section():
+        tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
+        _known_keys(tracking, ("uri",), "tracking")
+        uri = tracking.get("uri")
+        if uri is not None and not isinstance(uri, str):
+            uri = None
+            raise SpaceError("tracking.uri", f"expected a tracking URI string, got {tracking.get('uri')!r}")
 
-    ray_raw = _mapping(top.get("ray", {}), "ray", "expected a mapping")
-    _known_keys(ray_raw, ("address", "cpus_per_trial", "gpus_per_trial"), "ray")
-    address = ray_raw.get("address")
-    if address is not None and not isinstance(address, str):
-        raise SpaceError("ray.address", f"expected an address string (auto, host:port, ray://host:10001), got {address!r}")
-    ray = RaySpec(
-        address=address,
-        cpus_per_trial=_number(ray_raw.get("cpus_per_trial", 1), "ray.cpus_per_trial", positive=True),
-        gpus_per_trial=_number(ray_raw.get("gpus_per_trial", 0), "ray.gpus_per_trial", positive=False),
-    )
+    ray = RaySpec()
+    with errors.section():
+        ray_raw = _mapping(top.get("ray", {}), "ray", "expected a mapping")
+        with errors.section():
+            _known_keys(ray_raw, ("address", "cpus_per_trial", "gpus_per_trial"), "ray")
+        with errors.section():
+            address = ray_raw.get("address")
+            if address is not None and not isinstance(address, str):
+                raise SpaceError("ray.address", f"expected an address string (auto, host:port, ray://host:10001), got {address!r}")
+            ray.address = address
+        with errors.section():
+            ray.cpus_per_trial = _number(ray_raw.get("cpus_per_trial", 1), "ray.cpus_per_trial", positive=True)
+        with errors.section():
+            ray.gpus_per_trial = _number(ray_raw.get("gpus_per_trial", 0), "ray.gpus_per_trial", positive=False)
 
     plugins = top.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
-        raise SpaceError("plugins", f"expected a list of module names or .py paths, got {plugins!r}")
+    with errors.section():
+        if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+            raise SpaceError("plugins", f"expected a list of module names or .py paths, got {plugins!r}")
 
+    errors.raise_if_any()
     return Space(
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
@@ -220,6 +275,15 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
+
+
+def _ranges(raw: dict, path: str, errors: ErrorCollector) -> dict[str, Knob]:
+    """Each value of ``raw`` parsed as a range (``parse_range``); a bad one is collected and left out."""
+    knobs = {}
+    for key, value in raw.items():
+        with errors.section():
+            knobs[key] = parse_range(value, f"{path}.{key}")
+    return knobs
 
 
 @dataclass
@@ -263,52 +327,72 @@ def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> 
 
 
 def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
-    """Check every name and knob of ``space`` against ``registry`` and the data set's ``problem``."""
-    problem = apply_task_overrides(problem, space.tasks)
+    """Check every name and knob of ``space`` against ``registry`` and the data set's ``problem``.
 
-    kind = registry.lookup("backbones", space.backbone_kind, "backbone.kind")
-    if kind.input_ranks is not None and len(problem.input_shape) not in kind.input_ranks:
-        raise SpaceError(
-            "backbone.kind",
-            f"backbone kind {kind.name!r} needs inputs with {' or '.join(map(str, kind.input_ranks))} axes; "
-            f"data set {space.dataset!r} has input shape {tuple(problem.input_shape)}",
-        )
-    backbone = _merge_knobs(kind.knobs, space.backbone, "backbone", f"backbone kind {kind.name!r}")
+    Independent errors are reported together (a :class:`SpaceErrors` when there are several):
+    each strategy, weighting and objective is checked even after another failed.
+    """
+    errors = ErrorCollector()
+    problem_checked = problem
+    with errors.section():
+        problem_checked = apply_task_overrides(problem, space.tasks)
+    problem = problem_checked
 
-    try:
-        values = kind.value_ranges(backbone, problem.input_shape)  # what bounds naming a backbone value read
-    except (ValueError, TypeError) as exc:
-        raise SpaceError("backbone", f"backbone kind {kind.name!r} cannot be built from these values: {exc}") from None
+    kind, backbone = None, {}
+    with errors.section():
+        kind = registry.lookup("backbones", space.backbone_kind, "backbone.kind")
+        if kind.input_ranks is not None and len(problem.input_shape) not in kind.input_ranks:
+            raise SpaceError(
+                "backbone.kind",
+                f"backbone kind {kind.name!r} needs inputs with {' or '.join(map(str, kind.input_ranks))} axes; "
+                f"data set {space.dataset!r} has input shape {tuple(problem.input_shape)}",
+            )
+    if kind is not None:
+        with errors.section():
+            backbone = _merge_knobs(kind.knobs, space.backbone, "backbone", f"backbone kind {kind.name!r}")
+    backbone_ok = kind is not None and not errors
+    values: dict[str, Knob] = {}
+    if backbone_ok:
+        try:
+            values = kind.value_ranges(backbone, problem.input_shape)  # what bounds naming a backbone value read
+        except (ValueError, TypeError) as exc:
+            errors.add(SpaceError("backbone", f"backbone kind {kind.name!r} cannot be built from these values: {exc}"))
+            backbone_ok = False
     strategies = {}
     for name, overrides in space.strategies.items():
-        strategy = registry.lookup("strategies", name, f"strategies.{name}")
-        if not strategy.supports(kind.name):
-            raise SpaceError(
-                f"strategies.{name}",
-                f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
-            )
-        knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
-        _check_backbone_bounds(strategy.knobs, knobs, values, f"strategies.{name}")
-        strategy.check(knobs, {**backbone, **values}, f"strategies.{name}")
-        strategy.check_problem(problem, f"strategies.{name}")
-        strategies[name] = (strategy, knobs)
+        with errors.section():
+            strategy = registry.lookup("strategies", name, f"strategies.{name}")
+            if kind is not None and not strategy.supports(kind.name):
+                raise SpaceError(
+                    f"strategies.{name}",
+                    f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
+                )
+            knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
+            if backbone_ok:  # these reason about the backbone's ranges: only once they are valid
+                # bounds naming other knobs (of the strategy, the backbone) name something and never make a range empty
+                check_named_bounds(knobs, {**backbone, **values}, f"strategies.{name}")
+                _check_backbone_bounds(strategy.knobs, knobs, values, f"strategies.{name}")
+                strategy.check(knobs, {**backbone, **values}, f"strategies.{name}")
+            strategy.check_problem(problem, f"strategies.{name}")
+            strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)
     weightings = {}
     for name in names:
-        if not isinstance(name, str):
-            raise SpaceError("training.weighting", f"expected weighting names, got {name!r}")
-        cls = registry.lookup("weightings", name, "training.weighting")
-        overrides = space.weighting_options.get(name, {})
-        weightings[name] = (cls, _merge_knobs(cls.knobs_for(problem), overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
-        for strategy_name, (strategy, _) in strategies.items():
-            reason = cls.incompatibility(strategy)
-            if reason:
-                raise SpaceError("training.weighting", f"weighting {name!r} cannot train strategy {strategy_name!r}: {reason}")
+        with errors.section():
+            if not isinstance(name, str):
+                raise SpaceError("training.weighting", f"expected weighting names, got {name!r}")
+            cls = registry.lookup("weightings", name, "training.weighting")
+            overrides = space.weighting_options.get(name, {})
+            weightings[name] = (cls, _merge_knobs(cls.knobs_for(problem), overrides, f"training.weighting_options.{name}", f"weighting {name!r}"))
+            for strategy_name, (strategy, _) in strategies.items():
+                reason = cls.incompatibility(strategy)
+                if reason:
+                    errors.add(SpaceError("training.weighting", f"weighting {name!r} cannot train strategy {strategy_name!r}: {reason}"))
     for name in space.weighting_options:
-        if name not in weightings:
-            raise SpaceError(f"training.weighting_options.{name}",
-                             f"{name!r} is not a weighting of this space; training.weighting offers {', '.join(weightings)}")
+        if name not in weightings and name not in names:
+            errors.add(SpaceError(f"training.weighting_options.{name}",
+                                  f"{name!r} is not a weighting of this space; training.weighting offers {', '.join(map(str, names))}"))
 
     objectives = []
     valid_objectives = problem.task_names + list(COST_OBJECTIVES)
@@ -318,17 +402,24 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         elif name in problem.task_names:
             objectives.append(Objective(name, f"val/{name}", problem.task(name).direction))
         else:
-            raise SpaceError("search.objectives", f"unknown objective {name!r}; {did_you_mean(name, valid_objectives)}")
+            errors.add(SpaceError("search.objectives", f"unknown objective {name!r}; {did_you_mean(name, valid_objectives)}"))
     for name in space.search.reference_point:
-        if name not in [o.name for o in objectives]:
-            raise SpaceError(f"search.reference_point.{name}", f"not an objective of this search; objectives: {', '.join(o.name for o in objectives)}")
+        if name not in [o.name for o in objectives] and name in valid_objectives:
+            errors.add(SpaceError(f"search.reference_point.{name}",
+                                  f"not an objective of this search; objectives: {', '.join(o.name for o in objectives)}"))
+        elif name not in valid_objectives:
+            errors.add(SpaceError(f"search.reference_point.{name}", f"not an objective of this search; {did_you_mean(name, [o.name for o in objectives])}"))
 
-    check_constraints(space.search.constraints, problem)
-
-    training = _merge_knobs(TRAINING_KNOBS, space.training, "training", "training")
-    inputs = _merge_knobs(INPUT_KNOBS, space.inputs, "inputs", "the input layer")
-    if space.inputs and not has_categories(problem):
-        raise SpaceError("inputs", "the data set has no categorical features, so there is nothing to encode")
+    with errors.section():
+        check_constraints(space.search.constraints, problem)
+    training, inputs = {}, {}
+    with errors.section():
+        training = _merge_knobs(TRAINING_KNOBS, space.training, "training", "training")
+    with errors.section():
+        inputs = _merge_knobs(INPUT_KNOBS, space.inputs, "inputs", "the input layer")
+        if space.inputs and not has_categories(problem):
+            raise SpaceError("inputs", "the data set has no categorical features, so there is nothing to encode")
+    errors.raise_if_any()
     return Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
                 inputs if has_categories(problem) else {})
 
@@ -392,7 +483,8 @@ def _column(value: Any, path: str) -> str | None:
 
 
 def _check_backbone_bounds(declared: dict[str, Knob], knobs: dict[str, Knob], values: dict[str, Knob], path: str) -> None:
-    """A space's range for a knob whose bound names a backbone value (``Int(0, "depth")``) must stay within it for every trial."""
+    """A space's range for a knob whose bound names a backbone value (``Int(0, "depth")``) or another knob of the strategy
+    (``Int(1, "experts")``; that knob first) must stay within it for every trial."""
     for name, knob in declared.items():
         if not isinstance(knob, Int) or knobs[name] is knob:
             continue
@@ -400,10 +492,12 @@ def _check_backbone_bounds(declared: dict[str, Knob], knobs: dict[str, Knob], va
         for bound, smallest in ((knob.high, True), (knob.low, False)):
             if not isinstance(bound, str):
                 continue
-            if bound not in values:
+            sibling = bound in knobs and bound != name  # a knob of the strategy takes precedence over a backbone value
+            if not sibling and bound not in values:
                 raise SpaceError(f"{path}.{name}", f"its bound names {bound!r}, which this backbone kind does not have")
-            lo, hi = knob_bounds(values[bound])
-            where = f"the backbone's {bound} ({lo} to {hi})" if lo != hi else f"the backbone's {bound} ({lo})"
+            lo, hi = knob_bounds(knobs[bound], {**values, **knobs}) if sibling else knob_bounds(values[bound])
+            owner = f"knob {bound}" if sibling else f"the backbone's {bound}"
+            where = f"{owner} ({lo} to {hi})" if lo != hi else f"{owner} ({lo})"
             if smallest and high > lo:
                 raise SpaceError(f"{path}.{name}", f"{high} is above {where}; every trial's value must be at most {lo}")
             if not smallest and low < hi:
@@ -412,10 +506,13 @@ def _check_backbone_bounds(declared: dict[str, Knob], knobs: dict[str, Knob], va
 
 def _merge_knobs(declared: dict[str, Knob], overrides: dict[str, Knob], path: str, owner: str) -> dict[str, Knob]:
     merged = dict(declared)
+    errors = ErrorCollector()
     for name, override in overrides.items():
-        if name not in declared:
-            raise SpaceError(f"{path}.{name}", f"unknown knob {name!r} of {owner}; {did_you_mean(name, declared)}")
-        merged[name] = declared[name].narrow(override, f"{path}.{name}")
+        with errors.section():
+            if name not in declared:
+                raise SpaceError(f"{path}.{name}", f"unknown knob {name!r} of {owner}; {did_you_mean(name, declared)}")
+            merged[name] = declared[name].narrow(override, f"{path}.{name}")
+    errors.raise_if_any()
     return merged
 
 
@@ -428,10 +525,12 @@ def _mapping(value: Any, path: str, expected: str) -> dict:
 
 
 def _known_keys(mapping: dict, known: tuple[str, ...], path: str) -> None:
+    errors = ErrorCollector()
     for key in mapping:
         if key not in known:
             where = f"{path}.{key}" if path else str(key)
-            raise SpaceError(where, f"unknown key {key!r}; {did_you_mean(str(key), known).replace('valid names', 'valid keys')}")
+            errors.add(SpaceError(where, f"unknown key {key!r}; {did_you_mean(str(key), known).replace('valid names', 'valid keys')}"))
+    errors.raise_if_any()
 
 
 def _int(value: Any, path: str, minimum: int) -> int:

@@ -21,7 +21,7 @@ from ray.tune.search import Searcher
 from ..config import NUMBER_KEY, STRATEGY_KEY
 from ..registry import Registry
 from ..results.constraints import tell_constraints
-from ..results.records import TrialRecord, mark_front
+from ..results.records import TrialRecord, mark_front, trial_line
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
 
@@ -148,9 +148,11 @@ class TrialLogger(_Live, tune.Callback):
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[dict[str, str]], registry: Registry, total: int,
-                 earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None):
+                 earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
+                 task_metrics: dict[str, str] | None = None):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
+        self.task_metrics = task_metrics or {}  # task -> metric, so the progress lines name it
         self.run_ids: dict[str, str] = {}
         self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
         self.placed: set[str] = set()
@@ -236,10 +238,8 @@ class TrialLogger(_Live, tune.Callback):
         )
         self.records.append(record)
         mark_front(self.records, self.objectives, constraints=self.constraints)
-        values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
-        line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
-        line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
-        self.echo(f"{line} | front size {sum(t.pareto for t in self.records)}")
+        self.echo(trial_line(record, len(self.records), self.total, sum(t.pareto for t in self.records), self.task_metrics,
+                             f"error.txt of MLflow run {run_id}" if status == "failed" else None))
         self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
 
 
