@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from . import pareto
-from .records import COST_METRICS, SearchRecord, trial_table
+from .metrics import COST_METRICS, DELTA_M, GAIN, TEST, TEST_DELTA_M, VAL, WORST_GAIN
+from .records import SearchRecord, trial_table
 
 # The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
 # as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
@@ -38,14 +39,14 @@ def front_data(record: SearchRecord) -> Any:
     scored = [(t, v) for t, v in scored if v is not None]
     if not scored:
         return None
-    directions = [o["direction"] for o in record.objectives]
+    directions = [o.direction for o in record.objectives]
     on_family_front = [False] * len(scored)
     for family in {t.family for t, _ in scored}:
         members = [k for k, (t, _) in enumerate(scored) if t.family == family]
         for index in pareto.pareto_front([scored[k][1] for k in members], directions):
             on_family_front[members[index]] = True
     return FrontData(
-        values=[v for _, v in scored], names=[o["name"] for o in record.objectives], directions=directions,
+        values=[v for _, v in scored], names=[o.name for o in record.objectives], directions=directions,
         labels=[t.run_name for t, _ in scored], families=[t.family or t.strategy for t, _ in scored],
         on_front=[t.pareto for t, _ in scored], on_family_front=on_family_front,
         hover=[_hover(t, record) for t, _ in scored],
@@ -53,7 +54,7 @@ def front_data(record: SearchRecord) -> Any:
 
 
 def _hover(trial: Any, record: SearchRecord) -> str:
-    values = "<br>".join(f"{o['name']} = {v:.4g}" for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
+    values = "<br>".join(f"{o.name} = {v:.4g}" for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
     knobs = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in trial.params.items() if k.startswith(trial.strategy + "."))
     return f"<b>{trial.run_name}</b><br>{trial.strategy} ({trial.family})<br>{values}" + (f"<br>{knobs}" if knobs else "")
 
@@ -86,17 +87,23 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
         page = plotly_page([front_plotly(data, series, title) for series, title, _ in views], f"Pareto fronts of {record.experiment}")
         client.log_text(run_id, page, "front/front.html")
     if history and record.reference_point is not None:
-        figure = hypervolume_figure(history, record.reference_point, [o["name"] for o in record.objectives])
+        figure = hypervolume_figure(history, record.reference_point, [o.name for o in record.objectives])
         client.log_figure(run_id, figure, "front/hypervolume.png")
         plt.close(figure)
 
 
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
-    """The runs table's columns for a search: strategy, family, pareto, the objectives and per-task val/test, costs."""
+    """The runs table's columns for a search: strategy, family, pareto, the objectives, Δm and worst gain, per-task
+    val/test and gains, costs; with references, the negative-transfer tag."""
+    from .metrics import NEGATIVE_TRANSFER_TAG
+
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
-    metrics = [o["name"] if not o["key"].startswith("val/") else o["key"] for o in record.objectives]
-    metrics += [f"val/{t}" for t in tasks] + [f"test/{t}" for t in tasks] + list(COST_METRICS)
-    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.family", "mtl_search.pareto")]
+    metrics = [o.key for o in record.objectives]
+    if record.references:
+        metrics += [DELTA_M, WORST_GAIN, TEST_DELTA_M] + [GAIN + t for t in tasks]
+    metrics += [VAL + t for t in tasks] + [TEST + t for t in tasks] + list(COST_METRICS)
+    tags = ["mtl_search.strategy", "mtl_search.family", "mtl_search.pareto"] + ([NEGATIVE_TRANSFER_TAG] if record.references else [])
+    columns = [f"tags.`{key}`" for key in tags]
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(metrics)]
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
 

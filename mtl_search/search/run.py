@@ -21,7 +21,9 @@ from ..data.dataset import Dataset
 from ..data.tables import load_table
 from ..errors import MtlSearchError, SpaceError, did_you_mean
 from ..registry import Registry, load_registry
+from ..results.metrics import COST_METRICS, DELTA_M, GAIN, TEST_GAIN, WORST_GAIN, Objective, is_trial_figure
 from ..results.records import (
+    LiveFront,
     SearchRecord,
     TrialRecord,
     format_table,
@@ -44,6 +46,7 @@ from .plan import (
     make_scheduler,
     make_trial_plan,
 )
+from .references import search_references
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
 
@@ -171,8 +174,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     trials = options.trials or space.search.trials
     concurrency = options.concurrency or space.search.concurrency
     experiment = options.experiment or space.experiment
-    objectives = [{"name": o.name, "key": o.key, "direction": o.direction} for o in plan.objectives]
-    reference = [space.search.reference_point[o["name"]] for o in objectives] if space.search.reference_point else None
+    objectives = plan.objectives
+    reference = [space.search.reference_point[o.name] for o in objectives] if space.search.reference_point else None
 
     tracker = Tracker(resolve_tracking_uri(options.tracking_uri or space.tracking_uri), experiment)
     store = state_dir(tracker.uri)
@@ -203,7 +206,9 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C is ours (SearchControl.interrupt): Tune's handler would stop running trials at once.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    trial_plan = make_trial_plan(plan)
+    # single-task references (search/references.py): trained once before the trials, or read back on resume
+    references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
+    trial_plan = make_trial_plan(plan, references)
     ensure_ray(options.address or space.ray.address)
     control = SearchControl(space.search.max_failures, echo)
     control.logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, echo, earlier, control)
@@ -214,8 +219,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     else:
         searcher = _Searcher(
             space=DefineByRun(plan),
-            metric=[o["key"] for o in objectives],
-            mode=[o["direction"] for o in objectives],
+            metric=[o.key for o in objectives],
+            mode=[o.direction for o in objectives],
             sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
             storage=optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}"),
             study_name=Path(tune_path).name,
@@ -254,13 +259,15 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         logger = control.logger
         logger.stop_unfinished()
         logger.close()
-        record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason)
+        record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason, references=references)
         record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
         history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
         tracker.finish_search(record, history, status)
         registry.notify("search_finished", search=record)
     echo("\nPareto front (validation):")
-    columns = ["number", "strategy", *[f"val/{o['name']}" for o in objectives if o["key"].startswith("val/")], *[f"test/{t}" for t in plan.problem.task_names]]
+    columns = ["number", "strategy", *[o.key for o in objectives if o.key.startswith("val/")], *[f"test/{t}" for t in plan.problem.task_names]]
+    if references:
+        columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
     echo(format_table(trial_table(record, only_front=True), columns))
     hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
     counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
@@ -361,7 +368,7 @@ class TrialLogger:
     Tune runs again that already finished (Tune's state lagged behind MLflow) is not logged twice.
     """
 
-    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[dict[str, str]], registry: Registry, total: int,
+    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  echo: Callable[[str], None], earlier: list[TrialRecord], control: SearchControl):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.registry, self.total, self.echo, self.control = registry, total, echo, control
@@ -370,6 +377,7 @@ class TrialLogger:
         self.placed: set[str] = set()
         self.records: list[TrialRecord] = list(earlier)
         self.recorded = {t.number for t in earlier}
+        self.front = LiveFront(objectives, self.records)  # updated one trial at a time
         self.writes = BackgroundWriter(echo)
 
     def close(self) -> None:
@@ -434,17 +442,21 @@ class TrialLogger:
             number=int(config[NUMBER_KEY]), run_id=run_id, strategy=config[STRATEGY_KEY], params=config, status=status,
             val={k[4:]: v for k, v in result.items() if k.startswith("val/")} if finished else {},
             test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if finished else {},
-            metrics={k: v for k, v in result.items() if k in ("params", "latency", "train_seconds") and isinstance(v, (int, float))},
+            metrics={k: v for k, v in result.items() if (k in COST_METRICS or (finished and is_trial_figure(k))) and isinstance(v, (int, float))},
+            gains={k[len(GAIN):]: v for k, v in result.items() if k.startswith(GAIN)} if finished else {},
+            test_gains={k[len(TEST_GAIN):]: v for k, v in result.items() if k.startswith(TEST_GAIN)} if finished else {},
             error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
             family=self._family(config[STRATEGY_KEY]),
             placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
         )
         self.records.append(record)
-        mark_front(self.records, self.objectives)
+        self.front.add(record)
         values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
         line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
         line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
-        self.echo(f"{line} | front size {sum(t.pareto for t in self.records)}")
+        if DELTA_M in record.metrics:
+            line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
+        self.echo(f"{line} | front size {self.front.size}")
         self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
 
 
