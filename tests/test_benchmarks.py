@@ -171,3 +171,16 @@ def test_memory_quick_in_fresh_processes(tmp_path):
     result, _ = _written(tmp_path, "memory")
     assert set(result["results"]) == {"quickstart", "table"}
     assert all(r["driver_mib"] > 0 and r["trial_worker_mib"] > 0 for r in result["results"].values())
+
+
+def test_bookkeeping_quick(tmp_path):
+    from benchmarks.bookkeeping import QUICK, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "bookkeeping")
+    assert [(r["objectives"], r["trials"]) for r in result["rows"]] == [(m, n) for m in QUICK["objectives"] for n in QUICK["trials"]]
+    for row in result["rows"]:
+        assert 1 <= row["front"] <= row["trials"] and row["ms_per_trial"] > 0
+        assert row["history_last"] == pytest.approx(row["hypervolume"])  # the history ends at the search's hypervolume
+    assert [(r["trials"], r["objectives"]) for r in result["old"]] == QUICK["old_cells"]
+    assert "| 30 | 4 |" in table

@@ -109,3 +109,16 @@ def test_a_search_trains_references_once_and_records_gains_in_every_trial(ray_se
     assert main(["report", "--all"]) == 0
     table = capsys.readouterr().out
     assert "delta_m" in table and "worst_gain" in table and "neg_transfer" in table
+
+
+def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_groups():
+    import torch
+    from mtl_search_plugins.synthetic_groups import group_task_weights, synthetic_groups
+
+    w = group_task_weights([0.9, 0.0], 3, 10, 2.0, torch.Generator().manual_seed(0))
+    cosine = (w @ w.T) / 4.0
+    assert cosine[0, 1] == pytest.approx(0.9) and cosine[3, 4] == pytest.approx(0.0, abs=1e-12) and cosine[0, 3] == pytest.approx(0.0, abs=1e-12)
+    data = synthetic_groups([0.9, 0.5, 0.0], 4, 40, 16, 2, 1.0, 0.1, 0, 0.25, 0.25)
+    assert len(data.problem.tasks) == 12 and data.problem.task_names[4] == "g2_t1"
+    with pytest.raises(ValueError, match="input_dim"):
+        synthetic_groups([0.9, 0.5, 0.0], 4, 40, 8, 2, 1.0, 0.1, 0, 0.25, 0.25)

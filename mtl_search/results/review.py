@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from . import pareto
-from .metrics import COST_METRICS, DELTA_M, GAIN, TEST, TEST_DELTA_M, VAL, WORST_GAIN
+from .metrics import COST_METRICS, DELTA_M, TEST, TEST_DELTA_M, VAL, WORST_GAIN
 from .records import SearchRecord, trial_table
 
 # The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
@@ -93,18 +93,21 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
 
 
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
-    """The runs table's columns for a search: strategy, family, pareto, the objectives, Δm and worst gain, per-task
-    val/test and gains, costs; with references, the negative-transfer tag."""
+    """The runs table's columns for a search: strategy, family, pareto, the objectives, per-task val/test, Δm and
+    worst gain (val) and Δm (test), costs; with references, the negative-transfer tag."""
     from .metrics import NEGATIVE_TRANSFER_TAG
 
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
-    metrics = [o.key for o in record.objectives]
+    metrics = [o.key for o in record.objectives] + [VAL + t for t in tasks] + [TEST + t for t in tasks]
     if record.references:
-        metrics += [DELTA_M, WORST_GAIN, TEST_DELTA_M] + [GAIN + t for t in tasks]
-    metrics += [VAL + t for t in tasks] + [TEST + t for t in tasks] + list(COST_METRICS)
-    tags = ["mtl_search.strategy", "mtl_search.family", "mtl_search.pareto"] + ([NEGATIVE_TRANSFER_TAG] if record.references else [])
-    columns = [f"tags.`{key}`" for key in tags]
+        # per-task gains (gain/<task>) are logged too; as default columns they would push the
+        # per-task metrics off-screen (MLflow orders metric columns by name)
+        metrics += [DELTA_M, WORST_GAIN, TEST_DELTA_M]
+    metrics += list(COST_METRICS)
+    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.family", "mtl_search.pareto")]
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(metrics)]
+    if record.references:
+        columns.append(f"tags.`{NEGATIVE_TRANSFER_TAG}`")
     return {"selectedColumns": columns, "orderByKey": "attributes.start_time", "orderByAsc": False}
 
 

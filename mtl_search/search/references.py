@@ -18,10 +18,12 @@ documented yardstick, not the best single-task model the space could give. The g
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 
 from ..data.dataset import Dataset, Split
@@ -152,10 +154,16 @@ def train_references(plan: "Plan", dataset: Dataset, echo: Callable[[str], None]
     settings = reference_settings(plan)
     threads = max(1, int(plan.space.ray.cpus_per_trial))
     out: References = {"val": {}, "test": {}}
-    for task in plan.problem.task_names:
-        result = train_reference(plan, dataset, task, settings, threads)
-        out["val"][task], out["test"][task] = result["val"], result["test"]
-        echo(f"reference {task}: val {result['val']:.4g}, test {result['test']:.4g} ({result['seconds']:.1f}s)")
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:  # seeding for the references must not change the driver's random streams
+        for task in plan.problem.task_names:
+            result = train_reference(plan, dataset, task, settings, threads)
+            out["val"][task], out["test"][task] = result["val"], result["test"]
+            echo(f"reference {task}: val {result['val']:.4g}, test {result['test']:.4g} ({result['seconds']:.1f}s)")
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
     return out
 
 
