@@ -122,3 +122,16 @@ def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_grou
     assert len(data.problem.tasks) == 12 and data.problem.task_names[4] == "g2_t1"
     with pytest.raises(ValueError, match="input_dim"):
         synthetic_groups([0.9, 0.5, 0.0], 4, 40, 8, 2, 1.0, 0.1, 0, 0.25, 0.25)
+
+
+def test_the_search_description_shows_delta_m_and_negative_transfer_on_the_front():
+    from mtl_search.results.records import mark_front
+    from mtl_search.results.tracking import summary_markdown
+
+    trials = [_trial(0, {"a": 1.9, "b": 0.81, "c": 0.71}), _trial(1, {"a": 1.0, "b": 0.79, "c": 0.90})]
+    objectives = [Objective("delta_m", "delta_m", "max"), Objective("worst_gain", "worst_gain", "max")]
+    record = SearchRecord("e", "p", objectives, trials, references=REFERENCES)
+    mark_front(trials, objectives)
+    text = summary_markdown(record)
+    assert "| Δm % | worst gain % | negative transfer |" in text
+    assert f"| trial-001-hard_sharing | hard_sharing | {trials[1].metrics['delta_m']:.4g}" in text and "| yes |" in text

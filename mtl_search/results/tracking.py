@@ -18,12 +18,14 @@ from ..errors import MtlSearchError
 from ..nn.model import SharingMap
 from .metrics import (
     COST_METRICS,
+    DELTA_M,
     GAIN,
     NEGATIVE_TRANSFER_TAG,
     REFERENCE,
     TEST,
     TEST_GAIN,
     VAL,
+    WORST_GAIN,
     Objective,
     is_gain_key,
     is_trial_figure,
@@ -347,11 +349,20 @@ def summary_markdown(record: SearchRecord) -> str:
         bests = [_best(members, obj) for obj in record.objectives]
         cells = [f"{b[0]:.4g} ({b[1].run_name})" if b else "n/a" for b in bests]
         lines.append(f"| {family or '?'} | {len(members)} | {sum(t.pareto for t in members)} | " + " | ".join(cells) + " |")
-    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    gains = bool(record.references)
+    extra = ["Δm %", "worst gain %", "negative transfer"] if gains else []
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names + extra) + " |", "|---|---|" + "---|" * len(names + extra)]
     for t in sorted(record.front, key=lambda t: t.number):
         values = t.objective_values(record.objectives) or []
-        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+        cells = [f"{v:.4g}" for v in values]
+        if gains:
+            cells += [_number(t.metrics.get(DELTA_M)), _number(t.metrics.get(WORST_GAIN)), "yes" if t.negative_transfer else "no"]
+        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:+.2f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 
 
 def _best(trials: list[TrialRecord], objective: Objective) -> tuple[float, TrialRecord] | None:
