@@ -184,3 +184,14 @@ def test_bookkeeping_quick(tmp_path):
         assert row["history_last"] == pytest.approx(row["hypervolume"])  # the history ends at the search's hypervolume
     assert [(r["trials"], r["objectives"]) for r in result["old"]] == QUICK["old_cells"]
     assert "| 30 | 4 |" in table
+
+
+def test_many_tasks_quick(tmp_path, ray_session, workdir):
+    from benchmarks.many_tasks import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "many_tasks")
+    assert result["tasks"] == 6 and result["trials"] == 2 and result["objectives"] == ["delta_m", "worst_gain", "params"]
+    assert result["best"]["delta_m"] == max(t["delta_m"] for t in result["front"])  # the best Δm is never dominated
+    assert math.isfinite(result["full_depth_hard_sharing"]["delta_m"])
+    assert "hard sharing at full depth" in table
