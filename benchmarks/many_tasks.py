@@ -1,7 +1,8 @@
 """The twelve-task space end to end: wall time, and Δm of the best trial against hard sharing at full depth and the references.
 
-Runs ``search_spaces/many_tasks.yaml`` through ``run_search`` (Ray Tune, Optuna, MLflow in
-a scratch store; the single-task references are trained first, as in every search), then
+Runs ``search_spaces/many_tasks.yaml`` through ``run_search`` (Ray Tune on a fresh local
+Ray, whose start counts; Optuna; MLflow in a scratch store; the single-task references are
+trained first, as in every search), then
 trains, in this process, hard sharing at full depth (every block shared) with the
 references' configuration (the space's midpoints, ``baseline:``), and measures its gains
 against the same references. Δm is the mean per-task gain over the references in percent
@@ -57,12 +58,21 @@ def full_depth_hard_sharing(space, references: dict) -> dict:
 def run(quick: bool) -> dict:
     from mtl_search.search.run import RunOptions, run_search
 
+    import ray
+
     space = load(quick)
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as store:
-        start = time.perf_counter()
-        record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{store}/mlflow.db"), echo=lines.append)
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    started = not ray.is_initialized()
+    if started:  # a fresh local instance, never a cluster someone else started on this machine (ray.init's default)
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as store:
+            record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{store}/mlflow.db"), echo=lines.append)
+            wall = time.perf_counter() - start
+    finally:
+        if started:
+            ray.shutdown()
     finished = [t for t in record.trials if t.status == "finished" and math.isfinite(t.metrics.get("delta_m", math.nan))]
     best = max(finished, key=lambda t: t.metrics["delta_m"])
     hard = full_depth_hard_sharing(space, record.references)

@@ -195,3 +195,15 @@ def test_many_tasks_quick(tmp_path, ray_session, workdir):
     assert result["best"]["delta_m"] == max(t["delta_m"] for t in result["front"])  # the best Δm is never dominated
     assert math.isfinite(result["full_depth_hard_sharing"]["delta_m"])
     assert "hard sharing at full depth" in table
+
+
+@pytest.mark.slow
+def test_startup_quick_in_a_fresh_process(tmp_path):
+    from benchmarks.startup import PHASES, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "startup")
+    phases = result["run"]["phases"]
+    assert list(phases) == [key for key, _ in PHASES] and all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(result["run"]["to_training_s"])
+    assert "command to first trial training" in table
