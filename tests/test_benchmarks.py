@@ -203,7 +203,7 @@ def test_startup_quick_in_a_fresh_process(tmp_path):
 
     main(["--quick", "--out", str(tmp_path)])
     result, table = _written(tmp_path, "startup")
-    phases = result["run"]["phases"]
-    assert list(phases) == [key for key, _ in PHASES] and all(v >= 0 for v in phases.values())
-    assert sum(phases.values()) == pytest.approx(result["run"]["to_training_s"])
+    for run in (result["fresh_store"], result["existing_store"]):
+        assert list(run["phases"]) == [key for key, _ in PHASES] and all(v >= 0 for v in run["phases"].values())
+        assert sum(run["phases"].values()) == pytest.approx(run["to_training_s"])
     assert "command to first trial training" in table
