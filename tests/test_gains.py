@@ -135,3 +135,30 @@ def test_the_search_description_shows_delta_m_and_negative_transfer_on_the_front
     text = summary_markdown(record)
     assert "| Δm % | worst gain % | negative transfer |" in text
     assert f"| trial-001-hard_sharing | hard_sharing | {trials[1].metrics['delta_m']:.4g}" in text and "| yes |" in text
+
+
+def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_path):
+    from conftest import tiny_space
+
+    from mtl_search.results.metrics import Objective as Obj
+    from mtl_search.results.tracking import Tracker
+    from mtl_search.search.references import midpoint, reference_settings, search_references
+    from mtl_search.search.run import prepare
+    from mtl_search.search.space import load_space
+    from mtl_search.knobs import Choice, Float, Int
+
+    assert midpoint(Int(16, 256, log=True)) == 64 and midpoint(Float(0.0, 0.5)) == 0.25 and midpoint(Choice(32, 8, 64)) == 32
+    assert midpoint(Choice("relu", "gelu")) == "relu"
+    space = load_space(tiny_space(tmp_path, strategies="  hard_sharing: {}", extra="baseline: {training: {lr: 0.01}}\n"))
+    plan, dataset, _ = prepare(space)
+    settings = reference_settings(plan)
+    assert settings.training["lr"] == 0.01 and settings.backbone["width"] == 16  # given, and the space's constant
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "refs")
+    run_id = tracker.start_search("s", [Obj("delta_m", "delta_m", "max")], {}, "")
+    lines: list[str] = []
+    trained = search_references(plan, dataset, tracker, run_id, resume=False, echo=lines.append)
+    assert set(trained["val"]) == {"y1", "y2"} and len(lines) == 2
+    assert tracker.load_references(run_id) == trained
+    lines.clear()
+    assert search_references(plan, dataset, tracker, run_id, resume=True, echo=lines.append) == trained
+    assert lines == []  # read back, not trained again
