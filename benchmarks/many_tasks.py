@@ -56,9 +56,9 @@ def full_depth_hard_sharing(space, references: dict) -> dict:
 
 
 def run(quick: bool) -> dict:
-    from mtl_search.search.run import RunOptions, run_search
-
     import ray
+
+    from mtl_search.search.run import RunOptions, run_search
 
     space = load(quick)
     lines: list[str] = []

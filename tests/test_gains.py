@@ -9,7 +9,12 @@ import yaml
 from mtl_search.data.problem import Problem, Task
 from mtl_search.results import metrics
 from mtl_search.results.metrics import Objective, gain_metrics, relative_gain
-from mtl_search.results.records import SearchRecord, TrialRecord, format_table, trial_table
+from mtl_search.results.records import (
+    SearchRecord,
+    TrialRecord,
+    format_table,
+    trial_table,
+)
 from mtl_search.search.space import parse_space, resolve_objectives
 
 # a: mse (lower is better), b: accuracy (higher is better), c: auc (higher is better)
@@ -140,12 +145,16 @@ def test_the_search_description_shows_delta_m_and_negative_transfer_on_the_front
 def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_path):
     from conftest import tiny_space
 
+    from mtl_search.knobs import Choice, Float, Int
     from mtl_search.results.metrics import Objective as Obj
     from mtl_search.results.tracking import Tracker
-    from mtl_search.search.references import midpoint, reference_settings, search_references
+    from mtl_search.search.references import (
+        midpoint,
+        reference_settings,
+        search_references,
+    )
     from mtl_search.search.run import prepare
     from mtl_search.search.space import load_space
-    from mtl_search.knobs import Choice, Float, Int
 
     assert midpoint(Int(16, 256, log=True)) == 64 and midpoint(Float(0.0, 0.5)) == 0.25 and midpoint(Choice(32, 8, 64)) == 32
     assert midpoint(Choice("relu", "gelu")) == "relu"

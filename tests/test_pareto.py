@@ -4,12 +4,17 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pareto_oracle as oracle
 import pytest
 
-import pareto_oracle as oracle
 from mtl_search.results import pareto
 from mtl_search.results.metrics import Objective
-from mtl_search.results.records import LiveFront, TrialRecord, hypervolume_history, mark_front
+from mtl_search.results.records import (
+    LiveFront,
+    TrialRecord,
+    hypervolume_history,
+    mark_front,
+)
 
 
 def test_front_with_mixed_directions():

@@ -6,7 +6,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import pareto
-from .metrics import COST_METRICS, DELTA_M, GAIN, GROUP, TEST, TEST_GAIN, VAL, WORST_GAIN, Objective, negative_transfer
+from .metrics import (
+    COST_METRICS,
+    DELTA_M,
+    GAIN,
+    GROUP,
+    TEST,
+    TEST_GAIN,
+    VAL,
+    WORST_GAIN,
+    Objective,
+    negative_transfer,
+)
+
 
 def trial_run_name(number: int, strategy: str) -> str:
     """The name of a trial's MLflow run, e.g. ``trial-007-mmoe``."""
