@@ -27,6 +27,7 @@ from .nn.layers import (
     mlp_layer,
 )
 from .nn.model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .results.metrics import Objective
 from .results.records import SearchRecord, TrialRecord
 from .results.saved_models import load_model, predict
 from .strategy import Strategy
@@ -39,7 +40,7 @@ __all__ = [
     "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "count_parameters",
     "Dataset", "Default", "Evaluation", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
     "Knob", "knob_bounds", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError",
-    "MultiTaskModel", "NumericFeature", "PluginError", "predict", "Problem", "ResidualBlock", "ResidualConvBlock",
+    "MultiTaskModel", "NumericFeature", "Objective", "PluginError", "predict", "Problem", "ResidualBlock", "ResidualConvBlock",
     "ResidualMLPBlock", "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear",
     "StackedMLP", "Strategy", "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord",
     "Weighting",
