@@ -1,7 +1,7 @@
 """What the benchmark harnesses share: timing by median of repeats, the machine line, writing results.
 
 Each harness is ``python -m benchmarks.NAME [--quick] [--out DIR]`` and writes ``NAME.md``
-(the table README quotes) and ``NAME.json`` (every figure) to DIR, by default
+(the table benchmarks/README.md quotes) and ``NAME.json`` (every figure) to DIR, by default
 ``benchmarks/results``.
 """
 from __future__ import annotations

@@ -85,7 +85,7 @@ def measure(case: str, argument: str, quick: bool) -> dict[str, float]:
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
         space = quickstart_space(tmp, int(argument), quick) if case == "quickstart" else table_space(tmp, Path(argument))
-        record = run_search(space, RunOptions(), echo=lambda line: None)
+        record = run_search(space, RunOptions())
     done.set()
     sampler.join()
     failed = [t.error for t in record.trials if t.status != "finished"]

@@ -1,6 +1,6 @@
 """MMoE (Ma et al., KDD 2018) synthetic study: shared-bottom, OMoE and MMoE at task correlations 0.5, 0.9 and 1.0.
 
-The paper's sizes (METHODS.md section 7): d = 100; OMoE and MMoE with 8 experts of one
+The paper's sizes (docs/methods.md, "MMoE and OMoE"): d = 100; OMoE and MMoE with 8 experts of one
 layer of 16 units and towers of 8 units; the shared-bottom baseline is hard sharing with
 one shared layer of 113 units and towers of 8. Each (model, correlation) is trained
 ``--runs`` times, each run on a fresh draw of the data (its own seed) with a fresh
@@ -53,7 +53,7 @@ def _is_output_layer(name: str, net: Any) -> bool:
 
 
 def findings(summary: dict[str, dict[float, dict[str, float]]]) -> list[dict[str, Any]]:
-    """The paper's qualitative findings (METHODS.md section 7), each checked on the means and spreads."""
+    """The paper's qualitative findings (docs/methods.md, "The MMoE synthetic benchmark"), each checked on the means and spreads."""
     sb, omoe, mmoe = (summary[m.label] for m in MODELS)
     low, high = CORRELATIONS[0], CORRELATIONS[-1]
 

@@ -11,6 +11,11 @@ generic step). Median of repeats of the process's CPU time per step (one torch t
 other jobs on a shared machine do not inflate it); the ratio column is each strategy's
 throughput over hard sharing's at the same size, measured in the same run.
 
+A second table measures image models on the ``conv`` backbone (channels ``[c, 2c]``,
+``c = width / 4``; 3 x 16 x 16 inputs): hard sharing, cross-stitch and MTAN beside the
+mixtures of experts with MLP experts over the pixels (``experts_on: input``) and with
+experts that are copies of the backbone (``experts_on: backbone``, one vmapped call).
+
     python -m benchmarks.model_throughput [--quick]
 """
 from __future__ import annotations
@@ -54,14 +59,30 @@ def _knob_value(name: str, knob: Any, backbone_params: dict[str, Any], size: dic
     return value
 
 
-def step_seconds(strategy: Any, kind: Any, size: dict[str, int], repeats: int) -> tuple[float, int]:
-    """Median seconds of one training step and the model's parameter count."""
+# image rows: (strategy, knob overrides); the experts_on pairs show what building experts from the backbone costs
+IMAGE_ROWS = [("hard_sharing", {}), ("cross_stitch", {}), ("mtan", {}),
+              ("mmoe", {"experts_on": "input"}), ("mmoe", {"experts_on": "backbone"}),
+              ("cgc", {"experts_on": "input"}), ("cgc", {"experts_on": "backbone"})]
+
+
+def _conv_params(kind: Any, size: dict[str, int]) -> dict[str, Any]:
+    """The conv kind's knobs at their small values with channels [c, 2c], c = width / 4."""
+    params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    channels = max(4, size["width"] // 4)
+    params["channels"] = [channels, 2 * channels]
+    return params
+
+
+def step_seconds(strategy: Any, kind: Any, size: dict[str, int], repeats: int,
+                 overrides: dict[str, Any] | None = None) -> tuple[float, int]:
+    """Median seconds of one training step and the model's parameter count (``overrides``: knob values to use)."""
     seed_everything(0)
     input_shape = (MLP_INPUT,) if "channels" not in kind.knobs else IMAGE_INPUT
-    backbone_params = _backbone_params(kind, size)
+    backbone_params = _backbone_params(kind, size) if kind.name != "conv" else _conv_params(kind, size)
     backbone = kind.build(input_shape, **backbone_params)
     problem = contract_problem(input_shape)
-    params = {name: _knob_value(name, knob, backbone_params, size) for name, knob in strategy.knobs.items()}
+    context = {**backbone_params, "depth": backbone.depth}  # a knob bound may name the depth (conv derives it from channels)
+    params = {name: _knob_value(name, knob, context, size) for name, knob in strategy.knobs.items()} | (overrides or {})
     model = strategy.build(problem, backbone, params)
     batch = size["batch"]
     data = Split(torch.randn(batch, *input_shape), {"reg": torch.randn(batch), "bin": (torch.rand(batch) > 0.5).float(),
@@ -97,7 +118,22 @@ def run(quick: bool) -> dict:
     for row in rows:
         for size_name in sizes:
             row[size_name]["vs_baseline"] = row[size_name]["samples_per_s"] / baseline[size_name]["samples_per_s"]
-    return {"machine": machine(), "sizes": sizes, "repeats": repeats, "baseline": baseline["strategy"], "rows": rows}
+    conv = registry.backbones["conv"]
+    image_rows = []
+    for name, overrides in IMAGE_ROWS:
+        if name not in registry.strategies:
+            continue
+        label = name + "".join(f" ({k} {v})" for k, v in overrides.items())
+        row = {"strategy": label, "family": registry.strategies[name].family, "backbone": "conv"}
+        for size_name, size in sizes.items():
+            seconds, n_params = step_seconds(registry.strategies[name], conv, size, repeats, overrides)
+            row[size_name] = {"samples_per_s": size["batch"] / seconds, "params": n_params}
+        image_rows.append(row)
+    for row in image_rows:
+        for size_name in sizes:
+            row[size_name]["vs_baseline"] = row[size_name]["samples_per_s"] / image_rows[0][size_name]["samples_per_s"]
+    return {"machine": machine(), "sizes": sizes, "repeats": repeats, "baseline": baseline["strategy"], "rows": rows,
+            "image_rows": image_rows}
 
 
 def markdown(result: dict) -> str:
@@ -110,6 +146,14 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         cells = " | ".join(f"{r[n]['samples_per_s']:,.0f} | {r[n]['params']:,} | {r[n]['vs_baseline']:.2f}" for n in sizes)
         lines.append(f"| {r['strategy']} | {r['family']} | {r['backbone']} | {cells} |")
+    if result.get("image_rows"):
+        lines += ["", f"Images ({IMAGE_INPUT[0]} x {IMAGE_INPUT[1]} x {IMAGE_INPUT[2]}) on the conv backbone, channels [c, 2c] with c = width / 4; "
+                  "ratios against hard sharing on the same backbone.", "",
+                  "| strategy | family | backbone | " + " | ".join(f"{n} samples/s | {n} params | {n} vs hard_sharing" for n in sizes) + " |",
+                  "| --- | --- | --- | " + " | ".join("---: | ---: | ---:" for _ in sizes) + " |"]
+        for r in result["image_rows"]:
+            cells = " | ".join(f"{r[n]['samples_per_s']:,.0f} | {r[n]['params']:,} | {r[n]['vs_baseline']:.2f}" for n in sizes)
+            lines.append(f"| {r['strategy']} | {r['family']} | {r['backbone']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

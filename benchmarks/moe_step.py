@@ -34,13 +34,12 @@ from mtl_search_plugins.mixture_of_experts import (
     DSelectK,
     MMoE,
     OMoE,
-    RoutedExperts,
     Switch,
     TopKMoE,
 )
 from torch import nn
 
-from mtl_search import Problem, StackedMLP, Task
+from mtl_search import Problem, RoutedExperts, StackedMLP, Task
 from mtl_search.nn.backbones import build_mlp
 
 PROBLEM = Problem((1,), (Task("y1", "regression"), Task("y2", "regression")))

@@ -91,7 +91,7 @@ def search_wall(space: Any) -> dict[str, Any]:
         if line.startswith("["):  # "[k/N] trial ...: finished"
             finished.append(time.perf_counter() - start)
 
-    record = run_search(space, RunOptions(), echo=echo)
+    record = run_search(space, RunOptions(), progress=echo)
     wall = time.perf_counter() - start
     failed = [t.error for t in record.trials if t.status != "finished"]
     if failed:

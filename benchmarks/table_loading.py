@@ -117,7 +117,7 @@ def measure_search(path: Path, fmt: str) -> dict[str, float]:
             "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
         })
         start = time.perf_counter()
-        record = run_search(space, RunOptions(), echo=lambda line: None)
+        record = run_search(space, RunOptions())
         wall = time.perf_counter() - start
     done.set()
     sampler.join()

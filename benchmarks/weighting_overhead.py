@@ -6,7 +6,7 @@ data set; one step = task losses, ``Weighting.backward``, the optimiser step and
 drifts in machine load hit all of them alike); each method's time is the median over
 rounds, reported as a ratio to ``equal``'s median in the same run.
 
-    python -m benchmarks.weighting_overhead            # the README table
+    python -m benchmarks.weighting_overhead            # the table in benchmarks/README.md
     python -m benchmarks.weighting_overhead --quick    # a smoke run (used by the tests)
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run(settings: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """The README table."""
+    """The table benchmarks/README.md quotes."""
     s = result["settings"]
     lines = [
         f"Hard sharing, {s['tasks']} tasks, trunk of {s['depth']} x {s['width']} ({result['shared_parameters']} shared parameters), "

@@ -13,6 +13,7 @@ from .errors import MtlSearchError, PluginError, SpaceError
 from .hookspecs import hookimpl
 from .knobs import Choice, Default, Fixed, Float, Int, IntList, Knob, knob_bounds
 from .nn.backbones import Backbone, BackboneKind
+from .nn.experts import BackboneExperts, RoutedExperts, expert_slots
 from .nn.layers import (
     ACTIVATIONS,
     ResidualBlock,
@@ -26,7 +27,13 @@ from .nn.layers import (
     make_tower,
     mlp_layer,
 )
-from .nn.model import MultiTaskModel, SharingMap, count_parameters, task_losses
+from .nn.model import (
+    MultiTaskModel,
+    SharingMap,
+    copy_state,
+    count_parameters,
+    task_losses,
+)
 from .results.metrics import Objective
 from .results.records import SearchRecord, TrialRecord
 from .results.saved_models import load_model, predict
@@ -37,11 +44,11 @@ from .training.weighting import Weighting
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Backbone", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "count_parameters",
-    "Dataset", "Default", "Evaluation", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
+    "ACTIVATIONS", "Backbone", "BackboneExperts", "BackboneKind", "CategoricalFeature", "Choice", "conv_layer", "copy_state", "count_parameters",
+    "Dataset", "Default", "Evaluation", "expert_slots", "Fixed", "Float", "forward_with_intermediate", "hookimpl", "Int", "IntList",
     "Knob", "knob_bounds", "load_model", "make_dataset", "make_norm", "make_tower", "mlp_layer", "MtlSearchError",
     "MultiTaskModel", "NumericFeature", "Objective", "PluginError", "predict", "Problem", "ResidualBlock", "ResidualConvBlock",
-    "ResidualMLPBlock", "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear",
+    "ResidualMLPBlock", "RoutedExperts", "SearchRecord", "SharingMap", "SpaceError", "Split", "split_rows", "StackedLinear",
     "StackedMLP", "Strategy", "TableFeatures", "Task", "task_losses", "TrainConfig", "Trainer", "TrialRecord",
     "Weighting",
 ]

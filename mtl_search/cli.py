@@ -80,11 +80,14 @@ def _positive(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .results.records import front_summary
     from .search.run import RunOptions, run_search
     from .search.space import load_space
 
     space = load_space(args.space)
-    record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume))
+    record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume),
+                        progress=print)
+    print(front_summary(record))
     return EXIT_ABORTED if record.aborted else 0
 
 

@@ -1,4 +1,4 @@
-"""AdaShare: learned per-task select-or-skip policies over shared residual blocks (Sun et al., NeurIPS 2020; METHODS.md section 11).
+"""AdaShare: learned per-task select-or-skip policies over shared residual blocks (Sun et al., NeurIPS 2020; docs/methods.md, "AdaShare").
 
 Every task runs the same stem and the same L shape-preserving blocks, but decides per block
 whether to execute it or skip it; tasks that execute a block share it. During the search
@@ -35,6 +35,7 @@ from mtl_search import (
     SharingMap,
     Strategy,
     Trainer,
+    copy_state,
     count_parameters,
     hookimpl,
     make_tower,
@@ -43,6 +44,7 @@ from mtl_search import (
 EXECUTE, SKIP = 0, 1  # columns of the policy logits
 POLICY_STATE = ("policy_logits", "decisions", "decided")  # state entries that are the policy, not the weights
 LOSS_FORMS = ("paper", "official")
+OFFICIAL_POLICY_WEIGHT_DECAY = 5e-4  # the official code's Adam on the policy logits
 
 
 @dataclass
@@ -175,25 +177,34 @@ class AdaShareModel(MultiTaskModel):
         return self.sparsity_weight * self.sparsity_loss() + self.sharing_weight * self.sharing_loss()
 
     def sparsity_loss(self) -> torch.Tensor:
-        """Paper: sum log a_{t,l}; official: sum -log(1 - a_{t,l}) (bounded below by 0); a = P(execute), learnable blocks only."""
+        """Over the learnable (unlocked) blocks, a = P(execute).
+
+        Paper: sum_t sum_l log a_{t,l}. Official code (``get_sparsity_loss2``): per task the
+        cross-entropy of the logits toward "skip", -log(1 - a), averaged over the unlocked
+        blocks, summed over the tasks (bounded below by 0).
+        """
         a = self.execute_probability()[:, self.locked :]
-        return torch.log(a).sum() if self.loss_form == "paper" else -torch.log1p(-a).sum()
+        if self.loss_form == "paper":
+            return torch.log(a).sum()
+        return -torch.log1p(-a).mean(dim=1).sum()
 
     def sharing_loss(self) -> torch.Tensor:
-        """Pairwise task distance per block, weighted by depth, over the learnable blocks.
+        """Pairwise task distance per block, weighted by depth.
 
         Paper: sum_{t1<t2} sum_l (L - l)/L |a_{t1,l} - a_{t2,l}| with l = 1..L (bottom blocks
-        weigh most). Official: |logits_{t1,l} - logits_{t2,l}| (both columns) weighted (l+1)/L, l = 0..L-1.
+        weigh most), over the learnable blocks. Official code (``get_hamming_loss``):
+        sum_{t1<t2} sum_l (l+1)/L |logits_{t1,l,0} - logits_{t2,l,0}| with l = 0..L-1: the
+        execute logit (column 0) only, over all L blocks whether unlocked or not.
         """
-        blocks = torch.arange(self.locked, self.depth, device=self.policy_logits.device, dtype=self.policy_logits.dtype)
         if self.loss_form == "paper":
+            blocks = torch.arange(self.locked, self.depth, device=self.policy_logits.device, dtype=self.policy_logits.dtype)
             values, weight = self.execute_probability()[:, self.locked :], (self.depth - (blocks + 1)) / self.depth
         else:
-            values, weight = self.policy_logits[:, self.locked :], (blocks + 1) / self.depth
+            blocks = torch.arange(self.depth, device=self.policy_logits.device, dtype=self.policy_logits.dtype)
+            values, weight = self.policy_logits[..., EXECUTE], (blocks + 1) / self.depth
         total = self.policy_logits.new_zeros(())
         for first, second in itertools.combinations(range(len(self.tasks)), 2):
-            distance = (values[first] - values[second]).abs()
-            total = total + (weight * distance.reshape(len(blocks), -1).sum(-1)).sum()
+            total = total + (weight * (values[first] - values[second]).abs()).sum()
         return total
 
     # --- parameters and reports -------------------------------------------------------------
@@ -202,7 +213,14 @@ class AdaShareModel(MultiTaskModel):
         return [{"params": [p for name, p in self.named_parameters() if name != "policy_logits"], "lr": lr}]
 
     def policy_param_groups(self) -> list[dict[str, Any]]:
-        """The policy logits, with the schedule's learning rate and no weight decay (Adam, as in the paper)."""
+        """The policy logits at the schedule's learning rate, by Adam (as in the paper and the official code).
+
+        ``loss_form: official`` adds the official code's L2 weight decay 5e-4 (Adam's, added to
+        the gradient; not AdamW's decoupled decay); ``paper``: none.
+        """
+        if self.loss_form == "official":
+            return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": OFFICIAL_POLICY_WEIGHT_DECAY,
+                     "optimizer": "adam"}]
         return [{"params": [self.policy_logits], "lr": self.schedule.policy_lr, "weight_decay": 0.0}]
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -210,7 +228,7 @@ class AdaShareModel(MultiTaskModel):
 
     def weight_state(self) -> dict[str, torch.Tensor]:
         """A copy of the weights without the policy."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k not in POLICY_STATE}
+        return {k: v for k, v in copy_state(self).items() if k not in POLICY_STATE}
 
     def load_weight_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights saved by ``weight_state``, keeping the current policy."""

@@ -1,4 +1,4 @@
-"""MTAN: task-specific attention over a shared network (Liu, Johns, Davison, CVPR 2019; METHODS.md section 3).
+"""MTAN: task-specific attention over a shared network (Liu, Johns, Davison, CVPR 2019; docs/methods.md, "MTAN").
 
 A shared backbone runs once. For each task t and block j an attention module
 g_{t,j} (conv1x1 -> BN -> ReLU -> conv1x1 -> BN -> sigmoid; Linear layers on MLP blocks)

@@ -1,6 +1,6 @@
 """Data sets offered by the project, generated on the spot (no download).
 
-``synthetic_correlated``: the MMoE paper's synthetic benchmark (METHODS.md section 7) with
+``synthetic_correlated``: the MMoE paper's synthetic benchmark (docs/methods.md, "The MMoE synthetic benchmark") with
 controllable task correlation.
 ``multi_digits``: the MultiMNIST construction (two digits side by side or overlapped, each
 randomly shifted) on scikit-learn's bundled 8x8 digits.

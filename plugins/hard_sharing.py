@@ -1,7 +1,7 @@
 """Hard parameter sharing (shared bottom): the first ``shared_depth`` blocks are shared, the rest are per task.
 
 ``shared_depth = 0`` is independent single-task networks; ``shared_depth = L`` is a fully
-shared trunk with only the towers private (METHODS.md section 1).
+shared trunk with only the towers private (docs/methods.md, "Hard parameter sharing").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mixture-of-experts sharing, the whole family (METHODS.md sections 6-10).
+"""Mixture-of-experts sharing, the whole family (docs/methods.md, "Sparsely-gated mixture of experts" to "DSelect-k").
 
 - ``omoe``, ``mmoe`` (Ma et al., KDD 2018): n experts shared by all tasks, one softmax gate
   per task (MMoE) or one for all (OMoE), a tower per task.
@@ -15,11 +15,24 @@
 
 Dense experts run as one batched contraction over stacked weights (``StackedMLP``). Sparse
 routing computes only the routed rows: they are dispatched into an (experts, slots, features)
-buffer and run as one batched matmul. The experts read the backbone's input layer (flat: a table's
-encoded columns, an image's pixels) and replace the backbone's blocks (so they also run on image backbones, as MLP experts over the pixels;
-Switch needs an mlp kind for its width); their activation follows the backbone's. Auxiliary losses reach the
-trainer through ``regularization()``; routing statistics (load per expert, dropped fraction,
-over the last training epoch) through ``trial_metrics()``.
+buffer and run as one batched matmul. By default (``experts_on: input``) the experts are MLPs
+that read the backbone's input layer (flat: a table's encoded
+columns, an image's pixels) and replace the backbone's blocks (so they also run on image
+backbones, as MLP experts over the pixels; Switch needs an mlp kind for its width); their
+activation follows the backbone's. With ``experts_on: backbone`` (mmoe, omoe, dselect_k, cgc,
+ple) every expert is a copy of the backbone recipe -- stem, blocks and features, e.g. a small
+CNN on images, as in the vision setups of the MMoE/PLE literature and LibMTL -- and the
+copies run as one ``torch.func.vmap`` over their stacked weights (``BackboneExperts``); the
+gates still read the flattened input (MMoE's g(x) = softmax(W x)), and for PLE only the first
+level's experts are backbones (later levels are MLP experts over their outputs). The sparse
+routers (topk_moe, switch) keep MLP experts: their experts compute only routed rows.
+Auxiliary losses reach the trainer through ``regularization()``; routing statistics (load per
+expert, dropped fraction, over the last training epoch) through ``trial_metrics()``.
+
+GradNorm's W (``last_shared_weights``) is the last weight matrix of the experts, stacked over
+them (docs/methods.md, "Loss weighting"): for mmoe/omoe/dselect_k the experts', for cgc/ple the last
+level's shared experts', for topk_moe/switch the last sparse layer's experts' (for Switch the
+FFN's output matrix; the router is not a layer of the network's features).
 """
 from __future__ import annotations
 
@@ -33,17 +46,21 @@ from torch import nn
 from mtl_search import (
     ACTIVATIONS,
     Backbone,
+    BackboneExperts,
     Choice,
+    Default,
     Float,
     Int,
     Knob,
     MultiTaskModel,
     Problem,
+    RoutedExperts,
     SharingMap,
     SpaceError,
     StackedLinear,
     StackedMLP,
     Strategy,
+    expert_slots,
     hookimpl,
     knob_bounds,
     make_tower,
@@ -92,6 +109,25 @@ class MixtureModel(MultiTaskModel):
         return self._auxiliary if self._auxiliary is not None else torch.zeros((), device=self._device())
 
 
+EXPERTS_ON = ("input", "backbone")
+
+
+def make_experts(n: int, in_features: int, widths: list[int], activation: str, backbone: Backbone | None, experts_on: str) -> nn.Module:
+    """``n`` dense experts: MLPs over the flat input (``input``) or copies of the backbone (``backbone``)."""
+    if experts_on == "input":
+        return StackedMLP(n, in_features, widths, activation)
+    if experts_on == "backbone":
+        if backbone is None:
+            raise ValueError("experts_on: backbone needs the backbone to copy")
+        return BackboneExperts(n, backbone)
+    raise ValueError(f"experts_on must be one of {', '.join(EXPERTS_ON)}, got {experts_on!r}")
+
+
+def last_expert_weight(experts: nn.Module) -> nn.Parameter:
+    """The experts' last weight matrix, stacked over the experts (GradNorm's W)."""
+    return experts.last_weight() if isinstance(experts, BackboneExperts) else experts.layers[-1].weight
+
+
 # ---------------------------------------------------------------------------------------------
 # MMoE, OMoE, DSelect-k: dense experts under one gate per task (or one gate for all)
 
@@ -115,7 +151,7 @@ def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 class DSelectKGate(nn.Module):
-    """DSelect-k (METHODS.md section 10): k single-expert selectors on m = ceil(log2 n) smooth-step bits per gate.
+    """DSelect-k (docs/methods.md, "DSelect-k"): k single-expert selectors on m = ceil(log2 n) smooth-step bits per gate.
 
     Selector l scores expert i by prod_j (S(z_lj) if bit j of i is 1 else 1 - S(z_lj)); the gate is
     q = sum_l softmax(w)_l r(z_l). ``per_example=False``: z, w are free parameters per gate;
@@ -126,7 +162,8 @@ class DSelectKGate(nn.Module):
     averaged over rows, so ``entropy`` does not scale with the batch size). When n is not a power
     of two, codes n..2^m-1 select no expert and r sums to less than one; as the official code
     does, a penalty sum_l (1 / sum_i r_li - 1) (zero once r sums to one) keeps the selectors on
-    reachable experts.
+    reachable experts. A selector saturated on such a code (sum r = 0, zero gradient) would
+    make it infinite: its sum is clamped at 1e-6 (a guard of ours, not in the official code).
     """
 
     def __init__(self, in_features: int, gates: int, experts: int, selectors: int, per_example: bool, gamma: float,
@@ -163,7 +200,9 @@ class DSelectKGate(nn.Module):
         q = torch.einsum("bgs,bgse->bge", weights, r).expand(x.shape[0], -1, -1)
         per_row = self.entropy * -(r * torch.log(r + EPSILON)).sum((1, 2, 3))
         if self.experts != 2**self.bits:
-            per_row = per_row + (1 / r.sum(-1) - 1).sum((1, 2))
+            # a selector saturated on a code that names no expert has sum r = 0 (and no gradient: every
+            # smooth step is flat there); the clamp keeps its penalty finite (at most 1 / EPSILON - 1)
+            per_row = per_row + (1 / r.sum(-1).clamp_min(EPSILON) - 1).sum((1, 2))
         return q, per_row.mean()
 
 
@@ -171,11 +210,13 @@ class MixtureOfExpertsModel(MixtureModel):
     """f^t(x) = sum_i g^t(x)_i f_i(x); y_t = h_t(f^t(x)). The gate is softmax (MMoE/OMoE) or DSelect-k."""
 
     def __init__(self, problem: Problem, backbone: Backbone, experts: int, expert_width: int, expert_depth: int,
-                 tower_width: int, gate: nn.Module):
-        super().__init__(problem, backbone, expert_width, tower_width)
+                 tower_width: int, gate: nn.Module, experts_on: str = "input"):
+        width = backbone.out_features if experts_on == "backbone" else expert_width
+        super().__init__(problem, backbone, width, tower_width)
         in_features = backbone.input_features
         self.n_experts = experts
-        self.experts = StackedMLP(experts, in_features, [expert_width] * expert_depth, backbone.params.get("activation", "relu"))
+        self.experts = make_experts(experts, in_features, [expert_width] * expert_depth, backbone.params.get("activation", "relu"),
+                                    backbone, experts_on)
         self.gate = gate
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +230,10 @@ class MixtureOfExpertsModel(MixtureModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         shared_gate = self.gate.gates == 1 and len(self.tasks) > 1
         return list(self.experts.parameters()) + (list(self.gate.parameters()) if shared_gate else [])
+
+    def last_shared_weights(self) -> list[nn.Parameter]:
+        """GradNorm's W: the experts' last weight matrix (stacked over the experts), not the gate."""
+        return [last_expert_weight(self.experts)]
 
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         mean = self.gate_weights(x).mean(dim=0)  # (gates, experts)
@@ -208,7 +253,7 @@ class LevelGates:
 
 
 class ExtractionLevel(nn.Module):
-    """One CGC / PLE extraction level (METHODS.md section 8).
+    """One CGC / PLE extraction level (docs/methods.md, "CGC and PLE").
 
     Task t's ``experts_per_task`` private experts and its gate read task t's input; the shared
     experts (and the shared gate, on every level but the last) read the shared input. Task t's
@@ -218,11 +263,13 @@ class ExtractionLevel(nn.Module):
     """
 
     def __init__(self, tasks: int, in_features: int, experts_per_task: int, shared_experts: int, widths: list[int],
-                 activation: str, shared_gate: bool):
+                 activation: str, shared_gate: bool, backbone: Backbone | None = None):
+        """``backbone``: the experts are copies of it (``BackboneExperts``, first level only) instead of MLPs of ``widths``."""
         super().__init__()
         self.n_tasks, self.per_task, self.n_shared = tasks, experts_per_task, shared_experts
-        self.private = StackedMLP(tasks * experts_per_task, in_features, widths, activation)
-        self.shared = StackedMLP(shared_experts, in_features, widths, activation)
+        on = "input" if backbone is None else "backbone"
+        self.private = make_experts(tasks * experts_per_task, in_features, widths, activation, backbone, on)
+        self.shared = make_experts(shared_experts, in_features, widths, activation, backbone, on)
         self.task_gates = StackedLinear(tasks, in_features, experts_per_task + shared_experts, bias=False)
         self.shared_gate = nn.Linear(in_features, tasks * experts_per_task + shared_experts, bias=False) if shared_gate else None
 
@@ -250,13 +297,19 @@ class ProgressiveLayeredExtractionModel(MixtureModel):
     """PLE: ``levels`` extraction levels (1 = CGC); towers on the last level's task outputs."""
 
     def __init__(self, problem: Problem, backbone: Backbone, levels: int, shared_experts: int, experts_per_task: int,
-                 expert_width: int, expert_depth: int, tower_width: int):
-        super().__init__(problem, backbone, expert_width, tower_width)
+                 expert_width: int, expert_depth: int, tower_width: int, experts_on: str = "input"):
+        """``experts_on: backbone``: the first level's experts are copies of the backbone; later levels are MLP experts
+        of ``expert_width`` over the previous level's outputs."""
+        if experts_on not in EXPERTS_ON:
+            raise ValueError(f"experts_on must be one of {', '.join(EXPERTS_ON)}, got {experts_on!r}")
+        first = backbone.out_features if experts_on == "backbone" else expert_width
+        super().__init__(problem, backbone, first if levels == 1 else expert_width, tower_width)
         activation = backbone.params.get("activation", "relu")
         widths = [expert_width] * expert_depth
-        ins = [backbone.input_features] + [expert_width] * (levels - 1)
+        ins = [backbone.input_features, first] + [expert_width] * (levels - 2)
         self.levels = nn.ModuleList(
-            ExtractionLevel(len(self.tasks), ins[j], experts_per_task, shared_experts, widths, activation, shared_gate=j < levels - 1)
+            ExtractionLevel(len(self.tasks), ins[j], experts_per_task, shared_experts, widths, activation, shared_gate=j < levels - 1,
+                            backbone=backbone if experts_on == "backbone" and j == 0 else None)
             for j in range(levels)
         )
 
@@ -276,6 +329,10 @@ class ProgressiveLayeredExtractionModel(MixtureModel):
                 params += list(level.private.parameters()) + list(level.shared_gate.parameters())
         return params
 
+    def last_shared_weights(self) -> list[nn.Parameter]:
+        """GradNorm's W: the last level's shared experts' last weight matrix (stacked over those experts)."""
+        return [last_expert_weight(self.levels[-1].shared)]
+
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         """Per level and task: gate mass on its own experts, on the shared ones, and on other tasks' experts
         reached through the previous level's shared gate (task mass on shared x shared-gate mass on others)."""
@@ -294,40 +351,7 @@ class ProgressiveLayeredExtractionModel(MixtureModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sparse routing: noisy top-k and Switch
-
-def expert_slots(expert: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sort routing choices by expert (stable: batch order kept): the order, the count per expert, each sorted choice's slot in its expert."""
-    order = torch.argsort(expert, stable=True)
-    counts = torch.bincount(expert, minlength=n)
-    slot = torch.arange(len(order), device=expert.device) - (counts.cumsum(0) - counts)[expert[order]]
-    return order, counts, slot
-
-
-class RoutedExperts(nn.Module):
-    """Stacked experts that compute only the (row, expert) pairs a router selected.
-
-    ``forward(rows, expert)``: ``rows`` (pairs, in), ``expert`` (pairs,) -> (pairs, out). The
-    pairs are sorted by expert into an (experts, slots, in) buffer whose slots are the most
-    pairs any expert got, and the experts run as one batched matmul on it; with balanced
-    routing that is about ``pairs`` rows of work, not ``experts x batch``.
-    """
-
-    def __init__(self, experts: StackedMLP, n: int):
-        super().__init__()
-        self.experts, self.n = experts, n
-
-    def forward(self, rows: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
-        if rows.shape[0] == 0:
-            return rows.new_zeros(0, self.experts.layers[-1].weight.shape[-1])
-        order, counts, slot = expert_slots(expert, self.n)
-        sorted_expert = expert[order]
-        buffer = rows.new_zeros(self.n, int(counts.max()), rows.shape[1]).index_put((sorted_expert, slot), rows[order])
-        out_sorted = self.experts(buffer)[sorted_expert, slot]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=rows.device)
-        return out_sorted[inverse]
-
+# Sparse routing: noisy top-k and Switch (their experts are RoutedExperts: only routed rows are computed)
 
 @dataclass
 class Routing:
@@ -352,7 +376,7 @@ def prob_in_top_k(clean: torch.Tensor, noisy: torch.Tensor, noise_std: torch.Ten
 
 
 class NoisyTopKLayer(nn.Module):
-    """Sparsely-gated MoE layer (Shazeer et al. 2017; METHODS.md section 6) with ``groups`` gates.
+    """Sparsely-gated MoE layer (Shazeer et al. 2017; docs/methods.md, "Sparsely-gated mixture of experts") with ``groups`` gates.
 
     H(x) = x W_g + eps * softplus(x W_noise) (eps ~ N(0, 1), in training only and when ``noise``);
     G(x) = softmax(KeepTopK(H(x), k)); y = sum_i G_i E_i(x), computed for the k chosen experts only.
@@ -407,15 +431,15 @@ class NoisyTopKLayer(nn.Module):
 
 
 class SwitchLayer(nn.Module):
-    """A Switch layer (Fedus et al. 2021; METHODS.md section 9): h + p_i(h) E_i(h) with i = argmax p(h).
+    """A Switch layer (Fedus et al. 2021; docs/methods.md, "Switch routing"): h + p_i(h) E_i(h) with i = argmax p(h).
 
     The router p(h) = softmax(W_r h) runs in float32 whatever the autocast dtype. Capacity per
     expert = ceil(capacity_factor * rows / n) (at least 1; the rows come first-come in batch
     order); rows over capacity skip the experts and pass through the residual unchanged.
     Auxiliary loss alpha * N * sum_i f_i P_i (f_i: fraction of rows whose argmax is i, P_i: mean
     router probability) plus z_loss * mean(logsumexp(logits)^2). Experts are the FFN
-    width -> expert_width -> width; the router is initialised as in the paper (truncated normal,
-    std sqrt(0.1 / fan_in)).
+    width -> expert_width -> width; the router is initialised as in the paper (normal, mean 0,
+    std sqrt(0.1 / fan_in), truncated at two standard deviations).
     """
 
     drops_rows = True
@@ -424,7 +448,8 @@ class SwitchLayer(nn.Module):
                  z_loss: float):
         super().__init__()
         self.n, self.capacity_factor, self.alpha, self.z_loss = experts, capacity_factor, alpha, z_loss
-        self.router = nn.Parameter(nn.init.trunc_normal_(torch.empty(width, experts), std=math.sqrt(0.1 / width)))
+        std = math.sqrt(0.1 / width)  # trunc_normal_ takes absolute bounds: truncate at two standard deviations
+        self.router = nn.Parameter(nn.init.trunc_normal_(torch.empty(width, experts), std=std, a=-2 * std, b=2 * std))
         self.experts = RoutedExperts(StackedMLP(experts, width, [expert_width, width], activation, activate_output=False), experts)
 
     def router_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -523,6 +548,10 @@ class SparseMixtureModel(MixtureModel):
             shared += list(layer.experts.parameters()) if self.groups > 1 else list(layer.parameters())
         return shared
 
+    def last_shared_weights(self) -> list[nn.Parameter]:
+        """GradNorm's W: the last sparse layer's experts' last weight matrix (stacked over the experts)."""
+        return [self.layers[-1].experts.experts.layers[-1].weight]
+
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         """Per layer: the share of each task's routing choices that each expert processed (and that were dropped)."""
         _, _, routings = self.encode(self.input(x))
@@ -551,7 +580,9 @@ EXPERT_KNOBS = {
     "expert_depth": Int(1, 2, minimum=1),
     "tower_width": Int(4, 64, log=True, minimum=1),
 }
-_KNOBS = {"experts": Int(2, 16, minimum=1), **EXPERT_KNOBS}
+# experts_on: "input" (MLP experts over the flat input) or "backbone" (each expert a copy of the backbone)
+EXPERTS_ON_KNOB = Default("input", Choice(*EXPERTS_ON))
+_KNOBS = {"experts": Int(2, 16, minimum=1), **EXPERT_KNOBS, "experts_on": EXPERTS_ON_KNOB}
 
 
 class _FamilyStrategy(Strategy):
@@ -559,7 +590,8 @@ class _FamilyStrategy(Strategy):
 
     Because the experts replace the backbone's blocks and read the flat output of its input
     layer, they build on every backbone kind: on an image backbone they are MLP experts over
-    the pixels, on a table MLP experts over the encoded columns.
+    the pixels, on a table MLP experts over the encoded columns, unless the dense strategies'
+    ``experts_on: backbone`` makes each expert a copy of the backbone.
     """
 
     family = "mixture_of_experts"
@@ -576,7 +608,7 @@ class _MixtureOfExperts(_FamilyStrategy):
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         gate = self.gate(problem, backbone.input_features, params)
         return MixtureOfExpertsModel(problem, backbone, params["experts"], params["expert_width"], params["expert_depth"],
-                                     params["tower_width"], gate)
+                                     params["tower_width"], gate, params.get("experts_on", "input"))
 
 
 class MMoE(_MixtureOfExperts):
@@ -607,12 +639,13 @@ class DSelectK(_MixtureOfExperts):
 
 
 class _ProgressiveLayeredExtraction(_FamilyStrategy):
-    knobs = {"shared_experts": Int(1, 4, minimum=1), "experts_per_task": Int(1, 4, minimum=1), **EXPERT_KNOBS}
+    knobs = {"shared_experts": Int(1, 4, minimum=1), "experts_per_task": Int(1, 4, minimum=1), **EXPERT_KNOBS,
+             "experts_on": EXPERTS_ON_KNOB}
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         return ProgressiveLayeredExtractionModel(problem, backbone, params.get("levels", 1), params["shared_experts"],
                                                  params["experts_per_task"], params["expert_width"], params["expert_depth"],
-                                                 params["tower_width"])
+                                                 params["tower_width"], params.get("experts_on", "input"))
 
 
 class CGC(_ProgressiveLayeredExtraction):

@@ -1,4 +1,4 @@
-"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; METHODS.md section 12).
+"""Selective layer transfer by EM, LASEM (Lee, Behpour & Eaton, ICML 2021; docs/methods.md, "LASEM").
 
 Every task chooses, per block (or per group of blocks, "LASEMG"), between the shared block
 and its own private copy. A transfer configuration is one such binary choice per group, so
@@ -39,6 +39,7 @@ from mtl_search import (
     Split,
     Strategy,
     Trainer,
+    copy_state,
     count_parameters,
     hookimpl,
     knob_bounds,
@@ -260,7 +261,7 @@ class LasemModel(MultiTaskModel):
     # --- sequential (lifelong) mode ------------------------------------------------------------------
     def shared_state(self) -> list[dict[str, torch.Tensor]]:
         """A copy of every shared unit's state (parameters and buffers)."""
-        return [{k: v.detach().clone() for k, v in unit.state_dict().items()} for unit in self.shared]
+        return [copy_state(unit) for unit in self.shared]
 
     def restore_unselected_shared(self, task: str, before: list[dict[str, torch.Tensor]]) -> None:
         """Put back the shared units ``task``'s configuration does not use, as they were in ``before``."""
@@ -281,7 +282,7 @@ class Lasem(Strategy):
     }
 
     def check(self, knobs: dict[str, Knob], backbone: dict[str, Knob], path: str) -> None:
-        """Refuse group ranges that allow more than MAX_CONFIGURATIONS configurations, or more groups than blocks."""
+        """Refuse group ranges that allow more than MAX_CONFIGURATIONS configurations (the core refuses more groups than blocks)."""
         most = knob_bounds(knobs["groups"], backbone)[1]
         if 2**most > MAX_CONFIGURATIONS:
             raise SpaceError(
@@ -289,9 +290,6 @@ class Lasem(Strategy):
                 f"up to {most} block groups allow {2**most} transfer configurations per task, above the limit of "
                 f"{MAX_CONFIGURATIONS}; set groups to at most {MAX_GROUPS} (blocks are then grouped, LASEMG)",
             )
-        fewest_blocks = knob_bounds(backbone["depth"], backbone)[0]
-        if not (isinstance(knobs["groups"], Int) and knobs["groups"].high == "depth") and most > fewest_blocks:
-            raise SpaceError(f"{path}.groups", f"up to {most} groups, but the backbone may have only {fewest_blocks} blocks")
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         return LasemModel(problem, backbone, params["groups"], params["tower_width"], params["prior"], params["mode"])

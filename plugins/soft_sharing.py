@@ -1,13 +1,15 @@
 """Soft parameter sharing: cross-stitch networks, L2 soft sharing and the Multilinear Relationship Network.
 
-- ``cross_stitch`` (Misra et al., CVPR 2016; METHODS.md section 2): one column per task,
+- ``cross_stitch`` (Misra et al., CVPR 2016; docs/methods.md, "Cross-stitch networks"): one column per task,
   the T activations mixed by a learned T x T matrix (optionally one per channel) after
   chosen blocks; alpha starts at 0.9 on the diagonal and 0.1/(T-1) elsewhere and learns
-  with a larger learning rate.
-- ``l2_soft`` (Duong et al., ACL 2015; section 4): one column per task, penalty
+  by SGD with a learning rate ``alpha_lr_multiplier`` times the network's (the network
+  itself trains with the trainer's AdamW). GradNorm measures the last stitched block of
+  every column (see ``CrossStitchModel.last_shared_weights``).
+- ``l2_soft`` (Duong et al., ACL 2015; docs/methods.md, "L2 soft sharing"): one column per task, penalty
   lambda * sum over task pairs of the squared distance of corresponding parameters of the
   tied blocks.
-- ``mrn`` (Long et al., NeurIPS 2017; section 5): a shared trunk, task-specific last layers
+- ``mrn`` (Long et al., NeurIPS 2017; docs/methods.md, "MRN"): a shared trunk, task-specific last layers
   under a tensor-normal prior whose three covariances are re-estimated (flip-flop) after
   every optimiser step, all with mode products.
 """
@@ -116,17 +118,41 @@ class CrossStitchModel(MultiTaskModel):
         return self.columns(x, self.units)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """The network at ``lr``; the stitch units at ``lr * alpha_lr_multiplier`` and without weight decay (it would pull alpha to 0)."""
+        """The network at ``lr`` (the trainer's AdamW); the stitch units by plain SGD at ``lr * alpha_lr_multiplier``, no weight decay.
+
+        The paper trains everything by SGD and alpha with a learning rate about 10^3 times the
+        network's: a step proportional to alpha's gradient. Under AdamW a step is about the
+        learning rate whatever the gradient's size, so the same multiplier would move alpha by
+        about ``lr * multiplier`` per step (rows far from convex within a few dozen steps);
+        SGD keeps the paper's update for alpha. No weight decay: it would pull alpha to 0.
+        """
         alphas = list(self.units.parameters())
         alpha_ids = {id(p) for p in alphas}
         network = [p for p in self.parameters() if p.requires_grad and id(p) not in alpha_ids]
-        return [{"params": network, "lr": lr}, {"params": alphas, "lr": lr * self.alpha_lr_multiplier, "weight_decay": 0.0}]
+        return [{"params": network, "lr": lr},
+                {"params": alphas, "lr": lr * self.alpha_lr_multiplier, "weight_decay": 0.0, "optimizer": "sgd"}]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every column's parameters up to the last stitch point reach every task, as do the units."""
         last = max(self.stitch_at)
         params = [p for t in range(len(self.columns.tasks)) for j in range(last + 1) for p in self.columns.block_parameters(t, j)]
         return params + list(self.units.parameters())
+
+    def last_shared_weights(self) -> list[nn.Parameter]:
+        """GradNorm's W: the last weight tensor of every column's block at the last stitch point, measured jointly.
+
+        The stitch unit's T x T alpha is a mixing coefficient, not a layer's weights; the
+        last layer whose output reaches every task is block ``max(stitch_at)`` of every
+        column (each task's loss depends on all of them through the stitch), so GradNorm
+        balances the norm of each task's gradient on those T weight tensors together.
+        """
+        last = max(self.stitch_at)
+        weights = []
+        for column in self.columns.blocks:
+            named = [(n, p) for n, p in column[last].named_parameters() if p.requires_grad]
+            matrices = [p for n, p in named if p.dim() >= 2 and not n.rsplit(".", 1)[-1].startswith("bias")]
+            weights += matrices[-1:]
+        return weights
 
     def sharing_map(self, x: torch.Tensor) -> dict[str, SharingMap]:
         """Per stitch point: |alpha| with rows normalised to sum one (at init exactly alpha)."""
@@ -304,7 +330,10 @@ class CrossStitch(Strategy):
     knobs = {
         "stitch_blocks": Choice(*BLOCK_CHOICES),
         "alpha_per_channel": Choice(False, True),
-        "alpha_lr_multiplier": Float(1.0, 1000.0, log=True, minimum=0.0),
+        # alpha's SGD rate is lr * multiplier; the paper's 1e2-1e3 is relative to an SGD network rate, and at the
+        # AdamW-scale rates of a search (~1e-3) a multiplier of 1000 moves alpha's rows to sums of 2-4 within 25 steps
+        # of a 32-wide MLP (100: within 0.1 of 1); a space may widen the range
+        "alpha_lr_multiplier": Float(1.0, 100.0, log=True, minimum=0.0),
         "tower_width": TOWER_WIDTH,
     }
 

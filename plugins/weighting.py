@@ -8,13 +8,16 @@ Loss weightings (one scalar loss, one backward pass):
   a regression task adds ``exp(-s_t) / 2 * L_t + s_t / 2`` (``1/(2 sigma^2) L + log sigma``),
   a classification task ``exp(-s_t) * L_t + s_t / 2`` (``1/sigma^2 L + log sigma``), eq. 7 of
   the paper. (LibMTL and others use ``1/sigma^2`` for every task; not followed here.)
-- ``dwa`` (Liu et al., CVPR 2019; METHODS.md section 3): ``lambda_k = K exp(w_k / Temp) /
+- ``dwa`` (Liu et al., CVPR 2019; docs/methods.md, "Loss weighting"): ``lambda_k = K exp(w_k / Temp) /
   sum_i exp(w_i / Temp)``, ``w_k = L_k(t-1) / L_k(t-2)`` from the epochs' mean training
   losses, ``Temp = 2``, ``lambda = 1`` for the first two epochs.
 - ``gradnorm`` (Chen et al., ICML 2018): learned weights ``w_t`` trained on
   ``sum_t |w_t ||grad_W L_t|| - mean_G * r_t^alpha|`` (the target held constant), ``W`` the
-  last shared layer's weights, ``r_t`` the relative inverse training rate; after every step
-  the weights are renormalised to sum to T.
+  last shared layer's weight matrix (``MultiTaskModel.last_shared_weights()``: by default
+  the last shared parameter of rank >= 2 that is not a bias; the mixtures of experts name
+  their experts' last weight matrix, cross-stitch the last stitched block of every column,
+  measured jointly), ``r_t`` the relative inverse training rate; after every step the
+  weights are renormalised to sum to T.
 - ``rlw`` (Lin et al., TMLR 2022, random loss weighting): weights ``softmax(z)``, ``z ~ N(0, I)``
   drawn afresh every step.
 
@@ -27,6 +30,12 @@ has no conflict to resolve and is trained on the plain sum.
 
 ``weight/<task>`` (logged per epoch) is the mean weight the task got over the epoch's steps:
 its loss weight, or for an aggregator the weight of its row of the Jacobian.
+
+Devices: every weighting keeps its state (learned weights, GradNorm's initial losses, DWA's
+lambdas, the running sums behind ``weight/<task>``) in parameters and buffers, which the
+trainer moves with ``.to(device)``, and creates each step's tensors on the losses' device;
+the host is read once per epoch (``on_epoch_end``), not per step. Early stopping restores a
+weighting's ``state_dict`` (DWA's loss history included, as extra state) with the best weights.
 """
 from __future__ import annotations
 
@@ -40,23 +49,29 @@ from mtl_search import Default, Float, Knob, Problem, Weighting, hookimpl
 
 
 class _EpochMeanWeights(Weighting):
-    """Records the weights applied at every step and reports their mean over each epoch."""
+    """Records the weights applied at every step and reports their mean over each epoch.
+
+    The running sums are (non-persistent) buffers, so ``.to(device)`` moves them with the
+    weighting and every step's bookkeeping stays on the losses' device (no host sync per step).
+    """
 
     def __init__(self, tasks: list[str], **params: Any):
         super().__init__(tasks, **params)
-        self._weight_sum = torch.zeros(len(self.tasks))
-        self._steps = torch.zeros(len(self.tasks))
+        self.register_buffer("_weight_sum", torch.zeros(len(self.tasks)), persistent=False)
+        self.register_buffer("_steps", torch.zeros(len(self.tasks)), persistent=False)
         self._epoch_weights = {t: 1.0 for t in self.tasks}
 
     def record(self, weights: torch.Tensor, index: torch.Tensor) -> None:
         """Add one step's weights of the tasks at ``index`` (see ``present``)."""
-        self._weight_sum[index] += weights.detach().float().cpu()
-        self._steps[index] += 1
+        index = index.to(self._weight_sum.device)
+        self._weight_sum.index_add_(0, index, weights.detach().to(self._weight_sum))
+        self._steps.index_add_(0, index, torch.ones_like(self._steps[index]))
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
+        sums, steps = self._weight_sum.tolist(), self._steps.tolist()
         for i, task in enumerate(self.tasks):  # a task trained in no step this epoch keeps its last value
-            if self._steps[i]:
-                self._epoch_weights[task] = float(self._weight_sum[i] / self._steps[i])
+            if steps[i]:
+                self._epoch_weights[task] = sums[i] / steps[i]
         self._weight_sum.zero_()
         self._steps.zero_()
 
@@ -67,10 +82,11 @@ class _EpochMeanWeights(Weighting):
         """The positions (in ``self.tasks``) of the tasks with a loss this step, and those losses as a vector.
 
         Usually every task; a schedule that trains one task at a time (LASEM's sequential
-        mode) passes only the tasks it trains.
+        mode) passes only the tasks it trains. Both are on the losses' device.
         """
         index = [i for i, t in enumerate(self.tasks) if t in losses]
-        return torch.tensor(index, dtype=torch.long), torch.stack([losses[self.tasks[i]] for i in index])
+        vector = torch.stack([losses[self.tasks[i]] for i in index])
+        return torch.tensor(index, dtype=torch.long, device=vector.device), vector
 
 
 class _LossWeighting(_EpochMeanWeights):
@@ -95,18 +111,20 @@ class Uncertainty(_EpochMeanWeights):
         super().__init__(tasks, **params)
         self.log_variance = nn.Parameter(torch.zeros(len(self.tasks)))
         self.register_buffer("precision_scale", torch.full((len(self.tasks),), float("nan")))
+        self._scales_set = False  # a Python flag: checking the buffer for NaN would sync with the device every step
 
     def setup(self, problem: Problem) -> None:
         # eq. 7: a Gaussian likelihood gives 1/(2 sigma^2), a softmax/sigmoid likelihood 1/sigma^2
         scales = [0.5 if problem.task(t).kind == "regression" else 1.0 for t in self.tasks]
         self.precision_scale.copy_(torch.tensor(scales))
+        self._scales_set = True
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        if torch.isnan(self.precision_scale).any():
+        if not self._scales_set:
             raise RuntimeError("uncertainty weighting: call setup(problem) first (the trainer does)")
         index, vector = self.present(losses)
-        log_variance = self.log_variance[index.to(vector.device)]
-        weights = self.precision_scale[index.to(vector.device)] * torch.exp(-log_variance)
+        log_variance = self.log_variance[index]
+        weights = self.precision_scale[index] * torch.exp(-log_variance)
         self.record(weights, index)
         return (weights * vector).sum() + 0.5 * log_variance.sum()
 
@@ -128,7 +146,14 @@ class DynamicWeightAverage(_LossWeighting):
         self.register_buffer("lambdas", torch.ones(len(self.tasks)))
 
     def step_weights(self, index: torch.Tensor) -> torch.Tensor:
-        return self.lambdas[index.to(self.lambdas.device)]
+        return self.lambdas[index]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The epochs' mean training losses so far (in the state dict, so early stopping can restore them)."""
+        return {"history": [h.tolist() for h in self.history]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.history = [torch.tensor(h, dtype=torch.float64) for h in state["history"]]
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
         super().on_epoch_end(epoch, train_losses)
@@ -144,18 +169,19 @@ class RandomLossWeighting(_LossWeighting):
     description = "random loss weighting (Lin et al. 2022): softmax of standard normal draws, new every step"
 
     def step_weights(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(torch.randn(len(index)), dim=0)
+        return torch.softmax(torch.randn(len(index), device=index.device), dim=0)
 
 
-def last_shared_layer(model: nn.Module) -> nn.Parameter | None:
-    """The last weight matrix (or tensor of higher rank) among ``model.shared_parameters()``.
+def last_shared_weights(model: nn.Module) -> list[nn.Parameter]:
+    """W of GradNorm: ``model.last_shared_weights()`` (see ``MultiTaskModel``); empty when the model shares nothing.
 
-    GradNorm measures gradient norms on "the last shared layer of weights"; a bias or norm
-    scale after it is skipped. None when the model shares nothing.
+    A module that is not a ``MultiTaskModel`` but lists ``shared_parameters()`` gets the
+    default rule: the last trainable shared parameter of rank >= 2 (else the last one).
     """
+    if hasattr(model, "last_shared_weights"):
+        return list(model.last_shared_weights())
     shared = [p for p in model.shared_parameters() if p.requires_grad]
-    matrices = [p for p in shared if p.dim() >= 2]
-    return (matrices or shared or [None])[-1]
+    return ([p for p in shared if p.dim() >= 2] or shared)[-1:]
 
 
 class GradNorm(_EpochMeanWeights):
@@ -170,21 +196,21 @@ class GradNorm(_EpochMeanWeights):
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))
 
-    def gradient_norms(self, losses: torch.Tensor, layer: nn.Parameter) -> torch.Tensor:
-        """``||grad_W L_t||`` per task on the layer ``W`` (the graph is kept for the update)."""
+    def gradient_norms(self, losses: torch.Tensor, layer: list[nn.Parameter]) -> torch.Tensor:
+        """``||grad_W L_t||`` per task on ``W`` (one or more tensors, measured jointly; the graph is kept for the update)."""
         norms = []
         for loss in losses:
-            (grad,) = torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)
-            norms.append(grad.norm() if grad is not None else loss.new_zeros(()))
+            grads = torch.autograd.grad(loss, layer, retain_graph=True, allow_unused=True)
+            squares = [g.pow(2).sum() for g in grads if g is not None]
+            norms.append(torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(()))
         return torch.stack(norms).detach()
 
     def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
         index, vector = self.present(losses)
-        index = index.to(vector.device)
-        layer = last_shared_layer(model)
-        if layer is not None:  # no shared layer: no norms to balance, the weights stay put
-            first = torch.isnan(self.initial_losses[index])  # L_t(0): a task's loss at its first step
-            self.initial_losses[index[first]] = vector.detach()[first]
+        layer = last_shared_weights(model)
+        if layer:  # no shared layer: no norms to balance, the weights stay put
+            known = self.initial_losses[index]  # L_t(0): a task's loss at its first step (NaN until then)
+            self.initial_losses[index] = torch.where(torch.isnan(known), vector.detach(), known)
             norms = self.task_weights[index] * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
             inverse_rate = vector.detach() / self.initial_losses[index].clamp_min(1e-12)
             target = (norms.mean() * (inverse_rate / inverse_rate.mean()) ** self.alpha).detach()
@@ -224,14 +250,14 @@ class _Aggregation(_EpochMeanWeights):
         total = vector.sum() + extra
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         if not shared:
-            self.record(torch.ones(len(index)), index)
+            self.record(torch.ones(len(index), device=vector.device), index)
             total.backward()
             return total
         shared_ids = {id(p) for p in shared}
         private = [p for p in model.parameters() if p.requires_grad and id(p) not in shared_ids]
         jacobian_backward(list(vector), inputs=shared, retain_graph=True)
         weights = jac_to_grad(shared, self.aggregator)
-        self.record(weights if weights is not None else torch.ones(len(index)), index)
+        self.record(weights if weights is not None else torch.ones(len(index), device=vector.device), index)
         if private:
             torch.autograd.backward(vector.sum(), inputs=private, retain_graph=extra.requires_grad)
         if extra.requires_grad:

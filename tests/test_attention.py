@@ -1,4 +1,4 @@
-"""MTAN's mechanism (METHODS.md section 3) on every backbone kind: soft masks in (0, 1), attention over a shared network."""
+"""MTAN's mechanism (docs/methods.md, "MTAN") on every backbone kind: soft masks in (0, 1), attention over a shared network."""
 from __future__ import annotations
 
 import pytest

@@ -57,6 +57,12 @@ def test_model_throughput_covers_every_registered_strategy(tmp_path):
         assert row["large"]["params"] > row["small"]["params"], f"{row['strategy']}: the large size is not larger"
         assert f"| {row['strategy']} |" in table
     assert next(r for r in result["rows"] if r["strategy"] == result["baseline"])["small"]["vs_baseline"] == 1.0
+    images = {r["strategy"]: r for r in result["image_rows"]}
+    assert {"mmoe (experts_on input)", "mmoe (experts_on backbone)", "cross_stitch", "mtan"} <= set(images)
+    for row in images.values():
+        assert row["small"]["samples_per_s"] > 0 and f"| {row['strategy']} |" in table
+    # backbone experts are n copies of the conv backbone: more parameters than one MLP expert layer over the pixels
+    assert images["mmoe (experts_on backbone)"]["small"]["params"] != images["mmoe (experts_on input)"]["small"]["params"]
 
 
 def test_search_efficiency_curves(tmp_path):
@@ -207,3 +213,14 @@ def test_startup_quick_in_a_fresh_process(tmp_path):
         assert list(run["phases"]) == [key for key, _ in PHASES] and all(v >= 0 for v in run["phases"].values())
         assert sum(run["phases"].values()) == pytest.approx(run["to_training_s"])
     assert "command to first trial training" in table
+
+
+@pytest.mark.slow
+def test_kill_soak_quick(tmp_path):
+    """One kill and a resume on a Ray head of its own (about a minute; the resume tests cover the moments exactly)."""
+    from benchmarks.kill_soak import main as benchmark
+
+    benchmark(["--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "kill_soak.json").read_text())
+    assert report["trials_lost"] == 0 and report["trials_repeated"] == 0 and report["optuna_matches_mlflow"]
+    assert report["search_finished"] and report["kills_survived"] == report["kills"]

@@ -130,13 +130,15 @@ def _interrupting_echo(lines: list[str], on: str, times: int):
 def test_first_ctrl_c_lets_running_trials_finish_and_schedules_no_more(ray_session, workdir):
     lines: list[str] = []
     space = load_space(tiny_space(workdir, trials=8))
-    record = run_search(space, RunOptions(), echo=_interrupting_echo(lines, "[1/8]", 1))
+    record = run_search(space, RunOptions(), progress=_interrupting_echo(lines, "[1/8]", 1))
     assert any("no new trials" in line for line in lines)
     assert 1 <= len(record.trials) < 8
     assert all(t.status == "finished" for t in record.trials)
     assert record.front and record.hypervolume is not None
     parent = MlflowClient(default_tracking_uri()).get_run(record.search_run_id)
-    assert parent.info.status == "FINISHED" and parent.data.metrics["front_size"] == len(record.front)
+    assert parent.data.metrics["front_size"] == len(record.front)
+    # an interrupted search is marked so, and --resume continues it
+    assert record.interrupted and parent.info.status == "KILLED" and parent.data.tags["mtl_search.interrupted"] == "true"
 
 
 def test_second_ctrl_c_cancels_running_trials(ray_session, workdir):
@@ -144,17 +146,17 @@ def test_second_ctrl_c_cancels_running_trials(ray_session, workdir):
     # both Ctrl-C come as the first (slow) trial starts: it is cancelled, and no other trial starts
     space = load_space(fault_space(workdir, ["slow", "none"], trials=3, search={"concurrency": 1, "sampler": "grid"}))
     space.strategies["faulty"]["fault"] = Choice("slow")
-    record = run_search(space, RunOptions(), echo=_interrupting_echo(lines, ": started", 2))
+    record = run_search(space, RunOptions(), progress=_interrupting_echo(lines, ": started", 2))
     assert any("cancelling running trials" in line for line in lines)
     assert [t.status for t in record.trials] == ["stopped"]
     assert not record.front and record.hypervolume is None
     assert all(r.info.status != "RUNNING" for r in mlflow_trials())
-    assert MlflowClient(default_tracking_uri()).get_run(record.search_run_id).info.status == "FINISHED"
+    assert MlflowClient(default_tracking_uri()).get_run(record.search_run_id).info.status == "KILLED"
 
 
 def test_same_seed_same_configurations_and_metrics(ray_session, workdir):
     space = load_space(tiny_space(workdir, trials=3))
-    runs = [run_search(space, RunOptions(concurrency=1, experiment=name), echo=lambda line: None) for name in ("first", "second")]
+    runs = [run_search(space, RunOptions(concurrency=1, experiment=name)) for name in ("first", "second")]
     first, second = ([(t.number, t.params, t.val, t.test) for t in sorted(r.trials, key=lambda t: t.number)] for r in runs)
     assert len(first) == 3 and first == second
     assert len({json.dumps(params, sort_keys=True) for _, params, _, _ in first}) > 1  # the sampler did vary them

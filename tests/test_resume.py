@@ -1,83 +1,76 @@
-"""Resume after a crash (issue 7): SIGKILL a search in a subprocess after two trials finished, then --resume it."""
+"""Resume after the driver is killed at chosen moments: every requested trial runs, each number once, nothing left RUNNING.
+
+The kill comes from the driver itself (``MTL_SEARCH_KILL_AT``, mtl_search.search.faults), so each
+moment is hit exactly: before the first trial, as a trial starts, while it trains, as its result
+arrives, between MLflow recording it and Optuna being told, and after Optuna was told.
+"""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
+from pathlib import Path
 
+import optuna
+import pytest
 from conftest import tiny_space
 from mlflow.tracking import MlflowClient
 
 from mtl_search.cli import main
-from mtl_search.results.tracking import default_store_dir, default_tracking_uri
+from mtl_search.results.tracking import default_tracking_uri
 
-TRIALS = 6
-
-
-def finished_trials(db: str, status: str = "FINISHED") -> int:
-    """Trial runs MLflow holds with ``status`` (read straight from the sqlite store, as the killed process left it)."""
-    if not os.path.exists(db):
-        return 0
-    with sqlite3.connect(db) as connection:
-        try:
-            return connection.execute(
-                "SELECT COUNT(*) FROM runs JOIN tags ON runs.run_uuid = tags.run_uuid "
-                "WHERE tags.key = 'mtl_search.role' AND tags.value = 'trial' AND runs.status = ?", (status,)).fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
+TRIALS = 4
 
 
-def test_resume_after_sigkill_runs_each_trial_once(ray_session, workdir, capsys):
+def _killed_run(space: Path, workdir: Path, point: str, concurrency: int) -> None:
     import ray
 
+    address = ray.get_runtime_context().gcs_address  # the killed driver joins this session's Ray, which outlives it
+    command = [sys.executable, "-m", "mtl_search.cli", "run", str(space), "--address", address, "--concurrency", str(concurrency)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MTL_SEARCH_KILL_AT": point}
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == -signal.SIGKILL, f"the driver was not killed at {point}: {result.returncode}\n{result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("point,concurrency", [
+    ("search_started", 1), ("trial_started:2", 2), ("trial_training:3", 1),
+    ("trial_ended:2", 2), ("trial_recorded:1", 1), ("trial_told:2", 2),
+])
+def test_resume_after_a_kill_runs_every_trial_once(ray_session, workdir, capsys, point, concurrency):
     space = tiny_space(workdir, trials=TRIALS)
-    space.write_text(space.read_text().replace("epochs: 2", "epochs: 6"))
-    # the killed driver joins this session's Ray instance, so the cluster outlives it as it would in production
-    address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "mtl_search.cli", "run", str(space), "--address", address, "--concurrency", "1"]
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    db = str(default_store_dir() / "mlflow.db")
-    try:
-        deadline = time.monotonic() + 300
-        # killed while the third trial trains: right after a trial ends, Tune copies its own state
-        # files non-atomically, and a kill inside that copy leaves a state Tune cannot restore
-        while (finished_trials(db) < 2 or finished_trials(db, "RUNNING") == 0) and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert process.poll() is None, "the search ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    finished_before = finished_trials(db)
-    assert 2 <= finished_before < TRIALS
+    _killed_run(space, workdir, point, concurrency)
 
-    client = MlflowClient(default_tracking_uri())
-    runs_before = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
-    assert any(r.info.status == "RUNNING" for r in runs_before.values())  # the crash left the parent (and maybe a trial) running
-
-    assert main(["run", str(space), "--resume", "--concurrency", "1"]) == 0
+    assert main(["run", str(space), "--resume", "--concurrency", str(concurrency)]) == 0
     capsys.readouterr()
     assert main(["report", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     numbers = [t["number"] for t in report["trials"]]
-    assert len(set(numbers)) == len(numbers)  # no trial number twice
-    assert sum(t["status"] == "finished" for t in report["trials"]) == TRIALS
-    # A trial that was only starting when the process died, before Tune saved its state, cannot be
-    # restarted by Tune: it stays recorded as killed and Tune samples a replacement.
-    assert all(t["status"] in ("finished", "killed") for t in report["trials"])
+    assert len(numbers) == TRIALS and len(set(numbers)) == TRIALS, numbers  # each trial once, none lost
+    assert all(t["status"] == "finished" for t in report["trials"])
 
+    client = MlflowClient(default_tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    parents = [r for r in runs if r.data.tags["mtl_search.role"] == "search"]
-    assert len(parents) == 1 and parents[0].info.run_id == report["search_run_id"]  # the parent run was reused
-    assert parents[0].info.status == "FINISHED"
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    parents = [r for r in runs if r.data.tags["mtl_search.role"] == "search"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = [r for r in runs if r.data.tags["mtl_search.role"] == "trial" and r.info.status == "FINISHED"]
-    assert len(finished) == TRIALS  # trials finished before the crash were not run again
-    assert {r.info.run_id for r in runs_before.values() if r.info.status == "FINISHED"} <= {r.info.run_id for r in finished}
+    assert sorted(int(r.data.tags["mtl_search.trial_number"]) for r in finished) == sorted(numbers)  # none trained twice
+    killed = [r for r in runs if r.data.tags["mtl_search.role"] == "trial" and r.info.status == "KILLED"]
+    assert {int(r.data.tags["mtl_search.trial_number"]) for r in killed} <= set(numbers)  # a killed trial's re-run is the one shown
+
+    storage = f"sqlite:///{workdir / 'mlflow' / 'optuna.db'}"
+    study = optuna.load_study(study_name=parents[0].data.tags["mtl_search.study"], storage=storage)
+    complete = sorted(t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE)
+    assert complete == sorted(numbers)  # Optuna holds the same trials as MLflow
+    assert not [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_resume_without_the_study_says_what_was_kept_and_exits_2(ray_session, workdir, capsys):
+    space = tiny_space(workdir, trials=2)
+    _killed_run(space, workdir, "trial_recorded:1", 1)
+    (workdir / "mlflow" / "optuna.db").unlink()
+    assert main(["run", str(space), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be continued" in err and "trial runs stay in MLflow" in err

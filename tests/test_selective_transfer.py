@@ -247,7 +247,7 @@ def _teacher_dataset(model, n=600, seed=0):
 
 @pytest.mark.parametrize("prior", ["running_mean", "argmax_counts"])
 def test_em_selects_private_first_and_shared_rest_for_the_transformed_task(prior):
-    """Fixed seed and budget, as the issue asks. The outcome depends on the seed (see README, known limit)."""
+    """Fixed seed and budget, as the issue asks. The outcome depends on the seed (see docs/strategies.md, selective_transfer, known limit)."""
     torch.manual_seed(0)
     problem = Problem((6,), (Task("a", "regression"), Task("b", "regression")))
     model = Lasem().build(problem, build_mlp((6,), depth=2, width=8, activation="tanh"),
@@ -265,7 +265,7 @@ LASEM_STRATEGY = "  lasem: {groups: 2, mode: {choice: [joint, sequential]}, prio
 @pytest.mark.parametrize("override,depth,fragment", [
     ("{}", 8, "strategies.lasem.groups: up to 8 block groups allow 256 transfer configurations per task, above the limit of 64"),
     ("{groups: 7}", 8, "strategies.lasem.groups: 7 is above the largest allowed value 6"),
-    ("{groups: {int: [1, 4]}}", "{int: [2, 4]}", "strategies.lasem.groups: up to 4 groups, but the backbone may have only 2 blocks"),
+    ("{groups: {int: [1, 4]}}", "{int: [2, 4]}", "strategies.lasem.groups: 4 is above the backbone's depth (2 to 4); every trial's value must be at most 2"),
 ])
 def test_too_many_configurations_are_refused_at_validation(tmp_path, capsys, override, depth, fragment):
     path = tiny_space(tmp_path, strategies=f"  lasem: {override}")

@@ -1,4 +1,4 @@
-"""Mechanisms of cross-stitch, L2 soft sharing and MRN (METHODS.md sections 2, 4, 5), on every backbone kind."""
+"""Mechanisms of cross-stitch, L2 soft sharing and MRN (docs/methods.md: "Cross-stitch networks", "L2 soft sharing", "MRN"), on every backbone kind."""
 from __future__ import annotations
 
 import pytest

@@ -329,7 +329,7 @@ def test_search_on_the_shipped_table(ray_session, workdir):
     shutil.copytree(REPO / "search_spaces", workdir / "spaces")
     path = workdir / "spaces" / "tabular_csv.yaml"
     path.write_text(path.read_text().replace("epochs: 15", "epochs: 1"))
-    record = run_search(load_space(path), RunOptions(trials=2), echo=lambda line: None)
+    record = run_search(load_space(path), RunOptions(trials=2))
     assert [t.status for t in record.trials] == ["finished", "finished"]
     for trial in record.trials:
         assert set(trial.val) == {"revenue", "clicked", "segment"} and all(np.isfinite(v) for v in trial.val.values())
@@ -349,17 +349,68 @@ def test_loading_benchmark_quick_mode(tmp_path):
 
 
 def test_readme_dataset_plugin_example_registers_and_builds():
-    """The README's register_datasets example, run as written: a space can name it and its options."""
+    """The register_datasets example of docs/plugins.md, run as written: a space can name it and its options."""
     import types
 
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Named data sets from a plugin"):]
+    text = (REPO / "docs" / "plugins.md").read_text()
+    section = text[text.index("## 7. Named data sets from a plugin"):]
     code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 3)]
     module = types.ModuleType("readme_dataset_plugin")
-    exec(compile(code, "README.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
     registry = load_registry(extra=[("readme_dataset_plugin", module)])
     entry = registry.datasets["noisy_parity"]
     data = entry.factory(**{**entry.options, "samples": 200})
     assert [t.kind for t in data.problem.tasks] == ["binary", "regression"]
     assert torch.equal(data.train.y["ones"], data.train.x.sum(1))
     assert len(data.train) + len(data.val) + len(data.test) == 200
+
+
+def test_a_table_model_reloads_and_predicts_from_the_raw_columns(ray_session, workdir, capsys):
+    """`mtl-search run` on a table, then `predict` on the raw columns (text categories, blanks) of new rows."""
+    from mtl_search import load_model, predict
+    from mtl_search.data.tables import read_feature_columns
+    from mtl_search.testing import contract_table
+
+    path = contract_table(workdir, rows=120)
+    (workdir / "space.yaml").write_text(
+        "experiment: table\ndata: {csv: contract_table.csv}\n"
+        "tasks: {reg: {kind: regression}, bin: {kind: binary}, cls: {kind: multiclass}}\n"
+        "backbone: {kind: mlp, depth: 2, width: 8}\nstrategies: {hard_sharing: {shared_depth: 1}}\n"
+        "training: {epochs: 1, batch_size: 32}\nsearch: {trials: 2, concurrency: 1}\n")
+    assert main(["run", "space.yaml"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--format", "json"]) == 0
+    front = [t for t in json.loads(capsys.readouterr().out)["trials"] if t["pareto"]]
+    run_id = front[0]["run_id"]
+    new_rows = workdir / "new.csv"
+    new_rows.write_text("colour,b,a,unused\nred,0.5,,x\n,1.0,2.0,y\npurple,-1,0.1,z\n")  # columns reordered, blanks, an unseen category
+    assert main(["predict", run_id, str(new_rows), "--output", "out.csv"]) == 0
+    rows = pcsv.read_csv(workdir / "out.csv").to_pylist()
+    model = load_model(run_id)
+    expected = predict(model, read_feature_columns(new_rows, model.problem.features))
+    assert len(rows) == 3
+    for row, reg, p in zip(rows, expected["reg"], expected["bin"]):
+        assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin"] == pytest.approx(float(p), abs=1e-5)
+    (workdir / "bad.csv").write_text("a,colour\n1,red\n")
+    assert main(["predict", run_id, str(workdir / "bad.csv")]) == 2
+    assert "lacks" in capsys.readouterr().err and "b" in path.read_text().splitlines()[0]
+
+
+def test_lasem_sequential_on_a_table_trains_one_task_at_a_time(tmp_path):
+    """The strategy's own model, not a wrapper: sequential mode's active task reaches the E-step."""
+    from mtl_search.nn.create import create_model
+    from mtl_search.testing import TABLE_TASKS, contract_table
+
+    data = load_table(TableSpec("csv", contract_table(tmp_path, rows=80)), TABLE_TASKS)
+    registry = load_registry()
+    model = create_model(data.problem, registry.strategies["lasem"], registry.backbones["mlp"],
+                         {"groups": 2, "tower_width": 4, "prior": "running_mean", "mode": "sequential"}, {"depth": 2, "width": 8})
+    seen = []
+
+    class Spy(Trainer):
+        def train_epoch(self, model, optimizer, epoch, split=None):
+            seen.append(sorted(model.task_losses(self.dataset.train.subset(torch.arange(8)))))
+            return super().train_epoch(model, optimizer, epoch, split)
+
+    registry.strategies["lasem"].fit(model, Spy(data, TrainConfig(epochs=1, batch_size=32), Equal(data.problem.task_names)))
+    assert seen == [["reg"], ["bin"], ["cls"]]

@@ -127,9 +127,9 @@ def _weighted_norm_spread(weighting: GradNorm, model, batch) -> float:
 
 
 def last_layer(model):
-    from mtl_search_plugins.weighting import last_shared_layer
+    from mtl_search_plugins.weighting import last_shared_weights
 
-    return last_shared_layer(model)
+    return last_shared_weights(model)
 
 
 def test_gradnorm_pulls_gradient_norms_together_and_keeps_weights_summing_to_t():

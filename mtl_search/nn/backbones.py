@@ -6,6 +6,7 @@ itself through that same hook.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -63,9 +64,13 @@ class Backbone:
         """Width of ``new_input()``'s output."""
         return math.prod(self.input_shape)
 
-    def new_stem(self) -> nn.Module:
-        """The input layer followed by the kind's stem: raw model input -> an activation of ``stem_shape``."""
-        return nn.Sequential(self.make_input(), self.make_stem())
+    def new_stem(self, include_input: bool = True) -> nn.Module:
+        """The input layer followed by the kind's stem: raw model input -> an activation of ``stem_shape``.
+
+        ``include_input=False``: the kind's stem alone, reading an ``input_shape`` activation (for
+        modules fed by an input layer the model already ran, e.g. experts behind ``new_input()``).
+        """
+        return nn.Sequential(self.make_input(), self.make_stem()) if include_input else self.make_stem()
 
     def new_block(self, index: int) -> nn.Module:
         if not 0 <= index < self.depth:
@@ -98,6 +103,36 @@ class BackboneKind:
     build: Callable[..., Backbone]
     description: str = ""
     input_ranks: tuple[int, ...] | None = None  # len(input_shape) values it can build on; None: any
+
+    def value_ranges(self, knobs: dict[str, Knob], input_shape: tuple[int, ...]) -> dict[str, Int]:
+        """The range of every integer the built backbone's ``params`` can hold, ``depth`` included, over ``knobs``' ranges.
+
+        Derived values count: a conv backbone's depth is the length of its channel list. The
+        recipe is built (no modules are made) at every combination of the knobs' extreme
+        values and choices, so a strategy's bound that names a backbone value is checked
+        against what a trial can really get.
+        """
+        options = [[(name, value) for value in _extremes(knob)] for name, knob in knobs.items()]
+        seen: dict[str, list[int]] = {}
+        for combination in itertools.islice(itertools.product(*options), 4096):
+            built = self.build(tuple(input_shape), **dict(combination))
+            for name, value in {**built.params, "depth": built.depth}.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    seen.setdefault(name, []).append(value)
+        return {name: Int(min(values), max(values)) for name, values in seen.items()}
+
+
+def _extremes(knob: Knob) -> list[Any]:
+    """A knob's boundary values: an integer or float range's ends, every choice, a constant."""
+    from ..knobs import Fixed, _thaw
+
+    if isinstance(knob, (Int, Float)):
+        return [knob.low, knob.high]
+    if isinstance(knob, Choice) or isinstance(knob, IntList):
+        return [_thaw(c) for c in knob.choices]
+    if isinstance(knob, Fixed):
+        return [knob.value]
+    raise TypeError(f"unknown knob {knob!r}")  # pragma: no cover - every knob kind is listed above
 
 
 MLP_KNOBS: dict[str, Knob] = {

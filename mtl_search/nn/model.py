@@ -58,9 +58,14 @@ class MultiTaskModel(nn.Module):
     - ``task_losses(batch)``: per-task training losses of a batch (a strategy that needs an
       E-step per batch overrides this). Default: forward, then masked task losses.
     - ``param_groups(lr)``: optimiser parameter groups (e.g. a larger learning rate for
-      cross-stitch units). Default: one group.
+      cross-stitch units). Default: one group. A group may name its algorithm in
+      ``"optimizer"``: ``"adamw"`` (default), ``"adam"`` or ``"sgd"`` (``mtl_search.optim``).
     - ``shared_parameters()``: parameters used by more than one task (for gradient
       aggregation methods). Default: none declared.
+    - ``last_shared_weights()``: the weight tensor(s) W of the last shared layer, on which
+      GradNorm measures the tasks' gradient norms. Default: the last weight among
+      ``shared_parameters()`` (rank >= 2, not a bias); a model overrides it when its
+      parameter order cannot tell (e.g. stacked experts, whose biases are 3-D).
     - ``after_step()``: called after every optimiser step (e.g. MRN's covariance update).
     - ``on_epoch_start(epoch)``: called at the start of every training epoch.
     - ``trial_metrics()``: extra figures recorded on the trial (routing statistics ...).
@@ -90,6 +95,20 @@ class MultiTaskModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         return []
 
+    def last_shared_weights(self) -> list[nn.Parameter]:
+        """The weight tensor(s) W of the last shared layer (GradNorm's ``||grad_W L_t||``); empty when nothing is shared.
+
+        Several tensors are measured jointly (the norm of their concatenated gradients): a
+        model returns more than one when its last shared layer is split over tensors.
+        Default: the last trainable shared parameter of rank >= 2 whose name is not a bias
+        (a norm scale or a bias after the layer is skipped); if there is none, the last
+        trainable shared parameter.
+        """
+        shared = [p for p in self.shared_parameters() if p.requires_grad]
+        names = {id(p): name for name, p in self.named_parameters()}
+        weights = [p for p in shared if p.dim() >= 2 and not names.get(id(p), "").rsplit(".", 1)[-1].startswith("bias")]
+        return (weights or shared)[-1:]
+
     def after_step(self) -> None:
         pass
 
@@ -114,3 +133,10 @@ def count_parameters(params: Iterable[nn.Parameter]) -> int:
     for p in params:
         seen[id(p)] = p.numel()
     return sum(seen.values())
+
+
+def copy_state(module: nn.Module) -> dict[str, Any]:
+    """A detached copy of ``module``'s state dict (tensors cloned, extra state such as a table input layer's copied)."""
+    import copy
+
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()}

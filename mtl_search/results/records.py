@@ -92,6 +92,7 @@ class SearchRecord:
     hypervolume: float | None = None
     reference_point: list[float] | None = None
     aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
+    interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
 
     @property
@@ -239,3 +240,22 @@ def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -
     return "\n".join(lines)
 
 
+
+
+def front_summary(record: SearchRecord) -> str:
+    """What a finished ``mtl-search run`` prints: the front's table, the trial counts and how to review the search."""
+    tasks = sorted({task for t in record.trials for task in t.test})
+    columns = ["number", "strategy", *[o.key for o in record.objectives if o.key.startswith(VAL)], *[TEST + t for t in tasks]]
+    if record.references:
+        columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
+    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
+    counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
+    lines = ["", "Pareto front (validation):", format_table(trial_table(record, only_front=True), columns), "",
+             f"{len(record.trials)} trials ({counts['failed']} failed, {counts['stopped']} stopped early), "
+             f"front size {len(record.front)}, hypervolume {hv}"]
+    if record.aborted:
+        lines.append(f"ABORTED: {record.aborted}")
+    if record.interrupted:
+        lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
+    lines.append("review: mtl-search ui   |   mtl-search report --format json")
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,20 @@ def problem_from_json(data: dict[str, Any]) -> Problem:
 
 
 def save_model(directory: str | Path, model: MultiTaskModel, config: dict[str, Any], problem: Problem, backbone_kind: str) -> None:
-    """Write ``model.pt``, ``config.json`` and ``problem.json`` into ``directory``."""
+    """Write ``model.pt``, ``config.json`` and ``problem.json`` into ``directory``, each atomically (a whole file or none)."""
     directory = Path(directory)
     # CPU tensors, so a model trained on a GPU loads anywhere; non-tensor entries (a module's extra state) stay as they are
     state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-    torch.save(state, directory / MODEL_FILE)
-    (directory / CONFIG_FILE).write_text(json.dumps(config))
-    (directory / PROBLEM_FILE).write_text(json.dumps({"problem": problem_to_json(problem), "backbone_kind": backbone_kind}))
+    _atomic(directory / MODEL_FILE, lambda path: torch.save(state, path))
+    _atomic(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config)))
+    _atomic(directory / PROBLEM_FILE, lambda path: path.write_text(json.dumps({"problem": problem_to_json(problem), "backbone_kind": backbone_kind})))
+
+
+def _atomic(target: Path, write: Any) -> None:
+    """``write(temporary path)``, then rename it to ``target``: a reader never sees a half-written file."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    write(temporary)
+    os.replace(temporary, target)
 
 
 def load_model_dir(directory: str | Path, registry: Any = None) -> MultiTaskModel:
@@ -82,16 +90,21 @@ def _registered(items: dict[str, Any], name: str, kind: str) -> Any:
     return items[name]
 
 
-def load_model(run_id: str, tracking_uri: str | None = None, registry: Any = None) -> MultiTaskModel:
-    """The trained model of a trial run (trials on the front carry one), rebuilt and in eval mode.
+def load_model(source: str | Path, tracking_uri: str | None = None, registry: Any = None) -> MultiTaskModel:
+    """The trained model of a trial, rebuilt and in eval mode: ``source`` is a trial's MLflow run id, or a saved model folder.
 
-    ``tracking_uri`` defaults to the default store (``sqlite:///<cwd>/mlflow/mlflow.db``).
+    Trials on the front carry their model in MLflow; ``tracking_uri`` defaults to the default
+    store (``sqlite:///<cwd>/mlflow/mlflow.db``). A folder is one ``save_model`` wrote (a
+    trial's checkpoint, or a downloaded ``model/`` artifact).
     """
+    if Path(source).is_dir():
+        return load_model_dir(source, registry)
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from .tracking import resolve_tracking_uri
 
+    run_id = str(source)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     try:
         client.get_run(run_id)

@@ -45,9 +45,11 @@ FAMILY = "mtl_search.family"
 PARETO = "mtl_search.pareto"
 NUMBER = "mtl_search.trial_number"
 OBJECTIVES = "mtl_search.objectives"
-TUNE_PATH = "mtl_search.tune_path"  # the search's Ray Tune experiment directory (for --resume)
 STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a second Ctrl-C) ended early
 PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
+CHECKPOINT = "mtl_search.checkpoint"  # the folder of a finished trial's saved model (a Tune checkpoint)
+STUDY = "mtl_search.study"  # the search's Optuna study (in optuna.db next to the tracking store)
+INTERRUPTED = "mtl_search.interrupted"  # set on a search stopped by Ctrl-C (its run ends KILLED; --resume continues it)
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 EPOCH_PREFIXES = ("train_loss/", "val/", "val_loss/", "weight/")
@@ -70,6 +72,42 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if "://" not in uri:
         raise MtlSearchError(f"tracking URI {uri!r}: expected sqlite:///path/to/mlflow.db or http(s)://server (MLflow's file store is not supported)")
     return uri
+
+
+def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri") -> "Tracker":
+    """A Tracker on ``uri`` (default store when None), or an MtlSearchError naming ``source`` when the store is unusable.
+
+    Checked before anything else starts: a scheme MLflow cannot use, a sqlite path whose
+    folder cannot be created, a server that does not answer.
+    """
+    resolved = resolve_tracking_uri(uri)
+    scheme = resolved.split("://", 1)[0]
+    if scheme not in ("sqlite", "http", "https"):
+        raise MtlSearchError(f"{source}: {resolved!r} is not a tracking store mtl-search can use; "
+                             "expected sqlite:///path/to/mlflow.db or http(s)://host:port")
+    if scheme == "sqlite":
+        path = Path(resolved[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MtlSearchError(f"{source}: cannot create the folder of {path}: {exc.strerror or exc}") from None
+        if path.exists() and not path.is_file():
+            raise MtlSearchError(f"{source}: {path} is not a file")
+    else:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=10).close()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MtlSearchError(f"{source}: the MLflow server at {resolved} does not answer ({reason})") from None
+    try:
+        return Tracker(resolved, experiment)
+    except MtlSearchError:
+        raise
+    except Exception as exc:  # what the store's driver says, in one line
+        raise MtlSearchError(f"{source}: cannot open the tracking store {resolved}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 class Tracker:
@@ -112,11 +150,11 @@ class Tracker:
 
     def reopen_search(self, run_id: str) -> list[TrialRecord]:
         """Take up an interrupted search: its trials left RUNNING become KILLED; returns the trials it recorded before."""
-        for run in self._children(run_id):
+        for run in self.children(run_id):
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.update_run(run_id, status="RUNNING")
-        return [t for t in (_trial_record(run) for run in self._children(run_id)) if t.status != "killed"]
+        return [t for t in (_trial_record(run) for run in self.children(run_id)) if t.status != "killed"]
 
     def log_references(self, run_id: str, references: dict[str, dict[str, float]]) -> None:
         """The single-task references' metrics on the search run: ``reference/val/<task>``, ``reference/test/<task>``."""
@@ -132,7 +170,8 @@ class Tracker:
         """The references a search run recorded (``log_references``), or None."""
         return _references(self.client.get_run(run_id).data.metrics)
 
-    def _children(self, parent_id: str) -> list[Any]:
+    def children(self, parent_id: str) -> list[Any]:
+        """The trial runs of a search run."""
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 
     def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], status: str = "FINISHED") -> None:
@@ -154,6 +193,8 @@ class Tracker:
         log_search_review(self.client, run_id, record, history)
         set_review_view(self.client, self.experiment_id, record)
         self.client.set_tag(run_id, NOTE, summary_markdown(record))
+        if record.interrupted:
+            self.client.set_tag(run_id, INTERRUPTED, "true")
         self.client.set_terminated(run_id, status)
 
     # --- trial (child) runs --------------------------------------------------------------
@@ -181,7 +222,8 @@ class Tracker:
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
-    def finish_trial(self, run_id: str, result: dict[str, Any]) -> None:
+    def finish_trial(self, run_id: str, result: dict[str, Any], checkpoint: str | None = None) -> None:
+        """A trial's final metrics and sharing map; ``checkpoint``: the folder of its saved model (logged later if it is on the front)."""
         from mlflow.entities import Metric
 
         from .plots import sharing_map_figure
@@ -200,6 +242,8 @@ class Tracker:
             figure = sharing_map_figure({k: SharingMap.from_dict(v) for k, v in maps.items()})
             self.client.log_figure(run_id, figure, "sharing_map.png")
             plt.close(figure)
+        if checkpoint:
+            self.client.set_tag(run_id, CHECKPOINT, checkpoint)
         self.client.set_terminated(run_id, "FINISHED")
 
     def stop_trial(self, run_id: str) -> None:
@@ -324,6 +368,7 @@ def _trial_record(run: Any) -> TrialRecord:
         test_gains={k[len(TEST_GAIN):]: v for k, v in final.items() if k.startswith(TEST_GAIN)},
         error=tags.get("mtl_search.error"),
         pareto=tags.get(PARETO) == "true",
+        checkpoint=tags.get(CHECKPOINT),
         family=tags.get(FAMILY, ""),
         placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
     )
@@ -336,6 +381,8 @@ def summary_markdown(record: SearchRecord) -> str:
     lines = [f"## Search `{record.experiment}`", "",
              f"{len(record.trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) +
              f"; front: {len(record.front)} trials; hypervolume: {hv}", ""]
+    if record.interrupted:
+        lines += ["**Interrupted** (Ctrl-C): `mtl-search run SPACE --resume` continues this search.", ""]
     names = [o.name for o in record.objectives]
     lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
     for obj in record.objectives:

@@ -29,9 +29,9 @@ class DefineByRun:
         config: dict[str, Any] = {STRATEGY_KEY: strategy, NUMBER_KEY: trial.number}
         _suggest_all(trial, "inputs", self.inputs, config)
         backbone = _suggest_all(trial, "backbone", self.backbone, config)
-        # a strategy's bound may name a backbone knob or the depth, which some kinds derive (conv: len(channels))
-        depth = self.backbone_kind.build(self.input_shape, **backbone).depth
-        _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, "depth": depth})
+        # a strategy's bound may name any value of the built backbone, derived ones included (conv: depth = len(channels))
+        built = self.backbone_kind.build(self.input_shape, **backbone)
+        _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, **built.params, "depth": built.depth})
         _suggest_all(trial, "training", self.training, config)
         weighting = self.weighting.suggest(trial, "training.weighting")
         config["training.weighting"] = weighting

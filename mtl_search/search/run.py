@@ -1,54 +1,39 @@
-"""A search: Optuna proposes configurations (define-by-run), Ray Tune runs them, MLflow records them.
+"""A search as a straight line: prepare, open the record, run the trials, close the record.
 
-The data set is built once on the driver and reaches the trials through Ray's object
-store (``tune.with_parameters``). The MLflow logging is a Tune callback on the driver.
+Optuna proposes configurations (define-by-run, ask and tell), Ray Tune runs them, MLflow
+records them. The data set is built once on the driver and reaches the trials through
+Ray's object store (``tune.with_parameters``); the MLflow logging is a Tune callback on the
+driver. The durable record of a search is its Optuna study (``optuna.db`` next to the
+tracking store) and its MLflow runs: ``--resume`` rebuilds what is done from them and starts
+a fresh Tune run for the rest, so a search killed at any moment loses no trial and runs none
+twice. :func:`run_search` prints nothing (progress lines go to ``progress``); the command
+line prints the front.
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import signal
 import threading
 import time
-import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from ..config import NUMBER_KEY, STRATEGY_KEY
 from ..data.dataset import Dataset
 from ..data.tables import load_table
 from ..errors import MtlSearchError, SpaceError, did_you_mean
 from ..registry import Registry, load_registry
-from ..results.metrics import COST_METRICS, DELTA_M, GAIN, TEST_GAIN, WORST_GAIN, Objective, is_trial_figure
-from ..results.records import (
-    LiveFront,
-    SearchRecord,
-    TrialRecord,
-    format_table,
-    hypervolume_history,
-    mark_front,
-    trial_table,
-)
-from ..results.tracking import (
-    PLACEMENT_TAGS,
-    TUNE_PATH,
-    BackgroundWriter,
-    Tracker,
-    default_store_dir,
-    resolve_tracking_uri,
-)
-from .plan import (
-    DefineByRun,
-    grid_space,
-    make_sampler,
-    make_scheduler,
-    make_trial_plan,
-)
+from ..results.metrics import Objective
+from ..results.records import SearchRecord, TrialRecord, hypervolume_history, mark_front
+from ..results.tracking import STUDY, Tracker, default_store_dir, open_tracker
+from .faults import kill_point
+from .plan import DefineByRun, grid_space, make_sampler, make_scheduler, make_trial_plan
 from .references import search_references
 from .space import Plan, Space, resolve
 from .trial import tune_trainable
+from .tune import CONFIG_ATTR, Interrupt, OptunaSearcher, Rerun, Stopper, TrialLogger
 
 
 def build_dataset(space: Space, registry: Registry) -> Dataset:
@@ -102,73 +87,111 @@ def ensure_ray(address: str | None) -> None:
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        else:  # "local": a new instance, never a cluster someone else started on this machine (ray.init's default joins one)
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
 
 
-class SearchControl:
-    """The live state of the search running in this process: interrupts, failures, the trial logger.
-
-    Tune pickles its callbacks, stopper and searcher with the experiment and restores those
-    copies on ``--resume``; so they keep no state of their own and consult ``_LIVE`` instead.
-    """
-
-    def __init__(self, max_failures: int | None, echo: Callable[[str], None]):
-        self.max_failures, self.echo = max_failures, echo
-        self.draining = False  # first Ctrl-C: no new trials
-        self.cancelled = False  # second Ctrl-C: stop the running ones too
-        self.failures = 0
-        self.abort_reason: str | None = None
-        self.logger: TrialLogger | None = None
-
-    @property
-    def stop_all(self) -> bool:
-        return self.cancelled or self.abort_reason is not None
-
-    @property
-    def schedule_more(self) -> bool:
-        return not (self.draining or self.stop_all)
-
-    def interrupt(self, signum: int = 0, frame: Any = None) -> None:
-        """SIGINT handler: the first stops scheduling, the second cancels running trials."""
-        if not self.draining:
-            self.draining = True
-            self.echo("\ninterrupted: no new trials; running trials finish (Ctrl-C again to cancel them)")
-        else:
-            self.cancelled = True
-            self.echo("\ninterrupted again: cancelling running trials")
-
-    def count_failure(self) -> None:
-        self.failures += 1
-        if self.max_failures is not None and self.failures > self.max_failures and self.abort_reason is None:
-            self.abort_reason = f"{self.failures} trials failed, more than search.max_failures={self.max_failures}; search aborted"
-            self.echo(self.abort_reason)
-
-
-_LIVE: SearchControl | None = None
-
-
-def _live() -> SearchControl:
-    if _LIVE is None:  # pragma: no cover - Tune calls these only during run_search
-        raise RuntimeError("no search is running in this process")
-    return _LIVE
-
-
 def state_dir(tracking_uri: str) -> Path:
-    """Where a search keeps its Optuna study and Tune state: next to a sqlite tracking store, else ./mlflow."""
+    """Where a search keeps its Optuna study and Tune's working files: next to a sqlite tracking store, else ./mlflow."""
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri[len("sqlite:///"):]).parent
     return default_store_dir()
 
 
+@dataclass
+class Resumption:
+    """What the durable record says of a search: trials done, and trials to run again with their number and configuration."""
+
+    done: list[TrialRecord] = field(default_factory=list)
+    reruns: list[Rerun] = field(default_factory=list)
+
+
+def reconcile(study: Any, done: list[TrialRecord]) -> Resumption:
+    """Bring the Optuna study in line with the trials MLflow recorded, and list the trials to run again.
+
+    ``done`` are the trials with a terminal MLflow run (finished, failed, stopped). An Optuna
+    trial still RUNNING whose end reached MLflow is told that end; one whose end did not is
+    run again with its own configuration and number (still RUNNING, told when the re-run
+    ends); one Optuna has ended but MLflow has not recorded is run again too (not told
+    twice). A trial that never received its configuration never started: it is failed in
+    Optuna, and a fresh sample takes its place.
+    """
+    import optuna
+
+    by_number = {t.number: t for t in done}
+    state = optuna.trial.TrialState
+    reruns = []
+    for trial in study.get_trials(deepcopy=False):
+        record = by_number.get(trial.number)
+        if record is not None:
+            if trial.state == state.RUNNING:
+                values = record.objective_values(_objectives(study)) if record.status == "finished" else None
+                if values is not None:
+                    study.tell(trial.number, values)
+                else:
+                    study.tell(trial.number, state=state.PRUNED if record.status == "stopped" else state.FAIL)
+            continue
+        config = trial.user_attrs.get(CONFIG_ATTR)
+        if config is None:
+            if trial.state == state.RUNNING:
+                study.tell(trial.number, state=state.FAIL)
+            continue
+        reruns.append(Rerun(trial.number, config, told=trial.state != state.RUNNING))
+    return Resumption(done, reruns)
+
+
+def _objectives(study: Any) -> list[Objective]:
+    return [Objective.from_json(o) for o in study.user_attrs["objectives"]]
+
+
+@contextlib.contextmanager
+def process_settings(interrupt: Interrupt) -> Iterator[None]:
+    """The process-wide settings a search needs, set for its duration and restored after.
+
+    Optuna and Tune's console output (a config box, per-trial notices, experimental-feature
+    warnings) is off: the search reports its own progress. Ctrl-C is the search's
+    (:class:`Interrupt`): Tune's own handler would stop running trials at once.
+    """
+    import optuna
+
+    settings = {
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # short trials: Tune warns at each state save
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    }
+    saved_env = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
+    previous_handler = signal.signal(signal.SIGINT, interrupt) if in_main_thread else None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
+        optuna.logging.set_verbosity(verbosity)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_search(space: Space, options: RunOptions | None = None, registry: Registry | None = None,
-               echo: Callable[[str], None] = print) -> SearchRecord:
-    """Run (or with ``options.resume`` continue) a whole search and record it in MLflow; returns the record with the front marked."""
-    global _LIVE
+               progress: Callable[[str], None] | None = None) -> SearchRecord:
+    """Run (or with ``options.resume`` continue) a whole search and record it in MLflow; returns the record with the front marked.
+
+    ``progress`` receives a line as each trial starts and ends (nothing is printed otherwise).
+    Raises MtlSearchError (SpaceError for the space) on bad input, before Ray starts.
+    """
     from ray import tune
 
+    echo = progress or (lambda line: None)
     options = options or RunOptions()
     plan, dataset, registry = prepare(space, registry)
     trials = options.trials or space.search.trials
@@ -176,294 +199,116 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     experiment = options.experiment or space.experiment
     objectives = plan.objectives
     reference = [space.search.reference_point[o.name] for o in objectives] if space.search.reference_point else None
-
-    tracker = Tracker(resolve_tracking_uri(options.tracking_uri or space.tracking_uri), experiment)
+    source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
+    tracker = open_tracker(options.tracking_uri or space.tracking_uri, experiment, source)
     store = state_dir(tracker.uri)
-    earlier: list[TrialRecord] = []
-    if options.resume:
-        search_run_id, tune_path = _resumable(tracker, experiment)
-        earlier = tracker.reopen_search(search_run_id)
-        echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(earlier)} trials already recorded")
-    else:
-        tune_path = str(store / "ray_results" / f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
-        search_run_id = tracker.start_search(
-            Path(tune_path).name.replace(experiment, "search", 1), objectives,
-            {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
-             "early_stopping": space.search.early_stopping,
-             "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
-            space.path.read_text() if space.path else "",
-            tags={TUNE_PATH: tune_path},
-        )
-        echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
+    storage = f"sqlite:///{store / 'optuna.db'}"
 
-    import optuna
+    interrupt = Interrupt(echo=echo)
+    with process_settings(interrupt):
+        if options.resume:
+            search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
+            resumption = reconcile(study, tracker.reopen_search(search_run_id))
+            kept = len(resumption.done)
+            echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
+                 f"{len(resumption.reruns)} to run again")
+        else:
+            study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+            study = _create_study(storage, study_name, plan, space, concurrency, objectives)
+            search_run_id = tracker.start_search(
+                study_name.replace(experiment, "search", 1), objectives,
+                {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
+                 "early_stopping": space.search.early_stopping,
+                 "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
+                space.path.read_text() if space.path else "",
+                tags={STUDY: study.study_name},
+            )
+            resumption = Resumption()
+            echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Tune snapshots its state whenever a trial checkpoints; with short trials it warns each time.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # The run prints its own progress lines; Tune's console output (a config box, TensorBoard hints) is noise here.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ctrl-C is ours (SearchControl.interrupt): Tune's handler would stop running trials at once.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    # single-task references (search/references.py): trained once before the trials, or read back on resume
-    references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
-    trial_plan = make_trial_plan(plan, references)
-    ensure_ray(options.address or space.ray.address)
-    control = SearchControl(space.search.max_failures, echo)
-    control.logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, echo, earlier, control)
-    resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=trial_plan), resources)
-    if options.resume:
-        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
-    else:
-        searcher = _Searcher(
-            space=DefineByRun(plan),
-            metric=[o.key for o in objectives],
-            mode=[o.direction for o in objectives],
-            sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{store / 'optuna.db'}"),
-            study_name=Path(tune_path).name,
-        )
+        # single-task references (search/references.py): trained once before the trials, or read back on resume
+        references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
+        ensure_ray(options.address or space.ray.address)
+        to_run = max(0, trials - len(resumption.done))
+        logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo)
+        searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
+                                  stop=lambda: interrupt.draining or logger.abort_reason is not None)
+        resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan, references)), resources)
+        run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
-                                        num_samples=trials, max_concurrent_trials=concurrency,
+                                        num_samples=to_run, max_concurrent_trials=concurrency,
                                         # a new actor per trial costs a worker start and torch/mtl_search
                                         # imports (seconds on 2 busy cores); train_trial keeps no state across trials
                                         reuse_actors=True, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=Path(tune_path).name,
-                storage_path=str(Path(tune_path).parent),
-                callbacks=[_CallbackRelay()],
-                stop=_ControlStopper(),
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger],
+                stop=Stopper(lambda: interrupt.cancelled or logger.abort_reason is not None),
+                verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    status = "FINISHED"
-    _LIVE = control
-    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
-    previous_handler = signal.signal(signal.SIGINT, control.interrupt) if in_main_thread else None
-    try:
-        tuner.fit()
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous_handler)
-        _LIVE = None
-        if control.abort_reason:
+        status = "FINISHED"
+        kill_point("search_started")
+        try:
+            if to_run:
+                tuner.fit()
+        except BaseException:
             status = "FAILED"
-        logger = control.logger
-        logger.stop_unfinished()
-        logger.close()
-        record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=control.abort_reason, references=references)
-        record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
-        history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
-        tracker.finish_search(record, history, status)
-        registry.notify("search_finished", search=record)
-    echo("\nPareto front (validation):")
-    columns = ["number", "strategy", *[o.key for o in objectives if o.key.startswith("val/")], *[f"test/{t}" for t in plan.problem.task_names]]
-    if references:
-        columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
-    echo(format_table(trial_table(record, only_front=True), columns))
-    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
-    counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
-    echo(f"\n{len(record.trials)} trials ({counts['failed']} failed, {counts['stopped']} stopped early), front size {len(record.front)}, hypervolume {hv}")
-    if record.aborted:
-        echo(f"ABORTED: {record.aborted}")
-    echo("review: mtl-search ui   |   mtl-search report --format json")
+            raise
+        finally:
+            if logger.abort_reason:
+                status = "FAILED"
+            elif interrupt.draining:
+                status = "KILLED"  # interrupted: --resume continues it
+            logger.stop_unfinished()
+            logger.close()
+            record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
+                                  interrupted=interrupt.draining, references=references)
+            record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference)
+            history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
+            tracker.finish_search(record, history, status)
+            registry.notify("search_finished", search=record)
     return record
+
+
+def _create_study(storage: str, name: str, plan: Plan, space: Space, concurrency: int, objectives: list[Objective]) -> Any:
+    import optuna
+
+    study = optuna.create_study(
+        storage=optuna.storages.RDBStorage(storage), study_name=name,
+        sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
+        directions=["minimize" if o.direction == "min" else "maximize" for o in objectives],
+    )
+    study.set_user_attr("objectives", [o.to_json() for o in objectives])
+    return study
 
 
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _resumable(tracker: Tracker, experiment: str) -> tuple[str, str]:
-    """The MLflow run id and Tune directory of the experiment's interrupted search."""
-    from ray import tune
+def _resumable(tracker: Tracker, experiment: str, storage: str, space: Space, concurrency: int, plan: Plan) -> tuple[str, Any]:
+    """The MLflow run id and the Optuna study of the experiment's unfinished search (exit 2 when it cannot be continued)."""
+    import optuna
 
     latest = tracker.latest_search()
     if latest is None:
         raise MtlSearchError(f"--resume: no search of experiment {experiment!r} in {tracker.uri}")
     if latest.info.status == "FINISHED":
         raise MtlSearchError(f"--resume: the latest search of experiment {experiment!r} (run {latest.info.run_id}) finished; nothing to resume")
-    tune_path = latest.data.tags.get(TUNE_PATH, "")
-    if not tune_path or not tune.Tuner.can_restore(tune_path):
-        raise MtlSearchError(f"--resume: the Ray Tune state of run {latest.info.run_id} ({tune_path or 'not recorded'}) is missing")
-    return latest.info.run_id, tune_path
+    name = latest.data.tags.get(STUDY)
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if (store_exists := _sqlite_exists(storage)) else {}
+    if not name or name not in names:
+        kept = len(tracker.children(latest.info.run_id))
+        where = storage if store_exists else f"{storage} (missing)"
+        raise MtlSearchError(f"--resume: search run {latest.info.run_id} cannot be continued: its Optuna study "
+                             f"({name or 'not recorded'}) is not in {where}; its {kept} trial runs stay in MLflow as they are")
+    # a fresh seed: the first run's seed would replay its own samples
+    sampler = make_sampler(space.search.sampler, space.search.seed + names[name].n_trials, concurrency, plan)
+    return latest.info.run_id, optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
-def _tune_bases() -> tuple[type, type, type]:
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    return tune.Callback, tune.Stopper, OptunaSearch
-
-
-_Callback, _Stopper, _OptunaSearch = _tune_bases()
-
-
-class _Searcher(_OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about trials that did not finish.
-
-    A trial the scheduler stopped early reaches ``on_trial_complete`` with its last epoch's
-    values; OptunaSearch would tell them as the trial's result (corrupting the front the
-    sampler learns from). It is told PRUNED instead, and an errored trial FAIL.
-    """
-
-    def suggest(self, trial_id: str) -> Any:
-        if not _live().schedule_more:
-            return self.FINISHED
-        return super().suggest(trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        import optuna
-
-        if not error and (result or {}).get("final"):
-            super().on_trial_complete(trial_id, result, error)
-            return
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
-        self._ot_study.tell(self._ot_trials[trial_id], state=state)
-        self._completed_trials.add(trial_id)
-
-
-class _ControlStopper(_Stopper):
-    """Stops every trial after a second Ctrl-C or when ``search.max_failures`` is exceeded."""
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return _live().stop_all
-
-
-class _CallbackRelay(_Callback):
-    """Forwards Tune's trial events to the live search's TrialLogger."""
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _live().logger.start(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        _live().logger.result(trial, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _live().logger.complete(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _live().logger.error(trial)
-
-
-class TrialLogger:
-    """Logs each trial to MLflow as it starts, reports epochs and ends; prints progress.
-
-    Creating a trial's run is immediate (later writes need its id); the other writes go
-    through a BackgroundWriter, so Tune's loop is not held up; ``close`` waits for them.
-    ``earlier`` holds the trials a resumed search recorded before it was interrupted: a trial
-    Tune runs again that already finished (Tune's state lagged behind MLflow) is not logged twice.
-    """
-
-    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
-                 echo: Callable[[str], None], earlier: list[TrialRecord], control: SearchControl):
-        self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
-        self.registry, self.total, self.echo, self.control = registry, total, echo, control
-        self.run_ids: dict[str, str] = {}
-        self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
-        self.placed: set[str] = set()
-        self.records: list[TrialRecord] = list(earlier)
-        self.recorded = {t.number for t in earlier}
-        self.front = LiveFront(objectives, self.records)  # updated one trial at a time
-        self.writes = BackgroundWriter(echo)
-
-    def close(self) -> None:
-        """Wait for every queued MLflow write."""
-        self.writes.close()
-
-    def start(self, trial: Any) -> None:
-        config = dict(trial.config)
-        if int(config[NUMBER_KEY]) not in self.recorded:
-            strategy = config[STRATEGY_KEY]
-            self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), strategy, config, self._family(strategy))
-            self.running[trial.trial_id] = trial
-            self.echo(f"trial {config[NUMBER_KEY]} {config[STRATEGY_KEY]}: started")
-
-    def result(self, trial: Any, result: dict) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        if trial.trial_id not in self.placed:
-            self.placed.add(trial.trial_id)
-            self.writes.submit(self.tracker.record_placement, run_id, dict(result))
-        if not result.get("final") and "epoch" in result:
-            self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
-
-    def complete(self, trial: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        result = dict(trial.last_result or {})
-        if not result.get("final"):
-            self.writes.submit(self.tracker.stop_trial, run_id)
-            self._finish(trial, run_id, "stopped", result, None)
-            return
-        self.writes.submit(self.tracker.finish_trial, run_id, result)
-        self._finish(trial, run_id, "finished", result, None)
-
-    def error(self, trial: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
-        error = _error_text(trial)
-        self.writes.submit(self.tracker.fail_trial, run_id, error)
-        self._finish(trial, run_id, "failed", trial.last_result or {}, error)
-        self.control.count_failure()
-
-    def stop_unfinished(self) -> None:
-        """Record as stopped the trials Tune left running when it stopped the whole search (second Ctrl-C, max_failures)."""
-        for trial_id, trial in list(self.running.items()):
-            self.writes.submit(self.tracker.stop_trial, self.run_ids[trial_id])
-            self._finish(trial, self.run_ids[trial_id], "stopped", {}, None)
-
-    def _family(self, strategy: str) -> str:
-        return self.registry.strategies[strategy].family
-
-    def _finish(self, trial: Any, run_id: str, status: str, result: dict, error: str | None) -> None:
-        self.running.pop(trial.trial_id, None)
-        config = dict(trial.config)
-        self.recorded.add(int(config[NUMBER_KEY]))
-        checkpoint = getattr(trial, "checkpoint", None)
-        finished = status == "finished"
-        record = TrialRecord(
-            number=int(config[NUMBER_KEY]), run_id=run_id, strategy=config[STRATEGY_KEY], params=config, status=status,
-            val={k[4:]: v for k, v in result.items() if k.startswith("val/")} if finished else {},
-            test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if finished else {},
-            metrics={k: v for k, v in result.items() if (k in COST_METRICS or (finished and is_trial_figure(k))) and isinstance(v, (int, float))},
-            gains={k[len(GAIN):]: v for k, v in result.items() if k.startswith(GAIN)} if finished else {},
-            test_gains={k[len(TEST_GAIN):]: v for k, v in result.items() if k.startswith(TEST_GAIN)} if finished else {},
-            error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
-            family=self._family(config[STRATEGY_KEY]),
-            placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
-        )
-        self.records.append(record)
-        self.front.add(record)
-        values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
-        line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
-        line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
-        if DELTA_M in record.metrics:
-            line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
-        self.echo(f"{line} | front size {self.front.size}")
-        self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
-
-
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and os.path.exists(path):
-        return Path(path).read_text()
-    error = getattr(trial, "error", None) or getattr(trial, "get_error", lambda: None)()
-    return "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else str(error or "unknown error")
-
+def _sqlite_exists(storage: str) -> bool:
+    return Path(storage[len("sqlite:///"):]).is_file()

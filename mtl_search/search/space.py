@@ -11,7 +11,7 @@ from ..config import DEFAULT_WEIGHTING
 from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import SpaceError, did_you_mean
-from ..knobs import Fixed, Float, Int, Knob, parse_range
+from ..knobs import Fixed, Float, Int, Knob, knob_bounds, parse_range
 from ..nn.inputs import INPUT_KNOBS, has_categories
 from ..results.metrics import COST_OBJECTIVES, GAIN_OBJECTIVES, Objective, group_key, val_key
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
@@ -330,6 +330,10 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         )
     backbone = _merge_knobs(kind.knobs, space.backbone, "backbone", f"backbone kind {kind.name!r}")
 
+    try:
+        values = kind.value_ranges(backbone, problem.input_shape)  # what bounds naming a backbone value read
+    except (ValueError, TypeError) as exc:
+        raise SpaceError("backbone", f"backbone kind {kind.name!r} cannot be built from these values: {exc}") from None
     strategies = {}
     for name, overrides in space.strategies.items():
         strategy = registry.lookup("strategies", name, f"strategies.{name}")
@@ -339,7 +343,8 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 f"strategy {name!r} does not support backbone kind {kind.name!r}; it supports {', '.join(strategy.backbones)}",
             )
         knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
-        strategy.check(knobs, backbone, f"strategies.{name}")
+        _check_backbone_bounds(strategy.knobs, knobs, values, f"strategies.{name}")
+        strategy.check(knobs, {**backbone, **values}, f"strategies.{name}")
         strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)
@@ -467,6 +472,25 @@ def _column(value: Any, path: str) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise SpaceError(path, f"expected a column name, got {value!r}")
     return value
+
+
+def _check_backbone_bounds(declared: dict[str, Knob], knobs: dict[str, Knob], values: dict[str, Knob], path: str) -> None:
+    """A space's range for a knob whose bound names a backbone value (``Int(0, "depth")``) must stay within it for every trial."""
+    for name, knob in declared.items():
+        if not isinstance(knob, Int) or knobs[name] is knob:
+            continue
+        low, high = knob_bounds(knobs[name])
+        for bound, smallest in ((knob.high, True), (knob.low, False)):
+            if not isinstance(bound, str):
+                continue
+            if bound not in values:
+                raise SpaceError(f"{path}.{name}", f"its bound names {bound!r}, which this backbone kind does not have")
+            lo, hi = knob_bounds(values[bound])
+            where = f"the backbone's {bound} ({lo} to {hi})" if lo != hi else f"the backbone's {bound} ({lo})"
+            if smallest and high > lo:
+                raise SpaceError(f"{path}.{name}", f"{high} is above {where}; every trial's value must be at most {lo}")
+            if not smallest and low < hi:
+                raise SpaceError(f"{path}.{name}", f"{low} is below {where}; every trial's value must be at least {hi}")
 
 
 def _merge_knobs(declared: dict[str, Knob], overrides: dict[str, Knob], path: str, owner: str) -> dict[str, Knob]:

@@ -6,7 +6,6 @@ own schedule, trains it through ``Strategy.fit``.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from ..results.metrics import gain_metrics, pending_gain_metrics
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
-
-RESULT_FILE = "result.json"  # the final result, re-sent on resume when the trial's end was never recorded
 
 
 @dataclass
@@ -148,8 +145,6 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
-        with open(os.path.join(tmp, RESULT_FILE), "w") as fh:
-            json.dump(result, fh)
         report(result, checkpoint_dir=tmp)
     return result
 
@@ -163,14 +158,4 @@ def tune_trainable(config: dict[str, Any], dataset: Dataset, plan: TrialPlan) ->
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        # Tune restarts a trial whose final checkpoint it saved but whose end it did not
-        # record before a crash: send the saved result again instead of training again.
-        with checkpoint.as_directory() as directory:
-            saved = os.path.join(directory, RESULT_FILE)
-            if os.path.exists(saved):
-                with open(saved) as fh:
-                    tune.report(json.load(fh))
-                return
     train_trial(config, dataset, plan, report, {"node_id": ray.get_runtime_context().get_node_id()})

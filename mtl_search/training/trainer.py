@@ -18,6 +18,7 @@ from torch import nn
 from ..data.dataset import Dataset, Split
 from ..knobs import Float, Int, Knob
 from ..nn.model import MultiTaskModel
+from .optim import make_optimizer
 from .weighting import Weighting
 
 EVAL_BATCH = 4096
@@ -89,12 +90,15 @@ class Trainer:
         self._loss_scale: dict[str, float] | None = None
 
     def make_optimizer(self, model: MultiTaskModel, groups: Iterable[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
-        """AdamW over ``groups`` (default: the model's ``param_groups``) plus the weighting's own parameters."""
+        """AdamW over ``groups`` (default: the model's ``param_groups``) plus the weighting's own parameters.
+
+        A group may name another algorithm in ``"optimizer"`` (``"sgd"``, ``"adam"``; see ``mtl_search.optim``).
+        """
         groups = list(groups if groups is not None else model.param_groups(self.config.lr))
         own = [p for p in self.weighting.parameters() if p.requires_grad]
         if own:
             groups.append({"params": own, "lr": self.config.lr, "weight_decay": 0.0})
-        return torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return make_optimizer(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def train_epoch(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer, epoch: int, split: Split | None = None) -> dict[str, float]:
         """One pass over ``split`` (default: train) in shuffled minibatches; mean loss per task."""
@@ -168,7 +172,13 @@ class Trainer:
 
     def fit(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer | None = None, epochs: int | None = None,
             split: Split | None = None) -> list[EpochRecord]:
-        """Train with early stopping on the score; restore the best epoch's weights. Returns this call's epochs."""
+        """Train with early stopping on the score; restore the best epoch's weights. Returns this call's epochs.
+
+        Stops after ``patience`` epochs in a row without a better score. The weighting's
+        state (its ``state_dict``: learned weights, GradNorm's initial losses, DWA's loss
+        history) is restored with the best weights, so a later phase resumes from that epoch;
+        the optimiser's moments are not (the phase's optimiser is discarded or re-made).
+        """
         optimizer = optimizer or self.make_optimizer(model)
         epochs = self.config.epochs if epochs is None else epochs
         best, best_state, since_best = math.inf, None, 0
@@ -179,13 +189,14 @@ class Trainer:
             records.append(record)
             if record.score < best - 1e-9:
                 best, since_best = record.score, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(self.weighting.state_dict()))
             else:
                 since_best += 1
-                if since_best > self.config.patience:
+                if since_best >= self.config.patience:
                     break
         if best_state is not None:
-            model.load_state_dict(best_state)
+            model.load_state_dict(best_state[0])
+            self.weighting.load_state_dict(best_state[1])
         return records
 
 

@@ -32,6 +32,11 @@ class Weighting(nn.Module):
     trial as ``weighting.<name>.<knob>``; a space narrows them under
     ``training.weighting_options``) and ``needs_shared_parameters`` (True for methods that
     read or rewrite the gradients of ``MultiTaskModel.shared_parameters()``).
+
+    Devices: the trainer calls ``.to(device)``, so keep state in parameters and buffers
+    (state that is neither, e.g. a Python list, goes in ``get_extra_state``) and create a
+    step's tensors on the losses' device. Early stopping restores ``state_dict()`` with the
+    best weights.
     """
 
     name: ClassVar[str] = ""

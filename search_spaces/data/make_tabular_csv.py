@@ -1,7 +1,7 @@
 """Write ``tabular.csv`` (next to this script) for ``search_spaces/tabular_csv.yaml``.
 
 The rows come from the built-in synthetic generator (three correlated tasks, MMoE paper,
-METHODS.md section 7) and are turned into what a user's table looks like: a regression,
+docs/methods.md, "The MMoE synthetic benchmark") and are turned into what a user's table looks like: a regression,
 a binary and a multiclass target with some labels removed, one informative input written
 as a categorical column, a few missing feature values, an id to exclude and a user column
 for a group split. Run: ``python search_spaces/data/make_tabular_csv.py``.

@@ -1,0 +1,247 @@
+"""The glue between a search and Ray Tune: the Optuna searcher, the stopper, and the trial logger (a Tune callback).
+
+The search's durable record is the Optuna study (RDB storage next to the tracking store)
+and the MLflow runs; Tune's own experiment state is never restored. So the objects here are
+live objects of one ``run_search`` call: when Tune pickles them with its experiment state
+they pickle as inert shells (``__getstate__``), and ``--resume`` starts a fresh Tune run
+over the same study (see :mod:`mtl_search.search.run`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from ..config import NUMBER_KEY, STRATEGY_KEY
+from ..registry import Registry
+from ..results.metrics import COST_METRICS, DELTA_M, GAIN, TEST_GAIN, Objective, is_trial_figure
+from ..results.records import LiveFront, TrialRecord
+from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
+from .faults import kill_point
+
+CONFIG_ATTR = "mtl_search.config"  # the Optuna trial's user attribute holding its full flat configuration
+
+
+@dataclass
+class Interrupt:
+    """Ctrl-C state of the search running in this process: the first stops scheduling, the second cancels running trials."""
+
+    draining: bool = False
+    cancelled: bool = False
+    echo: Callable[[str], None] = field(default=lambda line: None, repr=False)
+
+    def __call__(self, signum: int = 0, frame: Any = None) -> None:
+        """The SIGINT handler."""
+        if not self.draining:
+            self.draining = True
+            self.echo("\ninterrupted: no new trials; running trials finish (Ctrl-C again to cancel them)")
+        else:
+            self.cancelled = True
+            self.echo("\ninterrupted again: cancelling running trials")
+
+
+class _Live:
+    """Pickles as an empty shell: Tune saves its callbacks and searcher with its state, which is never restored."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """A trial of the study to run again from the start with its configuration and number (``told``: Optuna already has its end)."""
+
+    number: int
+    config: dict[str, Any]
+    told: bool = False
+
+
+class OptunaSearcher(_Live, Searcher):
+    """Proposes configurations with Optuna's ask-and-tell interface and tells it how each trial ended.
+
+    Re-runs (trials of a resumed search that never reached MLflow) are proposed first, with
+    their recorded configuration and trial number. A finished trial is told its objective
+    values; a trial the scheduler stopped early, PRUNED (its last epoch is not a result); an
+    errored one, FAIL. ``stop`` is asked before every proposal (Ctrl-C, ``search.max_failures``).
+    """
+
+    def __init__(self, study: Any, space: Callable[[Any], dict[str, Any]], metrics: list[str],
+                 reruns: list[Rerun] = (), stop: Callable[[], bool] = lambda: False):
+        Searcher.__init__(self)
+        self.study, self.space, self.metrics, self.stop = study, space, list(metrics), stop
+        self.reruns = list(reruns)
+        self.trials: dict[str, tuple[int, bool]] = {}  # Tune trial id -> (Optuna trial number, already told)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.stop():
+            return Searcher.FINISHED
+        if self.reruns:
+            rerun = self.reruns.pop(0)
+            self.trials[trial_id] = (rerun.number, rerun.told)
+            return dict(rerun.config)
+        trial = self.study.ask()
+        config = self.space(trial)
+        trial.set_user_attr(CONFIG_ATTR, config)  # what a resumed search re-runs if this trial never reaches MLflow
+        self.trials[trial_id] = (trial.number, False)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        number, told = self.trials.pop(trial_id, (None, True))
+        if told:
+            return
+        result = result or {}
+        if not error and result.get("final"):
+            values = [result.get(metric, math.nan) for metric in self.metrics]
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                self.study.tell(number, values)
+                kill_point("trial_told")
+                return
+        self.study.tell(number, state=optuna.trial.TrialState.FAIL if error or result.get("final") else optuna.trial.TrialState.PRUNED)
+        kill_point("trial_told")
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study in its RDB storage is the searcher's state."""
+
+    def restore(self, checkpoint_path: str) -> None:  # pragma: no cover - Tune's state is never restored
+        pass
+
+
+class Stopper(_Live, tune.Stopper):
+    """Stops every trial once ``stop_all()`` says so (a second Ctrl-C, ``search.max_failures`` exceeded)."""
+
+    def __init__(self, stop_all: Callable[[], bool]):
+        self.should_stop = stop_all
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.should_stop()
+
+
+class TrialLogger(_Live, tune.Callback):
+    """The Tune callback that records each trial in MLflow as it starts, reports epochs and ends.
+
+    Creating a trial's run is immediate (later writes need its id); the other writes go
+    through a BackgroundWriter, so Tune's loop is not held up; ``close`` waits for them.
+    ``earlier`` holds the trials a resumed search recorded before. Failed trials are counted:
+    past ``max_failures`` the search is aborted (``abort_reason``). Progress lines go to ``echo``.
+    """
+
+    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
+                 earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None):
+        self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
+        self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
+        self.run_ids: dict[str, str] = {}
+        self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
+        self.placed: set[str] = set()
+        self.records: list[TrialRecord] = list(earlier)
+        self.front = LiveFront(objectives, self.records)  # updated one trial at a time
+        self.failures = 0
+        self.abort_reason: str | None = None
+        self.writes = BackgroundWriter(echo)
+
+    def close(self) -> None:
+        """Wait for every queued MLflow write."""
+        self.writes.close()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        config = dict(trial.config)
+        strategy = config[STRATEGY_KEY]
+        self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), strategy, config,
+                                                                self._family(strategy))
+        self.running[trial.trial_id] = trial
+        self.echo(f"trial {config[NUMBER_KEY]} {strategy}: started")
+        kill_point("trial_started")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        if trial.trial_id not in self.placed:
+            self.placed.add(trial.trial_id)
+            self.writes.submit(self.tracker.record_placement, run_id, dict(result))
+        if not result.get("final") and "epoch" in result:
+            self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
+            kill_point("trial_training")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        result = dict(trial.last_result or {})
+        kill_point("trial_ended")
+        if not result.get("final"):
+            self.writes.submit(self.tracker.stop_trial, run_id)
+            self._finish(trial, run_id, "stopped", result, None)
+            return
+        checkpoint = getattr(trial, "checkpoint", None)
+        self.writes.submit(self.tracker.finish_trial, run_id, result, checkpoint.path if checkpoint is not None else None)
+        self.writes.submit(kill_point, "trial_recorded")
+        self._finish(trial, run_id, "finished", result, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            return
+        error = _error_text(trial)
+        self.writes.submit(self.tracker.fail_trial, run_id, error)
+        self._finish(trial, run_id, "failed", trial.last_result or {}, error)
+        self.failures += 1
+        if self.max_failures is not None and self.failures > self.max_failures and self.abort_reason is None:
+            self.abort_reason = f"{self.failures} trials failed, more than search.max_failures={self.max_failures}; search aborted"
+            self.echo(self.abort_reason)
+
+    def stop_unfinished(self) -> None:
+        """Record as stopped the trials Tune left running when it stopped the whole search (second Ctrl-C, max_failures)."""
+        for trial_id, trial in list(self.running.items()):
+            self.writes.submit(self.tracker.stop_trial, self.run_ids[trial_id])
+            self._finish(trial, self.run_ids[trial_id], "stopped", {}, None)
+
+    def _family(self, strategy: str) -> str:
+        return self.registry.strategies[strategy].family
+
+    def _finish(self, trial: Any, run_id: str, status: str, result: dict, error: str | None) -> None:
+        self.running.pop(trial.trial_id, None)
+        config = dict(trial.config)
+        checkpoint = getattr(trial, "checkpoint", None)
+        finished = status == "finished"
+        record = TrialRecord(
+            number=int(config[NUMBER_KEY]), run_id=run_id, strategy=config[STRATEGY_KEY], params=config, status=status,
+            val={k[4:]: v for k, v in result.items() if k.startswith("val/")} if finished else {},
+            test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if finished else {},
+            metrics={k: v for k, v in result.items() if (k in COST_METRICS or (finished and is_trial_figure(k))) and isinstance(v, (int, float))},
+            gains={k[len(GAIN):]: v for k, v in result.items() if k.startswith(GAIN)} if finished else {},
+            test_gains={k[len(TEST_GAIN):]: v for k, v in result.items() if k.startswith(TEST_GAIN)} if finished else {},
+            error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
+            family=self._family(config[STRATEGY_KEY]),
+            placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
+        )
+        self.records.append(record)
+        self.front.add(record)
+        values = ", ".join(f"{k}={v:.4g}" for k, v in record.val.items() if isinstance(v, float) and math.isfinite(v))
+        line = f"[{len(self.records)}/{self.total}] trial {record.number} {record.strategy}: {status}"
+        line += f" ({values})" if values else f": {(error or '').strip().splitlines()[-1] if error else ''}"
+        if DELTA_M in record.metrics:
+            line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
+        self.echo(f"{line} | front size {self.front.size}")
+        self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        return Path(path).read_text()
+    error = getattr(trial, "error", None) or getattr(trial, "get_error", lambda: None)()
+    return "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else str(error or "unknown error")
