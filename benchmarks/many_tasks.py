@@ -68,7 +68,7 @@ def run(quick: bool) -> dict:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as store:
-            record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{store}/mlflow.db"), echo=lines.append)
+            record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{store}/mlflow.db"), progress=lines.append)
             wall = time.perf_counter() - start
     finally:
         if started:

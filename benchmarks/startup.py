@@ -52,16 +52,16 @@ timed(run, "prepare", "prepare")
 timed(run.Tracker, "start_search", "tracker")
 timed(run, "search_references", "references")
 timed(run, "ensure_ray", "ray")
-timed(run.TrialLogger, "start", "trial_started")
-original_result = run.TrialLogger.result
-def result(self, trial, result):
+timed(run.TrialLogger, "on_trial_start", "trial_started")
+original_result = run.TrialLogger.on_trial_result
+def result(self, iteration, trials, trial, result, **info):
     if "epoch" in result and "first_epoch" not in marks:
         marks["first_epoch"] = time.time()
         marks["epoch_s"] = float(result.get("time_this_iter_s", 0.0))
-    return original_result(self, trial, result)
-run.TrialLogger.result = result
+    return original_result(self, iteration, trials, trial, result, **info)
+run.TrialLogger.on_trial_result = result
 space = load_space(sys.argv[1])
-run.run_search(space, run.RunOptions(tracking_uri=sys.argv[2]), echo=lambda line: None)
+run.run_search(space, run.RunOptions(tracking_uri=sys.argv[2]))
 marks["done"] = time.time()
 print("MARKS " + json.dumps(marks))
 """
