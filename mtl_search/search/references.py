@@ -8,7 +8,7 @@ loss, the search's seed) and equal weighting (one task: its plain loss).
 
 Configuration (``baseline:`` in space.yaml; ``baseline: false`` turns references and gains
 off). Each backbone, training and input knob takes the value ``baseline:`` gives it, else
-the midpoint of the space's range (:func:`midpoint`): the middle of an integer or float
+the midpoint of the space's range (:func:`midpoint`, in ``search.space`` with the rest of ``baseline:``'s resolution): the middle of an integer or float
 range (the geometric middle on a log scale), the median of numeric choices, the first of
 other choices, a constant as it is. A midpoint rather than a tuned single-task model: the
 references cost T trainings, not a search per task; a reference is therefore a fixed,
@@ -17,19 +17,17 @@ documented yardstick, not the best single-task model the space could give. The g
 """
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..data.dataset import Dataset, Split
 from ..data.problem import Problem
-from ..errors import SpaceError, did_you_mean
-from ..knobs import Choice, Fixed, Float, Int, IntList, Knob
+from ..knobs import Int
 from ..nn.backbones import Backbone
 from ..nn.create import create_model
 from ..nn.layers import make_tower
@@ -37,52 +35,9 @@ from ..nn.model import MultiTaskModel, SharingMap
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
 from ..training.weighting import Equal
-
-if TYPE_CHECKING:
-    from .space import Plan
+from .space import Plan, ReferenceSettings, midpoint, reference_settings  # noqa: F401 (midpoint: part of this module's API)
 
 References = dict[str, dict[str, float]]  # {"val": {task: metric}, "test": {task: metric}}
-
-
-def midpoint(knob: Knob) -> Any:
-    """The default reference value of a knob (see the module docstring)."""
-    if isinstance(knob, Fixed):
-        return knob.value
-    if isinstance(knob, Int):
-        low, high = int(knob.low), int(knob.high)
-        middle = math.sqrt(max(low, 1) * high) if knob.log and low > 0 else (low + high) / 2
-        return min(high, max(low, int(round(middle))))
-    if isinstance(knob, Float):
-        return math.sqrt(knob.low * knob.high) if knob.log and knob.low > 0 else (knob.low + knob.high) / 2
-    if isinstance(knob, (Choice, IntList)):
-        choices = list(knob.choices)
-        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
-            return sorted(choices)[(len(choices) - 1) // 2]
-        return choices[0] if not isinstance(knob, IntList) else list(choices[0])
-    raise TypeError(f"no midpoint for knob {knob!r}")  # pragma: no cover - every knob kind is listed above
-
-
-@dataclass
-class ReferenceSettings:
-    """The resolved reference configuration: one value per backbone, training and input knob."""
-
-    backbone: dict[str, Any]
-    training: dict[str, Any]
-    inputs: dict[str, Any]
-    tower_width: int
-
-
-def reference_settings(plan: "Plan") -> ReferenceSettings:
-    """Values from ``baseline:``, midpoints for the rest; a key naming no knob of the space is a SpaceError."""
-    spec = plan.space.baseline
-    sections = (("backbone", plan.backbone, spec.backbone), ("training", plan.training, spec.training), ("inputs", plan.inputs, spec.inputs))
-    values = {}
-    for section, knobs, given in sections:
-        for name in given:
-            if name not in knobs:
-                raise SpaceError(f"baseline.{section}.{name}", f"not a {section} knob of this space; {did_you_mean(name, knobs)}")
-        values[section] = {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
-    return ReferenceSettings(values["backbone"], values["training"], values["inputs"], spec.tower_width)
 
 
 class SingleTaskModel(MultiTaskModel):
@@ -126,7 +81,7 @@ def task_dataset(dataset: Dataset, task: str) -> Dataset:
     return Dataset(problem, only(dataset.train), only(dataset.val), only(dataset.test))
 
 
-def train_reference(plan: "Plan", dataset: Dataset, task: str, settings: ReferenceSettings, threads: int = 1) -> dict[str, float]:
+def train_reference(plan: Plan, dataset: Dataset, task: str, settings: ReferenceSettings, threads: int = 1) -> dict[str, float]:
     """Train task ``task``'s reference; returns its val and test metric (``{"val": m, "test": m, "seconds": s}``)."""
     space = plan.space
     data = task_dataset(dataset, task)
@@ -149,7 +104,7 @@ def train_reference(plan: "Plan", dataset: Dataset, task: str, settings: Referen
     return {"val": float(val), "test": float(test), "seconds": seconds}
 
 
-def train_references(plan: "Plan", dataset: Dataset, echo: Callable[[str], None] = print) -> References:
+def train_references(plan: Plan, dataset: Dataset, echo: Callable[[str], None] = print) -> References:
     """Every task's single-task reference, trained one after another on this process (the driver), before the trials."""
     settings = reference_settings(plan)
     threads = max(1, int(plan.space.ray.cpus_per_trial))
@@ -167,7 +122,7 @@ def train_references(plan: "Plan", dataset: Dataset, echo: Callable[[str], None]
     return out
 
 
-def search_references(plan: "Plan", dataset: Dataset, tracker: Any, search_run_id: str, resume: bool,
+def search_references(plan: Plan, dataset: Dataset, tracker: Any, search_run_id: str, resume: bool,
                       echo: Callable[[str], None] = print) -> References | None:
     """The search's references: none with ``baseline: false``; on resume, those the search run recorded; else trained and recorded."""
     if not plan.space.baseline.enabled:

@@ -1,6 +1,7 @@
 """space.yaml: schema, defaults and validation. Every error names the key path and what was expected."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,15 @@ from ..config import DEFAULT_WEIGHTING
 from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import SpaceError, did_you_mean
-from ..knobs import Fixed, Float, Int, Knob, knob_bounds, parse_range
+from ..knobs import Choice, Fixed, Float, Int, IntList, Knob, knob_bounds, parse_range
 from ..nn.inputs import INPUT_KNOBS, has_categories
-from ..results.metrics import COST_OBJECTIVES, GAIN_OBJECTIVES, Objective, group_key, val_key
+from ..results.metrics import (
+    COST_OBJECTIVES,
+    GAIN_OBJECTIVES,
+    Objective,
+    group_key,
+    val_key,
+)
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
@@ -36,7 +43,7 @@ class BaselineSpec:
     """``baseline:``: the single-task references' configuration (``false``: no references, no gains).
 
     ``backbone``, ``training``, ``inputs`` fix knob values; a knob left out takes its range's
-    midpoint (see ``search.references.midpoint``). ``tower_width`` is the width of the
+    midpoint (:func:`midpoint`). ``tower_width`` is the width of the
     reference's one hidden tower layer.
     """
 
@@ -376,8 +383,6 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
     plan = Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
                 inputs if has_categories(problem) else {})
     if space.baseline.enabled:
-        from .references import reference_settings
-
         reference_settings(plan)  # a baseline: key naming no knob is an error before anything runs
     return plan
 
@@ -414,6 +419,47 @@ def resolve_objectives(listed: list[str | GroupObjective], problem: Problem, ref
         else:
             raise SpaceError(f"search.objectives[{i}]", f"unknown objective {item!r}; {did_you_mean(item, valid)}")
     return objectives
+
+
+def midpoint(knob: Knob) -> Any:
+    """The default reference value of a knob (see the module docstring)."""
+    if isinstance(knob, Fixed):
+        return knob.value
+    if isinstance(knob, Int):
+        low, high = int(knob.low), int(knob.high)
+        middle = math.sqrt(max(low, 1) * high) if knob.log and low > 0 else (low + high) / 2
+        return min(high, max(low, int(round(middle))))
+    if isinstance(knob, Float):
+        return math.sqrt(knob.low * knob.high) if knob.log and knob.low > 0 else (knob.low + knob.high) / 2
+    if isinstance(knob, (Choice, IntList)):
+        choices = list(knob.choices)
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+            return sorted(choices)[(len(choices) - 1) // 2]
+        return choices[0] if not isinstance(knob, IntList) else list(choices[0])
+    raise TypeError(f"no midpoint for knob {knob!r}")  # pragma: no cover - every knob kind is listed above
+
+
+@dataclass
+class ReferenceSettings:
+    """The resolved reference configuration: one value per backbone, training and input knob."""
+
+    backbone: dict[str, Any]
+    training: dict[str, Any]
+    inputs: dict[str, Any]
+    tower_width: int
+
+
+def reference_settings(plan: Plan) -> ReferenceSettings:
+    """Values from ``baseline:``, midpoints for the rest; a key naming no knob of the space is a SpaceError."""
+    spec = plan.space.baseline
+    sections = (("backbone", plan.backbone, spec.backbone), ("training", plan.training, spec.training), ("inputs", plan.inputs, spec.inputs))
+    values = {}
+    for section, knobs, given in sections:
+        for name in given:
+            if name not in knobs:
+                raise SpaceError(f"baseline.{section}.{name}", f"not a {section} knob of this space; {did_you_mean(name, knobs)}")
+        values[section] = {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
+    return ReferenceSettings(values["backbone"], values["training"], values["inputs"], spec.tower_width)
 
 
 TABLE_KEYS = (*TABLE_FORMATS, "features", "exclude", "categorical", "numeric", "max_integer_levels", "split", "split_column", "group_column")
