@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ACTIVATIONS", "ResidualBlock", "ResidualConvBlock", "ResidualMLPBlock", "StackedLinear", "StackedMLP",
                      "conv_layer", "forward_with_intermediate", "make_norm", "make_tower", "mlp_layer"), ".nn.layers"),
     **dict.fromkeys(("MultiTaskModel", "SharingMap", "copy_state", "count_parameters", "task_losses"), ".nn.model"),
+    "Objective": ".results.metrics",
     **dict.fromkeys(("SearchRecord", "TrialRecord"), ".results.records"),
     **dict.fromkeys(("load_model", "predict"), ".results.saved_models"),
     "Strategy": ".strategy",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         count_parameters,
         task_losses,
     )
+    from .results.metrics import Objective  # noqa: F401
     from .results.records import SearchRecord, TrialRecord  # noqa: F401
     from .results.saved_models import load_model, predict  # noqa: F401
     from .strategy import Strategy  # noqa: F401

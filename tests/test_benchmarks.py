@@ -193,6 +193,42 @@ def test_command_latency_quick(tmp_path):
     assert "torch" not in rows["report"]["heavy"] and "ray" not in rows["report"]["heavy"]
 
 
+def test_bookkeeping_quick(tmp_path):
+    from benchmarks.bookkeeping import QUICK, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "bookkeeping")
+    assert [(r["objectives"], r["trials"]) for r in result["rows"]] == [(m, n) for m in QUICK["objectives"] for n in QUICK["trials"]]
+    for row in result["rows"]:
+        assert 1 <= row["front"] <= row["trials"] and row["ms_per_trial"] > 0
+        assert row["history_last"] == pytest.approx(row["hypervolume"])  # the history ends at the search's hypervolume
+    assert [(r["trials"], r["objectives"]) for r in result["old"]] == QUICK["old_cells"]
+    assert "| 30 | 4 |" in table
+
+
+def test_many_tasks_quick(tmp_path, ray_session, workdir):
+    from benchmarks.many_tasks import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "many_tasks")
+    assert result["tasks"] == 6 and result["trials"] == 2 and result["objectives"] == ["delta_m", "worst_gain", "params"]
+    assert result["best"]["delta_m"] == max(t["delta_m"] for t in result["front"])  # the best Δm is never dominated
+    assert math.isfinite(result["full_depth_hard_sharing"]["delta_m"])
+    assert "hard sharing at full depth" in table
+
+
+@pytest.mark.slow
+def test_startup_quick_in_a_fresh_process(tmp_path):
+    from benchmarks.startup import PHASES, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "startup")
+    for run in (result["fresh_store"], result["existing_store"]):
+        assert list(run["phases"]) == [key for key, _ in PHASES] and all(v >= 0 for v in run["phases"].values())
+        assert sum(run["phases"].values()) == pytest.approx(run["to_training_s"])
+    assert "command to first trial training" in table
+
+
 @pytest.mark.slow
 def test_kill_soak_quick(tmp_path):
     """One kill and a resume on a Ray head of its own (about a minute; the resume tests cover the moments exactly)."""

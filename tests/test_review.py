@@ -23,6 +23,7 @@ from mtl_search import load_model, predict
 from mtl_search.cli import main
 from mtl_search.errors import MtlSearchError
 from mtl_search.registry import load_registry
+from mtl_search.results.metrics import Objective
 from mtl_search.results.plots import (
     front_plotly,
     front_png,
@@ -39,7 +40,7 @@ from mtl_search.results.review import front_data, runs_table_view
 from mtl_search.results.saved_models import load_model_dir, read_numeric_csv, save_model
 from mtl_search.results.tracking import summary_markdown
 
-OBJECTIVES = [{"name": "a", "key": "val/a", "direction": "min"}, {"name": "b", "key": "val/b", "direction": "min"}]
+OBJECTIVES = [Objective("a", "val/a", "min"), Objective("b", "val/b", "min")]
 
 
 def _record(points: list[tuple[str, float, float]], objectives=OBJECTIVES) -> SearchRecord:
@@ -66,7 +67,7 @@ def test_family_fronts_differ_from_the_global_front():
 
 
 def test_more_than_two_objectives_give_a_pairwise_grid_with_labelled_front():
-    objectives = OBJECTIVES + [{"name": "c", "key": "val/c", "direction": "max"}]
+    objectives = OBJECTIVES + [Objective("c", "val/c", "max")]
     record = _record(POINTS, objectives)
     for t, c in zip(record.trials, [0.1, 0.2, 0.9, 0.3, 0.4]):
         t.val["c"] = c

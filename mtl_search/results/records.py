@@ -7,8 +7,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import pareto
+from .metrics import (
+    COST_METRICS,
+    DELTA_M,
+    GAIN,
+    GROUP,
+    TEST,
+    TEST_GAIN,
+    VAL,
+    WORST_GAIN,
+    Objective,
+    negative_transfer,
+)
 
-COST_METRICS = ("params", "latency", "train_seconds")  # a trial's final figures besides per-task metrics
 SIGNIFICANT_DIGITS = 4  # every value printed for a user: the same number of significant digits
 
 
@@ -49,7 +60,9 @@ class TrialRecord:
     status: str  # finished | failed | stopped (ended early by the scheduler or a cancel) | killed (by a crash)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # costs, delta_m, worst_gain, group/<name> (metrics.is_trial_figure)
+    gains: dict[str, float] = field(default_factory=dict)  # per task: validation gain over its single-task reference, percent
+    test_gains: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     checkpoint: str | None = None
     pareto: bool = False
@@ -62,36 +75,52 @@ class TrialRecord:
         """The child run's name in MLflow (what the plots label front points with)."""
         return trial_run_name(self.number, self.strategy)
 
-    def objective_values(self, objectives: list[dict[str, str]]) -> list[float] | None:
+    @property
+    def negative_transfer(self) -> bool:
+        """Some task is worse than its single-task reference (on validation)."""
+        return negative_transfer(self.gains)
+
+    def value(self, key: str) -> float | None:
+        """The figure a result key names (``val/<task>``, ``test/<task>``, ``gain/<task>``, ``delta_m``, ``params``, ...)."""
+        for prefix, values in ((VAL, self.val), (TEST, self.test), (GAIN, self.gains), (TEST_GAIN, self.test_gains)):
+            if key.startswith(prefix):
+                return values.get(key[len(prefix):])
+        return self.metrics.get(key)
+
+    def objective_values(self, objectives: list[Objective]) -> list[float] | None:
         """Values of the objectives, or None when the trial has no finite value for one of them."""
         values = []
         for obj in objectives:
-            value = self.val.get(obj["name"]) if obj["key"].startswith("val/") else self.metrics.get(obj["name"])
+            value = self.value(obj.key)
             if value is None or not math.isfinite(value):
                 return None
             values.append(float(value))
         return values
 
     def to_json(self) -> dict[str, Any]:
-        return {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
+        data = {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
                 "params": self.params, "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto,
                 "metrics": self.metrics, "error": self.error, **self.placement,
                 **({"feasible": not self.violations, "violations": self.violations} if self.violations is not None else {})}
+        if self.gains:
+            data.update({"gains": self.gains, "test_gains": self.test_gains, "negative_transfer": self.negative_transfer})
+        return data
 
 
 @dataclass
 class SearchRecord:
-    """A search: its objectives (name, key, direction), trials, front, hypervolume and reference point."""
+    """A search: its objectives, trials, front, hypervolume and reference point, and the single-task references' metrics."""
 
     experiment: str
     search_run_id: str
-    objectives: list[dict[str, str]]
+    objectives: list[Objective]
     trials: list[TrialRecord]
     hypervolume: float | None = None
     reference_point: list[float] | None = None
     aborted: str | None = None  # why the search stopped before its trials were done (search.max_failures)
     interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
+    references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -101,29 +130,30 @@ class SearchRecord:
         return {
             "experiment": self.experiment,
             "search_run_id": self.search_run_id,
-            "objectives": [{"name": o["name"], "direction": o["direction"]} for o in self.objectives],
+            "objectives": [{"name": o.name, "direction": o.direction} for o in self.objectives],
             "hypervolume": self.hypervolume,
             "task_metrics": self.task_metrics,
+            **({"references": self.references} if self.references else {}),
             "trials": [t.to_json() for t in sorted(self.trials, key=lambda t: t.number)],
         }
 
 
-def mark_front(trials: list[TrialRecord], objectives: list[dict[str, str]], reference: list[float] | None = None,
+def mark_front(trials: list[TrialRecord], objectives: list[Objective], reference: list[float] | None = None,
                constraints: list[Any] | None = None) -> tuple[float | None, list[float] | None]:
     """Set ``pareto`` on each trial (finished, feasible trials only); return (hypervolume, reference point).
 
     ``constraints`` (``search.constraints``, :mod:`mtl_search.results.constraints`) set each
     finished trial's ``violations``; a trial with violations (set now or recorded before) is
     left out of the front and the hypervolume, and stays in the record, marked infeasible.
+    The hypervolume is :func:`pareto.search_hypervolume`'s: exact where affordable, else the estimator.
     """
-    directions = [o["direction"] for o in objectives]
+    directions = [o.direction for o in objectives]
     if constraints:
         from .constraints import violations
 
         for t in trials:
             t.violations = violations(t, constraints) if t.status == "finished" else None
-    scored = [(t, t.objective_values(objectives)) for t in trials if t.status == "finished" and not t.violations]
-    scored = [(t, v) for t, v in scored if v is not None]
+    scored = _scored(trials, objectives)
     for t in trials:
         t.pareto = False
     if not scored:
@@ -132,20 +162,54 @@ def mark_front(trials: list[TrialRecord], objectives: list[dict[str, str]], refe
     for index in pareto.pareto_front(points, directions):
         scored[index][0].pareto = True
     reference = reference or pareto.default_reference_point(points, directions)
-    return pareto.hypervolume(points, directions, reference), reference
+    return pareto.search_hypervolume(points, directions, reference), reference
 
 
-def hypervolume_history(trials_in_finish_order: list[TrialRecord], objectives: list[dict[str, str]], reference: list[float]) -> list[tuple[float, int]]:
-    """(hypervolume, front size) after each finished trial, all with the same reference point."""
-    directions = [o["direction"] for o in objectives]
-    history, points = [], []
+def _scored(trials: list[TrialRecord], objectives: list[Objective]) -> list[tuple[TrialRecord, list[float]]]:
+    scored = [(t, t.objective_values(objectives)) for t in trials if t.status == "finished" and not t.violations]
+    return [(t, v) for t, v in scored if v is not None]
+
+
+class LiveFront:
+    """The front over trials as they finish, one trial at a time (what the driver keeps up to date during a search).
+
+    Each ``add`` compares the new trial with the current front only (no full sort), sets its
+    ``pareto`` flag and clears it on the front trials it dominates.
+    """
+
+    def __init__(self, objectives: list[Objective], trials: list[TrialRecord] = ()):
+        self.objectives = objectives
+        self._front = pareto.FrontHistory([o.direction for o in objectives], None, exact=True)
+        self._trials: list[TrialRecord] = []
+        for trial in trials:
+            self.add(trial)
+
+    def add(self, trial: TrialRecord) -> bool:
+        """Take the next finished (or not) trial; returns whether it is on the front now."""
+        self._trials.append(trial)
+        values = trial.objective_values(self.objectives) if trial.status == "finished" and not trial.violations else None
+        before = set(self._front.front_ids)
+        trial.pareto = self._front.add(values)
+        for index in before - set(self._front.front_ids):
+            self._trials[index].pareto = False
+        return trial.pareto
+
+    @property
+    def size(self) -> int:
+        return len(self._front.front_ids)
+
+
+def hypervolume_history(trials_in_finish_order: list[TrialRecord], objectives: list[Objective], reference: list[float]) -> list[tuple[float, int]]:
+    """(hypervolume, front size) after each trial in finish order, all with the same reference point.
+
+    One incremental pass (:class:`pareto.FrontHistory`): the hypervolume is recomputed only
+    when a trial changes the front, or updated in O(1) in the front's size by the estimator.
+    """
+    expected = len(_scored(trials_in_finish_order, objectives))
+    history = pareto.FrontHistory([o.direction for o in objectives], reference, expected_points=expected)
     for trial in trials_in_finish_order:
-        values = trial.objective_values(objectives) if trial.status == "finished" else None
-        if values is not None:
-            points.append(values)
-        front = pareto.pareto_front(points, directions) if points else []
-        history.append((pareto.hypervolume(points, directions, reference) if points else 0.0, len(front)))
-    return history
+        history.add(trial.objective_values(objectives) if trial.status == "finished" else None)
+    return history.history
 
 
 def family_record(record: SearchRecord, family: str) -> SearchRecord:
@@ -158,16 +222,17 @@ def family_record(record: SearchRecord, family: str) -> SearchRecord:
         raise MtlSearchError(f"no trial of family {family!r} in this search; families: {', '.join(families) or 'none'}")
     trials = [replace(t) for t in record.trials if t.family == family]
     subset = SearchRecord(record.experiment, record.search_run_id, record.objectives, trials, reference_point=record.reference_point,
-                          task_metrics=record.task_metrics)
+                          task_metrics=record.task_metrics, references=record.references)
     subset.hypervolume, _ = mark_front(trials, record.objectives, record.reference_point)
     return subset
 
 
 def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool = False) -> list[dict[str, Any]]:
-    """Flat rows: number, run id (what ``predict`` takes), strategy, family, status, pareto, val/test per task, the strategy's knobs.
+    """Flat rows: number, run id (what ``predict`` takes), strategy, family, status, pareto, val/test per task, Δm,
+    worst gain and negative transfer (when the search has single-task references), the strategy's knobs.
 
-    ``detailed`` (the table artifacts) adds the run name, cost figures, error and every sampled
-    parameter as a ``config/<name>`` column.
+    ``detailed`` (the table artifacts) adds the run name, cost figures, per-task gains, error and
+    every sampled parameter as a ``config/<name>`` column.
     """
     rows = []
     for t in sorted(record.trials, key=lambda t: t.number):
@@ -179,10 +244,15 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
             row["feasible"] = None if t.violations is None else not t.violations
         row.update({f"val/{k}": v for k, v in t.val.items()})
         row.update({f"test/{k}": v for k, v in t.test.items()})
+        if record.references:
+            row.update({DELTA_M: t.metrics.get(DELTA_M), WORST_GAIN: t.metrics.get(WORST_GAIN),
+                        "neg_transfer": t.negative_transfer if t.gains else None})
+            row.update({o.key: t.metrics.get(o.key) for o in record.objectives if o.key.startswith(GROUP)})
         row["knobs"] = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in t.params.items() if k.startswith(t.strategy + "."))
         if detailed:
             row.update({"run_name": t.run_name, "run_id": t.run_id})
             row.update({name: t.metrics.get(name) for name in COST_METRICS})
+            row.update({GAIN + k: v for k, v in t.gains.items()})
             row["error"] = (t.error or "").strip().splitlines()[-1] if t.error else ""
             if t.violations:
                 row["violations"] = "; ".join(t.violations)
@@ -228,12 +298,15 @@ def best_per_strategy(record: SearchRecord) -> list[dict[str, Any]]:
                                "on front": sum(t.pareto for t in members)}
         for obj in record.objectives:
             scored = [(values[0], t) for t in members if t.status == "finished" and (values := t.objective_values([obj]))]
-            label = f"best {metric_label(obj['name'], record.task_metrics)}"
+            label = f"best {metric_label(obj.name, record.task_metrics)}"
             if scored:
-                value, trial = (min if obj["direction"] == "min" else max)(scored, key=lambda pair: pair[0])
+                value, trial = (min if obj.direction == "min" else max)(scored, key=lambda pair: pair[0])
                 row[label] = f"{format_value(float(value))} (trial {trial.number})"
             else:
                 row[label] = "n/a"
+        if record.references:  # the gain over the single-task references
+            gains = [(t.metrics[DELTA_M], t) for t in members if t.status == "finished" and DELTA_M in t.metrics]
+            row[f"best {DELTA_M} %"] = f"{format_value(float(max(gains, key=lambda pair: pair[0])[0]))} (trial {max(gains, key=lambda pair: pair[0])[1].number})" if gains else "n/a"
         rows.append(row)
     return rows
 
@@ -246,9 +319,11 @@ def final_summary(record: SearchRecord) -> str:
     objective per strategy below it, then the counts line (trials, failures, front size,
     hypervolume) and where to look next.
     """
-    costs = [o["name"] for o in record.objectives if not o["key"].startswith("val/")]
-    columns = ["number", "run_id", "strategy", *[f"val/{o['name']}" for o in record.objectives if o["key"].startswith("val/")],
-               *costs, *[f"test/{t}" for t in _tasks(record)]]
+    costs = [o.name for o in record.objectives if o.name in COST_METRICS]
+    columns = ["number", "run_id", "strategy", *[o.key for o in record.objectives if o.key.startswith(VAL)],
+               *costs, *[TEST + t for t in _tasks(record)]]
+    if record.references:
+        columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
     front = trial_table(record, only_front=True)
     for row, trial in zip(front, sorted(record.front, key=lambda t: t.number)):
         row.update({name: trial.metrics.get(name) for name in costs})
@@ -264,9 +339,6 @@ def final_summary(record: SearchRecord) -> str:
         lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
     lines.append("review: mtl-search ui   |   mtl-search report   |   mtl-search predict RUN_ID ROWS.csv")
     return "\n".join(lines)
-
-
-front_summary = final_summary  # the name cmd_run used before the best-per-strategy table was added
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -292,4 +364,6 @@ def trial_line(record: TrialRecord, done: int, total: int, front_size: int, task
         line += f" ({values})"
     elif record.error:
         line += f": {error_summary(record.error)}" + (f" (full traceback: {traceback_at})" if traceback_at else "")
+    if DELTA_M in record.metrics:
+        line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
     return f"{line} | front size {front_size}"

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from . import pareto
-from .records import COST_METRICS, SearchRecord, format_value, metric_label, trial_table
+from .metrics import COST_METRICS, DELTA_M, TEST, TEST_DELTA_M, VAL, WORST_GAIN
+from .records import SearchRecord, format_value, metric_label, trial_table
 
 # The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
 # as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
@@ -38,14 +39,14 @@ def front_data(record: SearchRecord) -> Any:
     scored = [(t, v) for t, v in scored if v is not None]
     if not scored:
         return None
-    directions = [o["direction"] for o in record.objectives]
+    directions = [o.direction for o in record.objectives]
     on_family_front = [False] * len(scored)
     for family in {t.family for t, _ in scored}:
         members = [k for k, (t, _) in enumerate(scored) if t.family == family and not t.violations]  # infeasible: on no front
         for index in pareto.pareto_front([scored[k][1] for k in members], directions):
             on_family_front[members[index]] = True
     return FrontData(
-        values=[v for _, v in scored], names=[metric_label(o["name"], record.task_metrics) for o in record.objectives], directions=directions,
+        values=[v for _, v in scored], names=[metric_label(o.name, record.task_metrics) for o in record.objectives], directions=directions,
         labels=[t.run_name for t, _ in scored], families=[t.family or t.strategy for t, _ in scored],
         on_front=[t.pareto for t, _ in scored], on_family_front=on_family_front,
         hover=[_hover(t, record) for t, _ in scored],
@@ -54,7 +55,7 @@ def front_data(record: SearchRecord) -> Any:
 
 
 def _hover(trial: Any, record: SearchRecord) -> str:
-    values = "<br>".join(f"{metric_label(o['name'], record.task_metrics)} = {format_value(float(v))}"
+    values = "<br>".join(f"{metric_label(o.name, record.task_metrics)} = {format_value(float(v))}"
                          for o, v in zip(record.objectives, trial.objective_values(record.objectives)))
     knobs = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in trial.params.items() if k.startswith(trial.strategy + "."))
     infeasible = f"<br>infeasible: {'; '.join(trial.violations)}" if trial.violations else ""
@@ -89,7 +90,7 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
         page = plotly_page([front_plotly(data, series, title) for series, title, _ in views], f"Pareto fronts of {record.experiment}")
         client.log_text(run_id, page, "front/front.html")
     if history and record.reference_point is not None:
-        figure = hypervolume_figure(history, record.reference_point, [o["name"] for o in record.objectives])
+        figure = hypervolume_figure(history, record.reference_point, [o.name for o in record.objectives])
         client.log_figure(run_id, figure, "front/hypervolume.png")
         plt.close(figure)
 
@@ -97,19 +98,25 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     """The runs table's stored view for a search, left to right after the run name.
 
-    Strategy and pareto tags, the objectives, the parameter count, the searched knobs, then
-    the family, per-task val/test, the other costs, and the search run's hypervolume and front
-    size (on its own row). MLflow keeps the column groups (tags, metrics, params) but orders
-    columns by the stored ``columnOrder``; ``runsExpanded`` asks for the search row open on its trials.
+    Strategy and pareto tags, the objectives, Δm and the worst gain (with single-task
+    references), the parameter count, the searched knobs, then the family, per-task val/test,
+    the test Δm, the other costs, and the search run's hypervolume and front size (on its own
+    row). MLflow keeps the column groups (tags, metrics, params) but orders columns by the
+    stored ``columnOrder``; ``runsExpanded`` asks for the search row open on its trials.
+    Per-task gains (``gain/<task>``) are logged but not default columns: they would push the
+    per-task metrics off-screen.
     """
+    from .metrics import NEGATIVE_TRANSFER_TAG
+
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
-    objectives = [o["name"] if not o["key"].startswith("val/") else o["key"] for o in record.objectives]
     knobs = sorted({name for t in record.trials for name in t.params if "." in name})
     columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.pareto")]
-    columns += [f"metrics.`{key}`" for key in dict.fromkeys([*objectives, "params"])]
+    first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + ["params"]
+    columns += [f"metrics.`{key}`" for key in dict.fromkeys(first)]
     columns += [f"params.`{name}`" for name in knobs]
-    columns += ["tags.`mtl_search.family`"]
-    rest = [f"val/{t}" for t in tasks] + [f"test/{t}" for t in tasks] + list(COST_METRICS) + ["hypervolume", "front_size"]
+    columns += ["tags.`mtl_search.family`"] + ([f"tags.`{NEGATIVE_TRANSFER_TAG}`"] if record.references else [])
+    rest = [VAL + t for t in tasks] + [TEST + t for t in tasks] + ([TEST_DELTA_M] if record.references else [])
+    rest += list(COST_METRICS) + ["hypervolume", "front_size"]
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(rest) if f"metrics.`{key}`" not in columns]
     return {"selectedColumns": columns, "columnOrder": columns, "orderByKey": "attributes.start_time", "orderByAsc": False,
             "runsExpanded": {record.search_run_id: True}}

@@ -15,6 +15,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MtlSearchError
+from .metrics import (
+    COST_METRICS,
+    DELTA_M,
+    GAIN,
+    NEGATIVE_TRANSFER_TAG,
+    REFERENCE,
+    TEST,
+    TEST_GAIN,
+    VAL,
+    WORST_GAIN,
+    Objective,
+    is_gain_key,
+    is_trial_figure,
+    negative_transfer,
+)
 from .records import SearchRecord, TrialRecord, trial_run_name
 from .review import (
     EXPERIMENT_KIND,
@@ -159,9 +174,10 @@ class Tracker:
         self.experiment = experiment
 
     # --- the search (parent) run -------------------------------------------------------
-    def start_search(self, name: str, objectives: list[dict[str, str]], params: dict[str, Any], space_text: str,
+    def start_search(self, name: str, objectives: list[Objective], params: dict[str, Any], space_text: str,
                      tags: dict[str, str] | None = None) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE: "search", OBJECTIVES: json.dumps(objectives), **(tags or {})})
+        tags = {ROLE: "search", OBJECTIVES: json.dumps([o.to_json() for o in objectives]), **(tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._log_params(run.info.run_id, params)
         self.client.log_text(run.info.run_id, space_text, "space.yaml")
         return run.info.run_id
@@ -179,6 +195,20 @@ class Tracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.update_run(run_id, status="RUNNING")
         return [t for t in (_trial_record(run) for run in self.children(run_id)) if t.status != "killed"]
+
+    def log_references(self, run_id: str, references: dict[str, dict[str, float]]) -> None:
+        """The single-task references' metrics on the search run: ``reference/val/<task>``, ``reference/test/<task>``."""
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        metrics = [Metric(f"{REFERENCE}{split}/{task}", float(v), now, 0) for split, values in references.items()
+                   for task, v in values.items() if _finite(v)]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def load_references(self, run_id: str) -> dict[str, dict[str, float]] | None:
+        """The references a search run recorded (``log_references``), or None."""
+        return _references(self.client.get_run(run_id).data.metrics)
 
     def children(self, parent_id: str) -> list[Any]:
         """The trial runs of a search run."""
@@ -244,8 +274,11 @@ class Tracker:
         from .plots import sharing_map_figure
 
         step, now = int(result.get("epochs_trained", 0)), _now_ms()
-        keys = [k for k in result if k.startswith(("val/", "test/", "model/")) or k in ("params", "latency", "train_seconds", "epochs_trained")]
+        keys = [k for k in result if k.startswith((VAL, TEST, "model/")) or k in (*COST_METRICS, "epochs_trained") or is_gain_key(k)]
         self.client.log_batch(run_id, metrics=[Metric(k, float(result[k]), now, step) for k in keys if _finite(result[k])])
+        gains = {k[len(GAIN):]: float(v) for k, v in result.items() if k.startswith(GAIN) and _finite(v)}
+        if gains:
+            self.client.set_tag(run_id, NEGATIVE_TRANSFER_TAG, "true" if negative_transfer(gains) else "false")
         maps = json.loads(result.get("sharing_map_json") or "{}")
         self.client.log_dict(run_id, maps, "sharing_map.json")
         if maps:
@@ -339,7 +372,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     if not runs:
         raise MtlSearchError(f"no search recorded in {uri}" + (f" for experiment {experiment!r}" if experiment else "") + "; run `mtl-search run SPACE` first")
     parent = runs[0]
-    objectives = json.loads(parent.data.tags[OBJECTIVES])
+    objectives = [Objective.from_json(o) for o in json.loads(parent.data.tags[OBJECTIVES])]
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'", max_results=50000)
     trials = [_trial_record(run) for run in children]
     # A trial killed by a crash and run again after --resume has a newer run with the same number.
@@ -349,7 +382,17 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
-                        reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None)
+                        reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
+                        references=_references(parent.data.metrics))
+
+
+def _references(metrics: dict[str, float]) -> dict[str, dict[str, float]] | None:
+    found: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith(REFERENCE):
+            split, task = key[len(REFERENCE):].split("/", 1)
+            found.setdefault(split, {})[task] = value
+    return found or None
 
 
 def _trial_record(run: Any) -> TrialRecord:
@@ -364,9 +407,11 @@ def _trial_record(run: Any) -> TrialRecord:
         strategy=tags.get(STRATEGY, ""),
         params={k: _typed(v) for k, v in run.data.params.items()},
         status=status,
-        val={k[4:]: v for k, v in final.items() if k.startswith("val/")},
-        test={k[5:]: v for k, v in final.items() if k.startswith("test/")},
-        metrics={k: v for k, v in metrics.items() if "/" not in k},
+        val={k[len(VAL):]: v for k, v in final.items() if k.startswith(VAL)},
+        test={k[len(TEST):]: v for k, v in final.items() if k.startswith(TEST)},
+        metrics={k: v for k, v in metrics.items() if "/" not in k or is_trial_figure(k)},
+        gains={k[len(GAIN):]: v for k, v in final.items() if k.startswith(GAIN)},
+        test_gains={k[len(TEST_GAIN):]: v for k, v in final.items() if k.startswith(TEST_GAIN)},
         error=tags.get("mtl_search.error"),
         pareto=tags.get(PARETO) == "true",
         checkpoint=tags.get(CHECKPOINT),
@@ -385,12 +430,12 @@ def summary_markdown(record: SearchRecord) -> str:
              f"; front: {len(record.front)} trials; hypervolume: {hv}", ""]
     if record.interrupted:
         lines += ["**Interrupted** (Ctrl-C): `mtl-search run SPACE --resume` continues this search.", ""]
-    names = [o["name"] for o in record.objectives]
+    names = [o.name for o in record.objectives]
     lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
     for obj in record.objectives:
         best = _best(record.trials, obj)
         if best:
-            lines.append(f"| {obj['name']} ({obj['direction']}) | {best[0]:.4g} | {best[1].run_name} | {best[1].strategy} |")
+            lines.append(f"| {obj.name} ({obj.direction}) | {best[0]:.4g} | {best[1].run_name} | {best[1].strategy} |")
     lines += ["", "### Best per family", "", "| family | trials | on the front | " + " | ".join(f"best {n}" for n in names) + " |",
               "|---|---|---|" + "---|" * len(names)]
     for family in sorted({t.family for t in record.trials}):
@@ -398,19 +443,28 @@ def summary_markdown(record: SearchRecord) -> str:
         bests = [_best(members, obj) for obj in record.objectives]
         cells = [f"{b[0]:.4g} ({b[1].run_name})" if b else "n/a" for b in bests]
         lines.append(f"| {family or '?'} | {len(members)} | {sum(t.pareto for t in members)} | " + " | ".join(cells) + " |")
-    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    gains = bool(record.references)
+    extra = ["Δm %", "worst gain %", "negative transfer"] if gains else []
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names + extra) + " |", "|---|---|" + "---|" * len(names + extra)]
     for t in sorted(record.front, key=lambda t: t.number):
         values = t.objective_values(record.objectives) or []
-        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(f"{v:.4g}" for v in values) + " |")
+        cells = [f"{v:.4g}" for v in values]
+        if gains:
+            cells += [_number(t.metrics.get(DELTA_M)), _number(t.metrics.get(WORST_GAIN)), "yes" if t.negative_transfer else "no"]
+        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _best(trials: list[TrialRecord], objective: dict[str, str]) -> tuple[float, TrialRecord] | None:
+def _number(value: float | None) -> str:
+    return f"{value:+.2f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
+
+
+def _best(trials: list[TrialRecord], objective: Objective) -> tuple[float, TrialRecord] | None:
     """The best finished value of one objective and the trial that reached it."""
     scored = [(values[0], t) for t in trials if t.status == "finished" and (values := t.objective_values([objective]))]
     if not scored:
         return None
-    pick = min if objective["direction"] == "min" else max
+    pick = min if objective.direction == "min" else max
     return pick(scored, key=lambda pair: pair[0])
 
 

@@ -147,8 +147,9 @@ def make_scheduler(kind: str, epochs: int) -> Any:
                               min_samples_required=2)
 
 
-def make_trial_plan(plan: Plan) -> TrialPlan:
-    """What a worker needs to train any configuration of ``plan`` (everything but the data)."""
+def make_trial_plan(plan: Plan, references: dict[str, dict[str, float]] | None = None) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data); ``references``: the
+    single-task references' metrics its gains are measured against (``search.references``)."""
     space = plan.space
     return TrialPlan(
         problem=plan.problem,
@@ -158,4 +159,5 @@ def make_trial_plan(plan: Plan) -> TrialPlan:
         epochs=space.epochs, patience=space.patience, seed=space.search.seed,
         cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
         max_trial_seconds=space.max_trial_seconds,
+        references=references, groups={o.name: o.tasks for o in plan.objectives if o.tasks},
     )

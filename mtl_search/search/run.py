@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from ..config import NUMBER_KEY
 from ..errors import MtlSearchError
 from ..registry import Registry
+from ..results.metrics import Objective
 from ..results.records import SearchRecord, TrialRecord, hypervolume_history, mark_front
 from ..results.tracking import (
     STUDY,
@@ -36,6 +37,7 @@ from ..results.tracking import (
 from .faults import kill_point
 from .plan import DefineByRun, make_sampler, make_scheduler, make_trial_plan
 from .prepare import prepare
+from .references import search_references
 from .space import Plan, Space
 from .trial import tune_trainable
 from .tune import (
@@ -132,8 +134,8 @@ def reconcile(study: Any, done: list[TrialRecord]) -> Resumption:
     return Resumption(done, reruns, enqueued)
 
 
-def _objectives(study: Any) -> list[dict[str, str]]:
-    return study.user_attrs["objectives"]
+def _objectives(study: Any) -> list[Objective]:
+    return [Objective.from_json(o) for o in study.user_attrs["objectives"]]
 
 
 @contextlib.contextmanager
@@ -187,8 +189,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     trials = options.trials or space.search.trials
     concurrency = options.concurrency or space.search.concurrency
     experiment = options.experiment or space.experiment
-    objectives = [{"name": o.name, "key": o.key, "direction": o.direction} for o in plan.objectives]
-    reference = [space.search.reference_point[o["name"]] for o in objectives] if space.search.reference_point else None
+    objectives = plan.objectives
+    reference = [space.search.reference_point[o.name] for o in objectives] if space.search.reference_point else None
     task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
     tracker = open_tracker(options.tracking_uri or space.tracking_uri, experiment, source)
@@ -217,15 +219,17 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             resumption = Resumption()
             echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
 
+        # single-task references (search/references.py): trained once before the trials, or read back on resume
+        references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
         ensure_ray(options.address or space.ray.address)
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics)
-        searcher = OptunaSearcher(study, DefineByRun(plan), [o["key"] for o in objectives], resumption.reruns[:to_run],
+        searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
                                   stop=lambda: interrupt.draining or logger.abort_reason is not None)
         searcher.constraints = logger.constraints = space.search.constraints  # search.constraints: told to Optuna, kept off the front
         resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan)), resources)
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan, references)), resources)
         run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start
         tuner = tune.Tuner(
             trainable,
@@ -256,7 +260,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.stop_unfinished()
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
-                                  interrupted=interrupt.draining, task_metrics=task_metrics)
+                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)
@@ -264,15 +268,15 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     return record
 
 
-def _create_study(storage: str, name: str, plan: Plan, space: Space, concurrency: int, objectives: list[dict[str, str]]) -> Any:
+def _create_study(storage: str, name: str, plan: Plan, space: Space, concurrency: int, objectives: list[Objective]) -> Any:
     import optuna
 
     study = optuna.create_study(
         storage=optuna.storages.RDBStorage(storage), study_name=name,
         sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
-        directions=["minimize" if o["direction"] == "min" else "maximize" for o in objectives],
+        directions=["minimize" if o.direction == "min" else "maximize" for o in objectives],
     )
-    study.set_user_attr("objectives", objectives)
+    study.set_user_attr("objectives", [o.to_json() for o in objectives])
     return study
 
 

@@ -1,6 +1,7 @@
 """space.yaml: schema, defaults and validation. Every error names the key path and what was expected."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import ErrorCollector, SpaceError, did_you_mean
 from ..knobs import (
+    Choice,
     Fixed,
     Float,
     Int,
+    IntList,
     Knob,
     check_named_bounds,
     knob_bounds,
@@ -22,19 +25,51 @@ from ..knobs import (
 )
 from ..nn.inputs import INPUT_KNOBS, has_categories
 from ..results.constraints import Constraint, check_constraints, parse_constraints
+from ..results.metrics import (
+    COST_OBJECTIVES,
+    GAIN_OBJECTIVES,
+    Objective,
+    group_key,
+    val_key,
+)
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median")
-COST_OBJECTIVES = {"params": "min", "latency": "min"}
 TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column")
-TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray")
+TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
+MAX_TASK_OBJECTIVES = 4  # more tasks than this: the default objectives are delta_m and worst_gain
+
+
+@dataclass(frozen=True)
+class GroupObjective:
+    """``{group: {name: ctr_cvr, tasks: [ctr, cvr]}}`` or ``ctr+cvr`` in ``search.objectives``: the mean gain of its tasks."""
+
+    name: str
+    tasks: tuple[str, ...]
+    path: str
+
+
+@dataclass
+class BaselineSpec:
+    """``baseline:``: the single-task references' configuration (``false``: no references, no gains).
+
+    ``backbone``, ``training``, ``inputs`` fix knob values; a knob left out takes its range's
+    midpoint (:func:`midpoint`). ``tower_width`` is the width of the
+    reference's one hidden tower layer.
+    """
+
+    enabled: bool = True
+    backbone: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    tower_width: int = 16
 
 @dataclass
 class SearchSpec:
     trials: int = 20
     sampler: str = "tpe"
-    objectives: list[str] = field(default_factory=list)  # empty: every task
+    objectives: list[str | GroupObjective] = field(default_factory=list)  # empty: the default (see resolve)
     concurrency: int = 1
     seed: int = 0
     reference_point: dict[str, float] = field(default_factory=dict)
@@ -71,6 +106,7 @@ class Space:
     max_trial_seconds: float | None = None
     search: SearchSpec = field(default_factory=SearchSpec)
     ray: RaySpec = field(default_factory=RaySpec)
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
     tracking_uri: str | None = None
     plugins: list[str] = field(default_factory=list)
     path: Path | None = None
@@ -219,12 +255,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
             if search_raw.get("max_failures") is not None:
                 search.max_failures = _int(search_raw["max_failures"], "search.max_failures", minimum=0)
         with errors.section():
-            objectives = search_raw.get("objectives", [])
-            if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
-                raise SpaceError("search.objectives", f"expected a list of task names (and optionally params, latency), got {objectives!r}")
-            if len(set(objectives)) != len(objectives):
-                raise SpaceError("search.objectives", f"an objective is listed twice: {objectives!r}")
-            search.objectives = objectives
+            search.objectives = _parse_objectives(search_raw.get("objectives", []))
         with errors.section():
             reference = _mapping(search_raw.get("reference_point", {}), "search.reference_point", "expected a mapping of objective to value")
             for key, value in reference.items():
@@ -262,6 +293,8 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         with errors.section():
             ray.gpus_per_trial = _number(ray_raw.get("gpus_per_trial", 0), "ray.gpus_per_trial", positive=False)
 
+    baseline = _parse_baseline(top.get("baseline", {}))
+
     plugins = top.get("plugins", [])
     with errors.section():
         if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
@@ -272,7 +305,8 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
         weighting_options=weighting_options,
-        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
+        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, baseline=baseline,
+        tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
 
@@ -286,13 +320,54 @@ def _ranges(raw: dict, path: str, errors: ErrorCollector) -> dict[str, Knob]:
     return knobs
 
 
-@dataclass
-class Objective:
-    """A search objective: its name, the result key it reads and its direction."""
+OBJECTIVES_EXPECTED = "expected a list of task names, params, latency, delta_m, worst_gain or groups ({group: {name: n, tasks: [a, b]}} or a+b)"
 
-    name: str
-    key: str
-    direction: str
+
+def _parse_objectives(raw: Any) -> list[str | GroupObjective]:
+    if not isinstance(raw, list):
+        raise SpaceError("search.objectives", f"{OBJECTIVES_EXPECTED}, got {raw!r}")
+    out: list[str | GroupObjective] = []
+    for i, item in enumerate(raw):
+        path = f"search.objectives[{i}]"
+        if isinstance(item, str) and "+" in item:
+            tasks = tuple(t.strip() for t in item.split("+"))
+            out.append(GroupObjective(item, tasks, path))
+        elif isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and list(item) == ["group"]:
+            group = _mapping(item["group"], f"{path}.group", "expected {name: ..., tasks: [...]}")
+            _known_keys(group, ("name", "tasks"), f"{path}.group")
+            tasks = group.get("tasks")
+            if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+                raise SpaceError(f"{path}.group.tasks", f"expected a list of task names, got {tasks!r}")
+            name = group.get("name", "+".join(tasks))
+            if not isinstance(name, str) or not name:
+                raise SpaceError(f"{path}.group.name", f"expected a non-empty name, got {name!r}")
+            out.append(GroupObjective(name, tuple(tasks), f"{path}.group"))
+        else:
+            raise SpaceError(path, f"{OBJECTIVES_EXPECTED}, got {item!r}")
+        if isinstance(out[-1], GroupObjective) and (len(out[-1].tasks) < 2 or len(set(out[-1].tasks)) != len(out[-1].tasks) or not all(out[-1].tasks)):
+            raise SpaceError(out[-1].path, f"a group needs at least two distinct task names, got {list(out[-1].tasks)!r}")
+    names = [o if isinstance(o, str) else o.name for o in out]
+    if len(set(names)) != len(names):
+        raise SpaceError("search.objectives", f"an objective is listed twice: {names!r}")
+    return out
+
+
+def _parse_baseline(raw: Any) -> BaselineSpec:
+    if raw is False:
+        return BaselineSpec(enabled=False)
+    raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {backbone: {width: 64}, training: {lr: 0.001}}")
+    _known_keys(raw, ("backbone", "training", "inputs", "tower_width"), "baseline")
+    sections = {}
+    for key in ("backbone", "training", "inputs"):
+        section = _mapping(raw.get(key, {}), f"baseline.{key}", "expected a mapping of knob name to one value")
+        for name, value in section.items():
+            if isinstance(value, (dict, list)) and not (key == "backbone" and isinstance(value, list)):
+                raise SpaceError(f"baseline.{key}.{name}", f"expected one value (the references are not searched), got {value!r}")
+        sections[key] = {str(k): v for k, v in section.items()}
+    tower_width = _int(raw.get("tower_width", BaselineSpec.tower_width), "baseline.tower_width", minimum=1)
+    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width)
 
 
 @dataclass
@@ -394,21 +469,13 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
             errors.add(SpaceError(f"training.weighting_options.{name}",
                                   f"{name!r} is not a weighting of this space; training.weighting offers {', '.join(map(str, names))}"))
 
-    objectives = []
-    valid_objectives = problem.task_names + list(COST_OBJECTIVES)
-    for name in space.search.objectives or problem.task_names:
-        if name in COST_OBJECTIVES:
-            objectives.append(Objective(name, name, COST_OBJECTIVES[name]))
-        elif name in problem.task_names:
-            objectives.append(Objective(name, f"val/{name}", problem.task(name).direction))
-        else:
-            errors.add(SpaceError("search.objectives", f"unknown objective {name!r}; {did_you_mean(name, valid_objectives)}"))
+    objectives: list[Objective] = []
+    with errors.section():
+        objectives = resolve_objectives(space.search.objectives, problem, space.baseline.enabled)
     for name in space.search.reference_point:
-        if name not in [o.name for o in objectives] and name in valid_objectives:
+        if objectives and name not in [o.name for o in objectives]:
             errors.add(SpaceError(f"search.reference_point.{name}",
                                   f"not an objective of this search; objectives: {', '.join(o.name for o in objectives)}"))
-        elif name not in valid_objectives:
-            errors.add(SpaceError(f"search.reference_point.{name}", f"not an objective of this search; {did_you_mean(name, [o.name for o in objectives])}"))
 
     with errors.section():
         check_constraints(space.search.constraints, problem)
@@ -420,8 +487,86 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         if space.inputs and not has_categories(problem):
             raise SpaceError("inputs", "the data set has no categorical features, so there is nothing to encode")
     errors.raise_if_any()
-    return Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
+    plan = Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
                 inputs if has_categories(problem) else {})
+    if space.baseline.enabled:
+        reference_settings(plan)  # a baseline: key naming no knob is an error before anything runs
+    return plan
+
+
+def default_objectives(problem: Problem, references: bool) -> list[str]:
+    """Every task, or for more than four tasks (with references) ``[delta_m, worst_gain]``."""
+    if references and len(problem.tasks) > MAX_TASK_OBJECTIVES:
+        return list(GAIN_OBJECTIVES)
+    return problem.task_names
+
+
+def resolve_objectives(listed: list[str | GroupObjective], problem: Problem, references: bool) -> list[Objective]:
+    """The typed objectives of ``search.objectives``; a list naming only cost objectives (or none) gets the default task part first."""
+    if all(isinstance(o, str) and o in COST_OBJECTIVES for o in listed):
+        listed = [*default_objectives(problem, references), *listed]
+    valid = problem.task_names + list(COST_OBJECTIVES) + list(GAIN_OBJECTIVES)
+    objectives = []
+    for i, item in enumerate(listed):
+        if isinstance(item, GroupObjective):
+            for task in item.tasks:
+                if task not in problem.task_names:
+                    raise SpaceError(f"{item.path}", f"unknown task {task!r} in group {item.name!r}; {did_you_mean(task, problem.task_names)}")
+            if not references:
+                raise SpaceError(item.path, "a group objective is the mean gain over single-task references; remove `baseline: false`")
+            objectives.append(Objective(item.name, group_key(item.name), "max", item.tasks))
+        elif item in COST_OBJECTIVES:
+            objectives.append(Objective(item, item, COST_OBJECTIVES[item]))
+        elif item in GAIN_OBJECTIVES:
+            if not references:
+                raise SpaceError(f"search.objectives[{i}]", f"{item} is measured against single-task references; remove `baseline: false`")
+            objectives.append(Objective(item, item, "max"))
+        elif item in problem.task_names:
+            objectives.append(Objective(item, val_key(item), problem.task(item).direction))
+        else:
+            raise SpaceError(f"search.objectives[{i}]", f"unknown objective {item!r}; {did_you_mean(item, valid)}")
+    return objectives
+
+
+def midpoint(knob: Knob) -> Any:
+    """The default reference value of a knob (see the module docstring)."""
+    if isinstance(knob, Fixed):
+        return knob.value
+    if isinstance(knob, Int):
+        low, high = int(knob.low), int(knob.high)
+        middle = math.sqrt(max(low, 1) * high) if knob.log and low > 0 else (low + high) / 2
+        return min(high, max(low, int(round(middle))))
+    if isinstance(knob, Float):
+        return math.sqrt(knob.low * knob.high) if knob.log and knob.low > 0 else (knob.low + knob.high) / 2
+    if isinstance(knob, (Choice, IntList)):
+        choices = list(knob.choices)
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+            return sorted(choices)[(len(choices) - 1) // 2]
+        return choices[0] if not isinstance(knob, IntList) else list(choices[0])
+    raise TypeError(f"no midpoint for knob {knob!r}")  # pragma: no cover - every knob kind is listed above
+
+
+@dataclass
+class ReferenceSettings:
+    """The resolved reference configuration: one value per backbone, training and input knob."""
+
+    backbone: dict[str, Any]
+    training: dict[str, Any]
+    inputs: dict[str, Any]
+    tower_width: int
+
+
+def reference_settings(plan: Plan) -> ReferenceSettings:
+    """Values from ``baseline:``, midpoints for the rest; a key naming no knob of the space is a SpaceError."""
+    spec = plan.space.baseline
+    sections = (("backbone", plan.backbone, spec.backbone), ("training", plan.training, spec.training), ("inputs", plan.inputs, spec.inputs))
+    values = {}
+    for section, knobs, given in sections:
+        for name in given:
+            if name not in knobs:
+                raise SpaceError(f"baseline.{section}.{name}", f"not a {section} knob of this space; {did_you_mean(name, knobs)}")
+        values[section] = {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
+    return ReferenceSettings(values["backbone"], values["training"], values["inputs"], spec.tower_width)
 
 
 TABLE_KEYS = (*TABLE_FORMATS, "features", "exclude", "categorical", "numeric", "max_integer_levels", "split", "split_column", "group_column")

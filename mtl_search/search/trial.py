@@ -19,6 +19,7 @@ from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
 from ..nn.create import create_model
 from ..nn.model import MultiTaskModel
+from ..results.metrics import gain_metrics, pending_gain_metrics
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
@@ -38,6 +39,8 @@ class TrialPlan:
     cpus_per_trial: float
     gpus_per_trial: float
     max_trial_seconds: float | None = None
+    references: dict[str, dict[str, float]] | None = None  # single-task references' {"val": {task: m}, "test": {...}}
+    groups: dict[str, tuple[str, ...]] | None = None  # group objectives: name -> tasks (their mean gain)
 
 
 def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
@@ -102,6 +105,8 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     # Every report must carry every objective Tune's searcher watches; cost objectives are
     # only final at the end, so epochs carry the parameter count and a NaN latency.
     per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
+    if plan.references is not None:
+        per_epoch.update(pending_gain_metrics(plan.problem.task_names, plan.groups or {}))
     start = time.perf_counter()
 
     def report_epoch(metrics: dict[str, Any]) -> None:
@@ -134,6 +139,9 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     }
     result.update({f"val/{t}": v for t, v in val.metrics.items()})
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
+    if plan.references is not None:
+        directions = {t.name: t.direction for t in plan.problem.tasks}
+        result.update(gain_metrics(directions, val.metrics, test.metrics, plan.references, plan.groups or {}))
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)

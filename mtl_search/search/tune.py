@@ -20,8 +20,15 @@ from ray.tune.search import Searcher
 
 from ..config import NUMBER_KEY, STRATEGY_KEY
 from ..registry import Registry
-from ..results.constraints import tell_constraints
-from ..results.records import TrialRecord, mark_front, trial_line
+from ..results.constraints import tell_constraints, violations
+from ..results.metrics import (
+    COST_METRICS,
+    GAIN,
+    TEST_GAIN,
+    Objective,
+    is_trial_figure,
+)
+from ..results.records import LiveFront, TrialRecord, trial_line
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
 
@@ -147,7 +154,7 @@ class TrialLogger(_Live, tune.Callback):
     past ``max_failures`` the search is aborted (``abort_reason``). Progress lines go to ``echo``.
     """
 
-    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[dict[str, str]], registry: Registry, total: int,
+    def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
                  task_metrics: dict[str, str] | None = None):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
@@ -157,6 +164,7 @@ class TrialLogger(_Live, tune.Callback):
         self.running: dict[str, Any] = {}  # trial id -> Tune trial, started and not yet ended
         self.placed: set[str] = set()
         self.records: list[TrialRecord] = list(earlier)
+        self.front = LiveFront(objectives, self.records)  # updated one trial at a time
         self.failures = 0
         self.abort_reason: str | None = None
         self.constraints: list[Any] = []  # search.constraints: an infeasible trial is left off the running front too
@@ -231,14 +239,18 @@ class TrialLogger(_Live, tune.Callback):
             number=int(config[NUMBER_KEY]), run_id=run_id, strategy=config[STRATEGY_KEY], params=config, status=status,
             val={k[4:]: v for k, v in result.items() if k.startswith("val/")} if finished else {},
             test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if finished else {},
-            metrics={k: v for k, v in result.items() if k in ("params", "latency", "train_seconds") and isinstance(v, (int, float))},
+            metrics={k: v for k, v in result.items() if (k in COST_METRICS or (finished and is_trial_figure(k))) and isinstance(v, (int, float))},
+            gains={k[len(GAIN):]: v for k, v in result.items() if k.startswith(GAIN)} if finished else {},
+            test_gains={k[len(TEST_GAIN):]: v for k, v in result.items() if k.startswith(TEST_GAIN)} if finished else {},
             error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
             family=self._family(config[STRATEGY_KEY]),
             placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
         )
         self.records.append(record)
-        mark_front(self.records, self.objectives, constraints=self.constraints)
-        self.echo(trial_line(record, len(self.records), self.total, sum(t.pareto for t in self.records), self.task_metrics,
+        if self.constraints:  # an infeasible trial stays off the running front
+            record.violations = violations(record, self.constraints) if status == "finished" else None
+        self.front.add(record)
+        self.echo(trial_line(record, len(self.records), self.total, self.front.size, self.task_metrics,
                              f"error.txt of MLflow run {run_id}" if status == "failed" else None))
         self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
 

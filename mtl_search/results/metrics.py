@@ -1,0 +1,135 @@
+"""The names of every figure a trial reports and records, the typed objectives, and the gains over single-task references.
+
+This module owns the metric names: the workers' results, the trial records, MLflow and
+the tables all read them from here.
+
+Gains (Maninis et al. 2019, "Attentive single-tasking of multiple tasks", CVPR; as in
+LibMTL): task t's relative gain over its single-task reference is
+
+    gain_t = (-1)^{l_t} (M_t - M_ref,t) / |M_ref,t| · 100  (percent)
+
+with l_t = 1 when lower is better (``min``), so a positive gain is always an improvement;
+Δm = (1/T) Σ_t gain_t (``delta_m``), and ``worst_gain`` = min_t gain_t. A trial with any
+negative gain shows negative transfer. The papers divide by M_ref,t; the absolute value
+here only matters for a negative reference metric (none of the built-in metrics), where it
+keeps "positive is better". A reference of exactly 0 gives no gain (NaN).
+
+A group objective (``Objective.tasks``) is the mean gain over its tasks: the Δm of a subset.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+VAL = "val/"  # per-task validation metric: val/<task>
+TEST = "test/"  # per-task test metric: test/<task>
+GAIN = "gain/"  # per-task validation gain over the reference, percent: gain/<task>
+TEST_GAIN = "test_gain/"  # the same on the test split
+GROUP = "group/"  # a group objective's mean validation gain: group/<name>
+DELTA_M = "delta_m"
+WORST_GAIN = "worst_gain"
+TEST_DELTA_M = "test_delta_m"
+TEST_WORST_GAIN = "test_worst_gain"
+PARAMS = "params"
+LATENCY = "latency"
+TRAIN_SECONDS = "train_seconds"
+COST_METRICS = (PARAMS, LATENCY, TRAIN_SECONDS)  # a trial's final figures besides per-task metrics
+COST_OBJECTIVES = {PARAMS: "min", LATENCY: "min"}
+GAIN_SUMMARIES = (DELTA_M, WORST_GAIN, TEST_DELTA_M, TEST_WORST_GAIN)
+GAIN_OBJECTIVES = (DELTA_M, WORST_GAIN)
+REFERENCE = "reference/"  # the search run's reference metrics: reference/val/<task>, reference/test/<task>
+NEGATIVE_TRANSFER_TAG = "mtl_search.negative_transfer"
+
+
+def val_key(task: str) -> str:
+    return VAL + task
+
+
+def test_key(task: str) -> str:
+    return TEST + task
+
+
+def gain_key(task: str) -> str:
+    return GAIN + task
+
+
+def group_key(name: str) -> str:
+    return GROUP + name
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A search objective: its name, the result key it reads and its direction; ``tasks`` for a group's mean gain."""
+
+    name: str
+    key: str
+    direction: str
+    tasks: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The form MLflow stores (the search run's ``mtl_search.objectives`` tag)."""
+        data: dict[str, Any] = {"name": self.name, "key": self.key, "direction": self.direction}
+        if self.tasks:
+            data["tasks"] = list(self.tasks)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Objective":
+        return cls(str(data["name"]), str(data["key"]), str(data["direction"]), tuple(data.get("tasks", ())))
+
+
+def relative_gain(value: float, reference: float, direction: str) -> float:
+    """Percent improvement of ``value`` over ``reference`` for a metric improving in ``direction`` (see the module docstring)."""
+    if direction not in ("min", "max"):
+        raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
+    if not (math.isfinite(value) and math.isfinite(reference)) or reference == 0:
+        return float("nan")
+    sign = -1.0 if direction == "min" else 1.0
+    return sign * (value - reference) / abs(reference) * 100.0
+
+
+def _summaries(gains: Mapping[str, float]) -> tuple[float, float]:
+    values = list(gains.values())
+    if not values or not all(math.isfinite(v) for v in values):
+        return float("nan"), float("nan")
+    return sum(values) / len(values), min(values)
+
+
+def gain_metrics(directions: Mapping[str, str], val: Mapping[str, float], test: Mapping[str, float],
+                 references: Mapping[str, Mapping[str, float]], groups: Mapping[str, Iterable[str]] = {}) -> dict[str, float]:
+    """Per-task gains, Δm, worst gain (val and test) and group mean gains, as result keys.
+
+    ``directions`` maps task to ``min``/``max``; ``references`` is ``{"val": {task: metric}, "test": {...}}``.
+    """
+    out: dict[str, float] = {}
+    for split, metrics, prefix, delta, worst in (("val", val, GAIN, DELTA_M, WORST_GAIN), ("test", test, TEST_GAIN, TEST_DELTA_M, TEST_WORST_GAIN)):
+        reference = references.get(split, {})
+        gains = {t: relative_gain(float(metrics.get(t, math.nan)), float(reference.get(t, math.nan)), d) for t, d in directions.items()}
+        out.update({prefix + t: g for t, g in gains.items()})
+        out[delta], out[worst] = _summaries(gains)
+        if split == "val":
+            for name, tasks in groups.items():
+                out[group_key(name)] = _summaries({t: gains[t] for t in tasks})[0]
+    return out
+
+
+def pending_gain_metrics(tasks: Iterable[str], groups: Iterable[str]) -> dict[str, float]:
+    """Every gain key at NaN: what a trial's per-epoch reports carry (Tune wants every objective in every report)."""
+    keys = [GAIN + t for t in tasks] + list(GAIN_OBJECTIVES) + [group_key(g) for g in groups]
+    return {k: float("nan") for k in keys}
+
+
+def is_gain_key(key: str) -> bool:
+    """A key :func:`gain_metrics` writes."""
+    return key.startswith((GAIN, TEST_GAIN, GROUP)) or key in GAIN_SUMMARIES
+
+
+def is_trial_figure(key: str) -> bool:
+    """A final per-trial figure that a TrialRecord keeps in ``metrics`` (costs, Δm, worst gain, groups)."""
+    return key in COST_METRICS or key in GAIN_SUMMARIES or key.startswith(GROUP)
+
+
+def negative_transfer(gains: Mapping[str, float]) -> bool:
+    """True when some task is worse than its single-task reference (a negative gain)."""
+    return any(math.isfinite(g) and g < 0 for g in gains.values())
