@@ -51,6 +51,13 @@ class Strategy:
         combination no trial could run; ``mtl-search validate`` then exits 2 naming the key.
         """
 
+    def check_problem(self, knobs: dict[str, Knob], problem: Problem, path: str) -> None:
+        """Validate knob ranges against the data set's tasks, before any trial runs (default: nothing to check).
+
+        Called by ``validate`` after ``check``, for knobs that name tasks (a partition of the
+        tasks, a written tree). Raise ``SpaceError(f"{path}.{knob}", why)`` as in ``check``.
+        """
+
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         """A new model for ``problem`` on ``backbone`` with the sampled knob values ``params``."""
         raise NotImplementedError  # pragma: no cover - abstract

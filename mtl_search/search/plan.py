@@ -143,5 +143,5 @@ def make_trial_plan(plan: Plan) -> TrialPlan:
         weightings={name: cls for name, (cls, _) in plan.weightings.items()},
         epochs=space.epochs, patience=space.patience, seed=space.search.seed,
         cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
-        max_trial_seconds=space.max_trial_seconds,
+        max_trial_seconds=space.max_trial_seconds, affinity_every=space.affinity_every,
     )

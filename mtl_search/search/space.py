@@ -58,6 +58,7 @@ class Space:
     epochs: int = 20
     patience: int = 5
     max_trial_seconds: float | None = None
+    affinity_every: int = 0  # task affinity measured every this many steps (0: off)
     search: SearchSpec = field(default_factory=SearchSpec)
     ray: RaySpec = field(default_factory=RaySpec)
     tracking_uri: str | None = None
@@ -131,9 +132,10 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         strategies[str(name)] = {k: parse_range(v, f"strategies.{name}.{k}") for k, v in overrides.items()}
 
     training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
-    _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
+    _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "affinity_every", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
     epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
     patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
+    affinity_every = _int(training_raw.get("affinity_every", 0), "training.affinity_every", minimum=0)
     max_trial_seconds = training_raw.get("max_trial_seconds")
     if max_trial_seconds is not None:
         max_trial_seconds = _number(max_trial_seconds, "training.max_trial_seconds", positive=True)
@@ -205,7 +207,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
         weighting_options=weighting_options,
-        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
+        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, affinity_every=affinity_every, search=search, ray=ray, tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
 
@@ -278,6 +280,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
         knobs = _merge_knobs(strategy.knobs, overrides, f"strategies.{name}", f"strategy {name!r}")
         _check_backbone_bounds(strategy.knobs, knobs, values, f"strategies.{name}")
         strategy.check(knobs, {**backbone, **values}, f"strategies.{name}")
+        strategy.check_problem(knobs, problem, f"strategies.{name}")
         strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)

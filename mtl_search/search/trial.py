@@ -18,7 +18,7 @@ from ..data.dataset import Dataset
 from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
 from ..nn.create import create_model
-from ..nn.model import MultiTaskModel
+from ..nn.model import MultiTaskModel, SharingMap
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
@@ -38,6 +38,7 @@ class TrialPlan:
     cpus_per_trial: float
     gpus_per_trial: float
     max_trial_seconds: float | None = None
+    affinity_every: int = 0
 
 
 def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
@@ -113,7 +114,8 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     trainer = Trainer(
         dataset,
-        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **parts.training),
+        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, affinity_every=plan.affinity_every,
+                    **parts.training),
         weighting,
         report=report_epoch,
     )
@@ -122,6 +124,10 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     val = trainer.evaluate(model, trainer.dataset.val)
     test = trainer.evaluate(model, trainer.dataset.test)
+    maps = _sharing_map(model, trainer.dataset.val.x[:1024])
+    affinity = trainer.affinity.mean() if trainer.affinity is not None else None
+    if affinity is not None:
+        maps["task_affinity"] = SharingMap(affinity, plan.problem.task_names, plan.problem.task_names)
     result: dict[str, Any] = {
         "final": True,
         "params": float(model.inference_parameters()),
@@ -130,11 +136,14 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
         "epochs_trained": len(trainer.history),
         "score": trainer.score(val.losses),  # the scheduler's metric, of the model as returned
         **placement,
-        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in _sharing_map(model, trainer.dataset.val.x[:1024]).items()}),
+        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in maps.items()}),
     }
     result.update({f"val/{t}": v for t, v in val.metrics.items()})
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
+    if trainer.affinity is not None:
+        result.update({f"model/{k}": v for k, v in trainer.affinity.metrics().items()})
+    result["tags_json"] = json.dumps({f"model/{k}": str(v) for k, v in model.trial_tags().items()})
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
         report(result, checkpoint_dir=tmp)
