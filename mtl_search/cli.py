@@ -1,4 +1,4 @@
-"""The command line: ``mtl-search run | validate | plugins | report | predict | ui``.
+"""The command line: ``mtl-search run | validate | plugins | report | predict | groups | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
 
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("data", type=Path, help="the rows to predict: for a model trained on a table, a CSV or Parquet file with its feature columns (raw, as in the training table); otherwise a numeric CSV of input features (header row optional)")
     predict.add_argument("--output", type=Path, help="write the predictions CSV here (default: stdout)")
     predict.add_argument("--tracking-uri")
+
+    groups = sub.add_parser("groups", help="train once with task affinity measured and propose groupings of the tasks (TAG)")
+    groups.add_argument("space", type=Path)
+    groups.add_argument("--groups", type=_positive, help="only partitions into this many groups (default: every number 1..T)")
+    groups.add_argument("--top", type=_positive, default=3, help="partitions listed per number of groups, best first (default 3)")
+    groups.add_argument("--format", choices=["table", "json"], default="table")
+    groups.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=_positive, default=5000)
@@ -206,6 +213,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_groups(args: argparse.Namespace) -> int:
+    from .search.grouping import format_groups, task_groups
+    from .search.space import load_space
+
+    space = load_space(args.space)
+    result = task_groups(space, args.groups, args.top, args.tracking_uri)
+    print(json.dumps(result, indent=2) if args.format == "json" else format_groups(result))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from .results.tracking import (
         latest_search_experiment,
@@ -301,7 +318,7 @@ def _stop_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "groups": cmd_groups, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

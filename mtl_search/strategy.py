@@ -51,12 +51,14 @@ class Strategy:
         combination no trial could run; ``mtl-search validate`` then exits 2 naming the key.
         """
 
-    def check_problem(self, problem: Problem, path: str) -> None:
-        """Raise ``SpaceError(path, why)`` when this strategy cannot model ``problem``'s tasks (default: it can model any).
+    def check_problem(self, knobs: dict[str, Knob], problem: Problem, path: str) -> None:
+        """Validate the strategy against the data set's tasks, before any trial runs (default: nothing to check).
 
-        For methods defined for some task structures only (e.g. a conversion funnel, tasks
-        with ``after``). ``validate`` calls it; the contract check (``mtl_search.testing``)
-        then checks the strategy on a problem with a funnel instead.
+        Called by ``validate`` after ``check``: for knobs that name tasks (a partition of the
+        tasks, a written tree; raise ``SpaceError(f"{path}.{knob}", why)`` as in ``check``), and
+        for methods defined for some task structures only (a conversion funnel: tasks with
+        ``after``; raise ``SpaceError(path, why)``). The contract check (``mtl_search.testing``)
+        checks a strategy that refuses its plain problem on a problem with a funnel instead.
         """
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:

@@ -68,7 +68,7 @@ def _declines_plain(strategy: Strategy) -> bool:
     from .errors import SpaceError
 
     try:
-        strategy.check_problem(contract_problem((8,)), f"strategies.{strategy.name}")
+        strategy.check_problem(strategy.knobs, contract_problem((8,)), f"strategies.{strategy.name}")
     except SpaceError:
         return True
     return False
@@ -86,7 +86,7 @@ def contract_dataset_for(strategy: Strategy, input_shape: tuple[int, ...], seed:
     if not _declines_plain(strategy):
         return contract_dataset(input_shape, seed)
     try:
-        strategy.check_problem(funnel_contract_problem(input_shape), f"strategies.{strategy.name}")
+        strategy.check_problem(strategy.knobs, funnel_contract_problem(input_shape), f"strategies.{strategy.name}")
     except SpaceError as funnel:
         raise AssertionError(f"{strategy.name}: check_problem rejects both contract problems (the funnel one: {funnel})") from None
     return funnel_contract_dataset(input_shape, seed)

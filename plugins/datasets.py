@@ -14,8 +14,10 @@ import torch
 from mtl_search import Dataset, Problem, Split, Task, hookimpl, make_dataset, split_rows
 
 SYNTHETIC_DEFAULTS = {
-    "correlation": 0.5,  # cosine between task weight vectors, p
+    "correlation": 0.5,  # cosine between task weight vectors, p (within a cluster when clusters > 0)
     "tasks": 2,
+    "clusters": 0,       # 0: every pair of tasks at `correlation`; k > 0: k clusters of consecutive tasks
+    "across": 0.0,       # with clusters: cosine between the weight vectors of tasks in different clusters
     "samples": 10000,
     "input_dim": 100,    # d
     "sin_terms": 5,      # m
@@ -41,22 +43,52 @@ def task_weights(correlation: float, tasks: int, input_dim: int, scale: float, g
     return scale * (math.sqrt(correlation) * u[0] + math.sqrt(1 - correlation) * u[1 : tasks + 1])
 
 
+def cluster_of(tasks: int, clusters: int) -> list[int]:
+    """The cluster of each task: ``clusters`` runs of consecutive tasks, sizes differing by at most one."""
+    return [t * clusters // tasks for t in range(tasks)]
+
+
+def clustered_task_weights(within: float, across: float, tasks: int, clusters: int, input_dim: int, scale: float,
+                           generator: torch.Generator) -> torch.Tensor:
+    """Rows w_t with cosine ``within`` inside a cluster and ``across`` between clusters (0 <= across <= within <= 1).
+
+    w_t = c (sqrt(a) u_0 + sqrt(p - a) v_{k(t)} + sqrt(1 - p) u_t) with u_0, v_1..v_K, u_1..u_T
+    orthonormal, p = within, a = across and k(t) the cluster of task t.
+    """
+    basis, _ = torch.linalg.qr(torch.randn(input_dim, 1 + clusters + tasks, generator=generator, dtype=torch.float64))
+    u = basis.T
+    common, centres, own = u[0], u[1 : 1 + clusters], u[1 + clusters :]
+    k = torch.tensor(cluster_of(tasks, clusters))
+    return scale * (math.sqrt(across) * common + math.sqrt(within - across) * centres[k] + math.sqrt(1 - within) * own)
+
+
 def synthetic_correlated(correlation: float, tasks: int, samples: int, input_dim: int, sin_terms: int, scale: float,
-                         noise: float, seed: int, val: float, test: float) -> Dataset:
-    """y_t = w_t.x + sum_i sin(alpha_i w_t.x + beta_i) + noise, x ~ N(0, I_d); alpha, beta ~ N(0, 1) shared by the tasks."""
+                         noise: float, seed: int, val: float, test: float, clusters: int = 0, across: float = 0.0) -> Dataset:
+    """y_t = w_t.x + sum_i sin(alpha_i w_t.x + beta_i) + noise, x ~ N(0, I_d); alpha, beta ~ N(0, 1) shared by the tasks.
+
+    ``clusters`` > 0 draws the tasks in that many clusters of consecutive tasks (y1, y2 | y3, y4
+    for 4 tasks in 2): weight vectors at cosine ``correlation`` within a cluster and ``across``
+    between clusters, a known structure for the methods that search which tasks to share.
+    """
     if not isinstance(tasks, int) or tasks < 2:
         raise ValueError(f"tasks must be an integer >= 2, got {tasks!r}")
-    low = -1.0 if tasks == 2 else 0.0
+    if not isinstance(clusters, int) or not 0 <= clusters <= tasks:
+        raise ValueError(f"clusters must be an integer in [0, tasks = {tasks}], got {clusters!r}")
+    low = -1.0 if tasks == 2 and not clusters else 0.0
     if not low <= correlation <= 1.0:
         raise ValueError(f"correlation must lie in [{low:g}, 1] for {tasks} tasks, got {correlation!r}")
-    if input_dim < tasks + 1:
-        raise ValueError(f"input_dim must be at least tasks + 1 = {tasks + 1}, got {input_dim}")
+    if clusters and not 0.0 <= across <= correlation:
+        raise ValueError(f"across must lie in [0, correlation = {correlation:g}] (the within-cluster cosine), got {across!r}")
+    needed = tasks + 1 + clusters
+    if input_dim < needed:
+        raise ValueError(f"input_dim must be at least {needed} (tasks + 1{' + clusters' if clusters else ''}), got {input_dim}")
     if samples < 20:
         raise ValueError(f"samples must be at least 20, got {samples}")
     if noise < 0 or sin_terms < 0:
         raise ValueError("noise and sin_terms must be >= 0")
     g = torch.Generator().manual_seed(seed)
-    w = task_weights(correlation, tasks, input_dim, scale, g)
+    w = (clustered_task_weights(correlation, across, tasks, clusters, input_dim, scale, g) if clusters
+         else task_weights(correlation, tasks, input_dim, scale, g))
     alpha = torch.randn(sin_terms, generator=g, dtype=torch.float64)
     beta = torch.randn(sin_terms, generator=g, dtype=torch.float64)
     x = torch.randn(samples, input_dim, generator=g, dtype=torch.float64)

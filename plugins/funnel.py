@@ -223,7 +223,7 @@ class ESMM(Strategy):
         "tower_width": Int(4, 64, log=True, minimum=1),
     }
 
-    def check_problem(self, problem: Problem, path: str) -> None:
+    def check_problem(self, knobs: dict[str, Any], problem: Problem, path: str) -> None:
         check_funnel(problem, path, "esmm")
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
@@ -313,7 +313,7 @@ class AITM(Strategy):
         "alpha": Default(0.6, Float(0.0, 2.0, minimum=0.0)),
     }
 
-    def check_problem(self, problem: Problem, path: str) -> None:
+    def check_problem(self, knobs: dict[str, Any], problem: Problem, path: str) -> None:
         check_funnel(problem, path, "aitm")
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:

@@ -238,3 +238,17 @@ def test_kill_soak_quick(tmp_path):
     report = json.loads((tmp_path / "kill_soak.json").read_text())
     assert report["trials_lost"] == 0 and report["trials_repeated"] == 0 and report["optuna_matches_mlflow"]
     assert report["search_finished"] and report["kills_survived"] == report["kills"]
+
+
+def test_structure_search_curves_and_affinity_cost(tmp_path):
+    from benchmarks.structure_search import ARMS, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "structure_search")
+    assert [r["arm"] for r in result["rows"]] == list(ARMS)
+    for row in result["rows"]:
+        for curve in row["best_so_far"]:
+            assert len(curve) == result["budget"] and all(b <= a for a, b in zip(curve, curve[1:]))
+    groups = next(r for r in result["rows"] if r["arm"] == "groups")["groups"][0]
+    assert [len(p) for p in groups["partitions"]] == [1, 2, 3, 4]  # the best partition for each number of groups
+    assert result["affinity_step_cost"]["4"]["affinity"] > 0 and "| 4 | groups |" in table

@@ -12,7 +12,7 @@ REGISTRY = load_registry()
 
 
 # Strategies with their own multi-phase schedule run a shortened one here (the contract, not the method, is under test).
-SHORT_SCHEDULES = {"adashare": {"warmup_epochs": 1, "search_epochs": 2, "samples": 2}}
+SHORT_SCHEDULES = {"adashare": {"warmup_epochs": 1, "search_epochs": 2, "samples": 2}, "learning_to_branch": {"search_epochs": 2}}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY.strategies))

@@ -74,6 +74,8 @@ class MultiTaskModel(nn.Module):
     - ``after_step()``: called after every optimiser step (e.g. MRN's covariance update).
     - ``on_epoch_start(epoch)``: called at the start of every training epoch.
     - ``trial_metrics()``: extra figures recorded on the trial (routing statistics ...).
+    - ``trial_tags()``: extra text recorded on the trial as MLflow tags ``model/<key>``
+      (e.g. a learned structure in a form a space accepts).
     - ``inference_parameters()``: parameter count used at inference (default: all).
     """
 
@@ -121,6 +123,9 @@ class MultiTaskModel(nn.Module):
         pass
 
     def trial_metrics(self) -> dict[str, float]:
+        return {}
+
+    def trial_tags(self) -> dict[str, str]:
         return {}
 
     def inference_parameters(self) -> int:

@@ -175,15 +175,23 @@ def hypervolume_figure(history: Sequence[tuple[float, int]], reference: Sequence
 
 
 def sharing_map_figure(maps: dict[str, SharingMap]) -> plt.Figure:
-    """One heatmap per sharing map, tasks as rows, values in [0, 1]."""
+    """One heatmap per sharing map, tasks as rows, values in [0, 1].
+
+    A map with values outside [0, 1] (the signed task affinity) gets a diverging scale
+    centred on 0 and its values printed to two significant digits.
+    """
     n = max(len(maps), 1)
     fig, axes = plt.subplots(1, n, figsize=(max(4.0, 0.6 * max((len(m.columns) for m in maps.values()), default=4) + 2) * n, 3.5), squeeze=False)
     for ax, (name, smap) in zip(axes.flat, maps.items()):
-        image = ax.imshow(smap.values.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        values = smap.values.numpy()
+        signed = values.size > 0 and (values.min() < 0 or values.max() > 1)
+        bound = float(abs(values).max()) if signed else 1.0
+        image = ax.imshow(values, vmin=-bound if signed else 0.0, vmax=bound, cmap="RdBu_r" if signed else "viridis", aspect="auto")
         ax.set_xticks(range(len(smap.columns)), smap.columns, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(smap.rows)), smap.rows, fontsize=8)
         for (r, c), value in zip(itertools.product(range(len(smap.rows)), range(len(smap.columns))), smap.values.flatten().tolist()):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+            ax.text(c, r, f"{value:.2g}" if signed else f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if signed or value >= 0.6 else "white")
         ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()

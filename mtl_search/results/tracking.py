@@ -214,6 +214,16 @@ class Tracker:
         """The trial runs of a search run."""
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 
+    def _affinity_by_strategy(self, run_id: str, now: int) -> list[Any]:
+        """The trials' task affinity (``training.affinity_every``) averaged per strategy: ``affinity/<strategy>/<i>/<j>``."""
+        from mlflow.entities import Metric
+
+        from ..training.affinity import mean_by_strategy
+
+        trials = [(r.data.tags.get(STRATEGY, ""), r.data.metrics) for r in self.children(run_id) if r.info.status == "FINISHED"]
+        means = mean_by_strategy(trials)
+        return [Metric(f"affinity/{s}/{pair}", v, now, 0) for s, pairs in means.items() for pair, v in pairs.items()]
+
     def finish_search(self, record: SearchRecord, history: list[tuple[float, int]], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
 
@@ -228,6 +238,7 @@ class Tracker:
         now = _now_ms()
         metrics = [Metric("hypervolume", hv, now, step) for step, (hv, _) in enumerate(history, 1)]
         metrics += [Metric("front_size", float(size), now, step) for step, (_, size) in enumerate(history, 1)]
+        metrics += self._affinity_by_strategy(run_id, now)
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         if record.reference_point is not None:
@@ -279,6 +290,8 @@ class Tracker:
         gains = {k[len(GAIN):]: float(v) for k, v in result.items() if k.startswith(GAIN) and _finite(v)}
         if gains:
             self.client.set_tag(run_id, NEGATIVE_TRANSFER_TAG, "true" if negative_transfer(gains) else "false")
+        for key, value in json.loads(result.get("tags_json") or "{}").items():
+            self.client.set_tag(run_id, key, value[:5000])
         maps = json.loads(result.get("sharing_map_json") or "{}")
         self.client.log_dict(run_id, maps, "sharing_map.json")
         if maps:

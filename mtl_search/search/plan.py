@@ -159,5 +159,5 @@ def make_trial_plan(plan: Plan, references: dict[str, dict[str, float]] | None =
         epochs=space.epochs, patience=space.patience, seed=space.search.seed,
         cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
         max_trial_seconds=space.max_trial_seconds,
-        references=references, groups={o.name: o.tasks for o in plan.objectives if o.tasks},
+        references=references, groups={o.name: o.tasks for o in plan.objectives if o.tasks}, affinity_every=space.affinity_every,
     )

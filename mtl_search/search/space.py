@@ -104,6 +104,7 @@ class Space:
     epochs: int = 20
     patience: int = 5
     max_trial_seconds: float | None = None
+    affinity_every: int = 0  # task affinity measured every this many steps (0: off)
     search: SearchSpec = field(default_factory=SearchSpec)
     ray: RaySpec = field(default_factory=RaySpec)
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
@@ -206,18 +207,21 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
                 overrides = _mapping(overrides if overrides is not None else {}, f"strategies.{name}", "expected a mapping of knob overrides (or {})")
                 strategies[str(name)] = _ranges(overrides, f"strategies.{name}", errors)
 
-    epochs, patience, max_trial_seconds = TrainConfig.epochs, TrainConfig.patience, None
+    epochs, patience, max_trial_seconds, affinity_every = TrainConfig.epochs, TrainConfig.patience, None, 0
     training: dict[str, Knob] = {k: Fixed(getattr(TrainConfig, k)) for k in TRAINING_KNOBS}
     weighting: Knob = Fixed(DEFAULT_WEIGHTING)
     weighting_options = {}
     with errors.section():
         training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
         with errors.section():
-            _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "weighting", "weighting_options", *TRAINING_KNOBS), "training")
+            _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "affinity_every", "weighting", "weighting_options",
+                                       *TRAINING_KNOBS), "training")
         with errors.section():
             epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
         with errors.section():
             patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
+        with errors.section():
+            affinity_every = _int(training_raw.get("affinity_every", 0), "training.affinity_every", minimum=0)
         with errors.section():
             if training_raw.get("max_trial_seconds") is not None:
                 max_trial_seconds = _number(training_raw["max_trial_seconds"], "training.max_trial_seconds", positive=True)
@@ -305,7 +309,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
         backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
         weighting_options=weighting_options,
-        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, search=search, ray=ray, baseline=baseline,
+        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, affinity_every=affinity_every, search=search, ray=ray, baseline=baseline,
         tracking_uri=uri, plugins=plugins,
         path=path.resolve() if path else None, raw=top,
     )
@@ -448,7 +452,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 check_named_bounds(knobs, {**backbone, **values}, f"strategies.{name}")
                 _check_backbone_bounds(strategy.knobs, knobs, values, f"strategies.{name}")
                 strategy.check(knobs, {**backbone, **values}, f"strategies.{name}")
-            strategy.check_problem(problem, f"strategies.{name}")
+            strategy.check_problem(knobs, problem, f"strategies.{name}")
             strategies[name] = (strategy, knobs)
 
     names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)

@@ -18,7 +18,7 @@ from ..data.dataset import Dataset
 from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
 from ..nn.create import create_model
-from ..nn.model import MultiTaskModel
+from ..nn.model import MultiTaskModel, SharingMap
 from ..results.metrics import gain_metrics, pending_gain_metrics
 from ..results.saved_models import save_model
 from ..strategy import Strategy
@@ -41,6 +41,7 @@ class TrialPlan:
     max_trial_seconds: float | None = None
     references: dict[str, dict[str, float]] | None = None  # single-task references' {"val": {task: m}, "test": {...}}
     groups: dict[str, tuple[str, ...]] | None = None  # group objectives: name -> tasks (their mean gain)
+    affinity_every: int = 0
 
 
 def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
@@ -118,7 +119,8 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     trainer = Trainer(
         dataset,
-        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, **parts.training),
+        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, affinity_every=plan.affinity_every,
+                    **parts.training),
         weighting,
         report=report_epoch,
     )
@@ -127,6 +129,10 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     val = trainer.evaluate(model, trainer.dataset.val)
     test = trainer.evaluate(model, trainer.dataset.test)
+    maps = _sharing_map(model, trainer.dataset.val.x[:1024])
+    affinity = trainer.affinity.mean() if trainer.affinity is not None else None
+    if affinity is not None:
+        maps["task_affinity"] = SharingMap(affinity, plan.problem.task_names, plan.problem.task_names)
     result: dict[str, Any] = {
         "final": True,
         "params": float(model.inference_parameters()),
@@ -135,7 +141,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
         "epochs_trained": len(trainer.history),
         "score": trainer.score(val.losses),  # the scheduler's metric, of the model as returned
         **placement,
-        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in _sharing_map(model, trainer.dataset.val.x[:1024]).items()}),
+        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in maps.items()}),
     }
     result.update({f"val/{t}": v for t, v in val.metrics.items()})
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
@@ -143,6 +149,9 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
         directions = {t.name: t.direction for t in plan.problem.tasks}
         result.update(gain_metrics(directions, val.metrics, test.metrics, plan.references, plan.groups or {}))
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
+    if trainer.affinity is not None:
+        result.update({f"model/{k}": v for k, v in trainer.affinity.metrics().items()})
+    result["tags_json"] = json.dumps({f"model/{k}": str(v) for k, v in model.trial_tags().items()})
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
         report(result, checkpoint_dir=tmp)

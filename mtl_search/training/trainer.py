@@ -18,6 +18,7 @@ from torch import nn
 from ..data.dataset import Dataset, Split
 from ..knobs import Float, Int, Knob
 from ..nn.model import MultiTaskModel
+from .affinity import AffinityMeter
 from .optim import make_optimizer
 from .weighting import Weighting
 
@@ -35,6 +36,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     device: str = "cpu"
+    affinity_every: int = 0  # measure the lookahead task affinity every this many steps (0: never; training.affinity)
 
 
 # the training settings a space may search, with their default ranges (a constant default is TrainConfig's)
@@ -88,6 +90,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[EpochRecord] = []
         self._loss_scale: dict[str, float] | None = None
+        self.affinity = AffinityMeter(self.problem.task_names, config.affinity_every) if config.affinity_every else None
 
     def make_optimizer(self, model: MultiTaskModel, groups: Iterable[dict[str, Any]] | None = None) -> torch.optim.Optimizer:
         """AdamW over ``groups`` (default: the model's ``param_groups``) plus the weighting's own parameters.
@@ -110,6 +113,8 @@ class Trainer:
         for batch in split.batches(self.config.batch_size, shuffle=True, generator=self.generator):
             optimizer.zero_grad(set_to_none=True)
             losses = model.task_losses(batch)
+            if self.affinity is not None:
+                self.affinity.observe(model, batch, losses, optimizer)
             total = self.weighting.backward(losses, model.regularization(), model)
             if not torch.isfinite(total):
                 raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch}")

@@ -1,0 +1,235 @@
+"""Task grouping from one joint training (TAG's selection: Fifty et al., NeurIPS 2021; Standley et al., ICML 2020).
+
+``mtl-search groups SPACE``: train the space's first strategy that declares shared
+parameters (``hard_sharing`` with every block shared when the space has it) once, measuring
+the lookahead affinity Z(i -> j) (``mtl_search.training.affinity``) every step (or every
+``training.affinity_every`` steps), then for each number of groups K choose the partitions
+of the tasks that maximise
+
+    score(P) = sum_j  mean_{i in G(j), i != j}  Z(i -> j)        (0 for a task alone in its group)
+
+the total affinity each task receives from the other members of its group. The paper lets
+a task sit in several groups and keeps its best; a partition (each task trained in exactly
+one group) is the variant here, what a ``task_groups`` space needs. Up to
+``EXHAUSTIVE_TASKS`` tasks every partition is scored; beyond, a seeded local search
+(``LOCAL_RESTARTS`` random starts, each improved by moving one task to another group or
+swapping two tasks until no move helps) finds good ones, without a guarantee of the best.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..config import DEFAULT_WEIGHTING
+from ..errors import MtlSearchError, SpaceError
+from ..knobs import Choice, Fixed, Float, Int, IntList, Knob
+from ..nn.create import build_backbone, create_model
+from ..training.trainer import TrainConfig, Trainer, seed_everything
+from .run import prepare
+from .space import Space
+
+EXHAUSTIVE_TASKS = 8
+LOCAL_RESTARTS = 32
+GROUPS_ROLE = "groups"
+
+
+def partition_score(groups: Sequence[Sequence[int]], affinity: torch.Tensor) -> float:
+    """Sum over tasks j of the mean Z(i -> j) over the other members i of j's group (``affinity[i, j]`` = Z(i -> j))."""
+    total = 0.0
+    for group in groups:
+        if len(group) < 2:
+            continue
+        for j in group:
+            total += sum(float(affinity[i, j]) for i in group if i != j) / (len(group) - 1)
+    return total
+
+
+def partitions_into(n: int, k: int) -> Iterator[list[list[int]]]:
+    """Every partition of range(n) into exactly k non-empty groups (restricted growth strings)."""
+
+    def grow(i: int, labels: list[int], used: int) -> Iterator[list[int]]:
+        if n - i < k - used:
+            return
+        if i == n:
+            yield labels
+            return
+        for label in range(min(used + 1, k)):
+            yield from grow(i + 1, labels + [label], max(used, label + 1))
+
+    for labels in grow(0, [], 0):
+        groups: list[list[int]] = [[] for _ in range(k)]
+        for item, label in enumerate(labels):
+            groups[label].append(item)
+        yield groups
+
+
+def _local_search(n: int, k: int, affinity: torch.Tensor, restarts: int, seed: int) -> list[tuple[float, list[list[int]]]]:
+    rng = random.Random(seed)
+    found: dict[tuple, tuple[float, list[list[int]]]] = {}
+    for _ in range(restarts):
+        labels = list(range(k)) + [rng.randrange(k) for _ in range(n - k)]
+        rng.shuffle(labels)
+        score = partition_score(_groups(labels, k), affinity)
+        improved = True
+        while improved:
+            improved = False
+            moves = [("move", t, g) for t in range(n) for g in range(k)] + [("swap", s, t) for s in range(n) for t in range(s + 1, n)]
+            for kind, a, b in moves:
+                trial = list(labels)
+                if kind == "move":
+                    trial[a] = b
+                else:
+                    trial[a], trial[b] = trial[b], trial[a]
+                if len(set(trial)) < k:
+                    continue
+                value = partition_score(_groups(trial, k), affinity)
+                if value > score + 1e-12:
+                    labels, score, improved = trial, value, True
+        groups = _canonical_groups(_groups(labels, k))
+        found[tuple(map(tuple, groups))] = (score, groups)
+    return list(found.values())
+
+
+def _groups(labels: list[int], k: int) -> list[list[int]]:
+    groups: list[list[int]] = [[] for _ in range(k)]
+    for t, label in enumerate(labels):
+        groups[label].append(t)
+    return [g for g in groups if g]
+
+
+def _canonical_groups(groups: list[list[int]]) -> list[list[int]]:
+    return sorted((sorted(g) for g in groups), key=lambda g: g[0])
+
+
+def select_partitions(affinity: torch.Tensor, tasks: Sequence[str], groups: int | None = None, top: int = 3,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """The ``top`` best partitions for each number of groups (1..T, or only ``groups``), best first within each number.
+
+    Each entry: ``{"groups": [[task, ...], ...], "score": float}``.
+    """
+    n = len(tasks)
+    if tuple(affinity.shape) != (n, n):
+        raise ValueError(f"affinity of shape {tuple(affinity.shape)} for {n} tasks")
+    counts = [groups] if groups is not None else list(range(1, n + 1))
+    for k in counts:
+        if not 1 <= k <= n:
+            raise ValueError(f"the number of groups must lie in [1, {n}] (the number of tasks), got {k}")
+    out = []
+    for k in counts:
+        if n <= EXHAUSTIVE_TASKS:
+            scored = [(partition_score(p, affinity), p) for p in partitions_into(n, k)]
+        else:
+            scored = _local_search(n, k, affinity, LOCAL_RESTARTS, seed)
+        scored.sort(key=lambda item: -item[0])
+        out += [{"groups": [[tasks[t] for t in g] for g in p], "score": score} for score, p in scored[:top]]
+    return out
+
+
+# --- one joint training with affinity ---------------------------------------------------------
+def _middle(knob: Knob, context: dict[str, Any]) -> Any:
+    """A representative value of a range: a constant itself, the first choice, the (geometric) middle of a range."""
+    if isinstance(knob, Fixed):
+        return knob.value
+    if isinstance(knob, (Choice, IntList)):
+        value = knob.choices[0]
+        return list(value) if isinstance(value, tuple) else value
+    if isinstance(knob, (Int, Float)):
+        low, high = (context.get(b, b) for b in (knob.low, knob.high))
+        middle = math.sqrt(low * high) if knob.log and low > 0 else (low + high) / 2
+        return int(round(middle)) if isinstance(knob, Int) else float(middle)
+    raise TypeError(f"unknown knob {knob!r}")
+
+
+def joint_strategy(plan: Any) -> str:
+    """``hard_sharing`` when the space has it, else its first strategy that declares shared parameters."""
+    if "hard_sharing" in plan.strategies:
+        return "hard_sharing"
+    for name, (strategy, _) in plan.strategies.items():
+        if strategy.declares_shared_parameters:
+            return name
+    raise SpaceError("strategies", "task grouping needs a strategy that declares shared parameters (e.g. hard_sharing); "
+                                   "the space has none")
+
+
+def measure_affinity(space: Space, groups: int | None = None) -> dict[str, Any]:
+    """Train the space's joint strategy once with affinity measured; returns tasks, the mean affinity and what was trained."""
+    plan, dataset, registry = prepare(space)
+    if groups is not None and not 1 <= groups <= len(plan.problem.tasks):
+        raise MtlSearchError(f"--groups {groups}: the number of groups must lie in [1, {len(plan.problem.tasks)}] (the number of tasks)")
+    name = joint_strategy(plan)
+    strategy, knobs = plan.strategies[name]
+    backbone_values = {k: _middle(knob, {}) for k, knob in plan.backbone.items()}
+    inputs = {k: _middle(knob, {}) for k, knob in plan.inputs.items()}
+    backbone = build_backbone(plan.backbone_kind, plan.problem, backbone_values, inputs)
+    context = {**backbone_values, "depth": backbone.depth}
+    params = {k: _middle(knob, context) for k, knob in knobs.items()}
+    if name == "hard_sharing":
+        params["shared_depth"] = backbone.depth  # the full trunk shared: every block's parameters are shared
+    training = {k: (knob.value if isinstance(knob, Fixed) else getattr(TrainConfig, k)) for k, knob in plan.training.items()}
+    weighting_name = plan.weighting.value if isinstance(plan.weighting, Fixed) else DEFAULT_WEIGHTING
+    weighting_cls, weighting_knobs = plan.weightings.get(weighting_name, next(iter(plan.weightings.values())))
+    weighting = weighting_cls(plan.problem.task_names, **{k: _middle(v, {}) for k, v in weighting_knobs.items()})
+    seed_everything(space.search.seed)
+    model = create_model(plan.problem, strategy, plan.backbone_kind, params, backbone_values, inputs)
+    config = TrainConfig(epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+                         affinity_every=space.affinity_every or 1, **training)
+    trainer = Trainer(dataset, config, weighting)
+    strategy.fit(model, trainer)
+    affinity = trainer.affinity.mean()
+    if affinity is None:
+        raise SpaceError(f"strategies.{name}", "the model declared no shared parameters for these knob values; nothing to measure")
+    return {"tasks": plan.problem.task_names, "affinity": affinity, "strategy": name, "params": params,
+            "backbone": backbone_values, "steps": trainer.affinity.measured}
+
+
+def task_groups(space: Space, groups: int | None = None, top: int = 3, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Measure the affinity, select partitions and log both to MLflow as a run of its own (tag ``mtl_search.role: groups``).
+
+    Returns ``{"tasks", "affinity", "partitions", "strategy", "run_id"}``.
+    """
+    measured = measure_affinity(space, groups)
+    tasks, affinity = measured["tasks"], measured["affinity"]
+    result = {"tasks": tasks, "affinity": affinity.tolist(),
+              "partitions": select_partitions(affinity, tasks, groups, top, space.search.seed),
+              "strategy": measured["strategy"], "steps": measured["steps"]}
+    result["run_id"] = _log(space, result, measured, tracking_uri)
+    return result
+
+
+def _log(space: Space, result: dict[str, Any], measured: dict[str, Any], tracking_uri: str | None) -> str:
+    from mlflow.entities import Metric, Param
+
+    from ..results.tracking import ROLE, _now_ms, open_tracker
+
+    tracker = open_tracker(tracking_uri or space.tracking_uri, space.experiment, "--tracking-uri" if tracking_uri else "tracking.uri")
+    run = tracker.client.create_run(tracker.experiment_id, run_name="groups", tags={ROLE: GROUPS_ROLE})
+    run_id = run.info.run_id
+    now = _now_ms()
+    tasks = result["tasks"]
+    metrics = [Metric(f"affinity/{a}/{b}", float(result["affinity"][i][j]), now, 0)
+               for i, a in enumerate(tasks) for j, b in enumerate(tasks)]
+    params = [Param("strategy", measured["strategy"]), Param("affinity_steps", str(measured["steps"]))]
+    params += [Param(f"{measured['strategy']}.{k}", str(v)[:500]) for k, v in measured["params"].items()]
+    tracker.client.log_batch(run_id, metrics=metrics, params=params)
+    tracker.client.log_dict(run_id, {k: v for k, v in result.items() if k != "run_id"}, "groups.json")
+    tracker.client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def format_groups(result: dict[str, Any]) -> str:
+    """The affinity matrix and the selected partitions as text."""
+    tasks = result["tasks"]
+    width = max(8, *(len(t) for t in tasks)) + 2
+    lines = [f"task affinity Z(row -> column), mean over {result['steps']} measured steps of {result['strategy']}:",
+             " " * width + "".join(t.rjust(width) for t in tasks)]
+    for name, row in zip(tasks, result["affinity"]):
+        lines.append(name.ljust(width) + "".join(f"{v:{width}.4f}" for v in row))
+    lines.append("")
+    lines.append("groups  score      partition")
+    for entry in result["partitions"]:
+        lines.append(f"{len(entry['groups']):<7} {entry['score']:<10.4f} {json.dumps(entry['groups'])}")
+    return "\n".join(lines)
