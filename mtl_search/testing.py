@@ -38,13 +38,17 @@ def contract_problem(input_shape: tuple[int, ...]) -> Problem:
 
 def contract_dataset(input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
     """A learnable data set: every task is a simple function of the inputs."""
+    x, z = _inputs_and_scores(input_shape, seed)
+    y = {"reg": z[:, 0], "bin": (z[:, 1] > 0).float(), "cls": torch.bucketize(z[:, 2].contiguous(), torch.tensor([-0.4, 0.4]))}
+    return make_dataset(contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
+
+
+def _inputs_and_scores(input_shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ROWS`` random inputs and three linear scores of them, from which the tasks' labels are made."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(ROWS, *input_shape, generator=g)
     flat = x.flatten(1)
-    w = torch.randn(flat.shape[1], 3, generator=g) / math.sqrt(flat.shape[1])
-    z = flat @ w
-    y = {"reg": z[:, 0], "bin": (z[:, 1] > 0).float(), "cls": torch.bucketize(z[:, 2].contiguous(), torch.tensor([-0.4, 0.4]))}
-    return make_dataset(contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
+    return x, flat @ (torch.randn(flat.shape[1], 3, generator=g) / math.sqrt(flat.shape[1]))
 
 
 def funnel_contract_problem(input_shape: tuple[int, ...]) -> Problem:
@@ -54,11 +58,7 @@ def funnel_contract_problem(input_shape: tuple[int, ...]) -> Problem:
 
 def funnel_contract_dataset(input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
     """Like :func:`contract_dataset`, with ``conv`` (a simple function of the inputs) observed only where ``bin`` is 1."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(ROWS, *input_shape, generator=g)
-    flat = x.flatten(1)
-    w = torch.randn(flat.shape[1], 3, generator=g) / math.sqrt(flat.shape[1])
-    z = flat @ w
+    x, z = _inputs_and_scores(input_shape, seed)
     y = {"reg": z[:, 0], "bin": (z[:, 1] > 0).float(), "conv": (z[:, 2] > 0).float()}
     return make_dataset(funnel_contract_problem(input_shape), x, y, val=0.25, test=0.25, seed=seed)
 

@@ -118,7 +118,7 @@ def test_a_search_trains_references_once_and_records_gains_in_every_trial(ray_se
 
 def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_groups():
     import torch
-    from mtl_search_plugins.synthetic_groups import group_task_weights, synthetic_groups
+    from mtl_search_plugins.datasets import group_task_weights, synthetic_groups
 
     w = group_task_weights([0.9, 0.0], 3, 10, 2.0, torch.Generator().manual_seed(0))
     cosine = (w @ w.T) / 4.0
