@@ -37,10 +37,11 @@ HEAVY = ("torch", "ray", "mlflow", "optuna", "matplotlib")
 SPACE = "data: {dataset: synthetic_correlated, options: {samples: 400}}\nstrategies: {hard_sharing: {}, mmoe: {}}\n"
 STORE_SCRIPT = """
 import json, sys
+from mtl_search.results.metrics import Objective
 from mtl_search.results.tracking import Tracker
 uri = sys.argv[1]
 tracker = Tracker(uri, "demo")
-objectives = [{"name": "y1", "key": "val/y1", "direction": "min"}, {"name": "y2", "key": "val/y2", "direction": "min"}]
+objectives = [Objective("y1", "val/y1", "min"), Objective("y2", "val/y2", "min")]
 parent = tracker.start_search("search-1", objectives, {"trials": 2}, "", tags={"mtl_search.task_metrics": json.dumps({"y1": "mse", "y2": "mse"})})
 for number, (strategy, y1, y2) in enumerate([("hard_sharing", 0.5, 0.3), ("mmoe", 0.25, 0.6)]):
     run = tracker.start_trial(parent, number, strategy, {"strategy": strategy}, strategy)

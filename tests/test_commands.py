@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mtl_search.cli import main
+from mtl_search.results.metrics import Objective
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ray", "mlflow", "optuna", "matplotlib")
@@ -79,7 +80,7 @@ def _store(tmp_path: Path) -> str:
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     tracker = Tracker(uri, "demo")
-    objectives = [{"name": "y1", "key": "val/y1", "direction": "min"}, {"name": "y2", "key": "val/y2", "direction": "max"}]
+    objectives = [Objective("y1", "val/y1", "min"), Objective("y2", "val/y2", "max")]
     parent = tracker.start_search("search-1", objectives, {"trials": 2}, "", tags={TASK_METRICS: json.dumps({"y1": "mse", "y2": "auc"})})
     for number, (strategy, y1, y2) in enumerate([("hard_sharing", 0.5, 0.7), ("mmoe", 0.25, 0.9)]):
         run = tracker.start_trial(parent, number, strategy, {"strategy": strategy}, strategy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from mtl_search.results.metrics import Objective
 from mtl_search.results.records import (
     SearchRecord,
     TrialRecord,
@@ -16,7 +17,7 @@ from mtl_search.results.records import (
     trial_line,
 )
 
-OBJECTIVES = [{"name": "y1", "key": "val/y1", "direction": "min"}, {"name": "y2", "key": "val/y2", "direction": "max"}]
+OBJECTIVES = [Objective("y1", "val/y1", "min"), Objective("y2", "val/y2", "max")]
 METRICS = {"y1": "mse", "y2": "auc"}
 
 

@@ -6,6 +6,7 @@ import pytest
 from mtl_search import SpaceError, TrialRecord
 from mtl_search.registry import load_registry
 from mtl_search.results.constraints import parse_constraints
+from mtl_search.results.metrics import Objective
 from mtl_search.results.records import (
     SearchRecord,
     family_record,
@@ -16,7 +17,7 @@ from mtl_search.results.records import (
 from mtl_search.search.run import prepare
 from mtl_search.search.space import parse_space
 
-OBJECTIVES = [{"name": "ctr", "key": "val/ctr", "direction": "max"}, {"name": "cvr", "key": "val/cvr", "direction": "max"}]
+OBJECTIVES = [Objective("ctr", "val/ctr", "max"), Objective("cvr", "val/cvr", "max")]
 
 
 def _trial(number: int, ctr: float, cvr: float, status: str = "finished") -> TrialRecord:
