@@ -105,8 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .search.run import RunOptions, run_search, state_dir
 
     log = send_library_logs_to_file(state_dir(resolve_tracking_uri(args.tracking_uri or space.tracking_uri)))
-    record = run_search(space, RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume),
-                        progress=print)
+    options = RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume,
+                         epoch_progress=sys.stdout.isatty())  # on a terminal, a line per trained epoch too
+    record = run_search(space, options, progress=print)
     print("\n" + final_summary(record))
     if log.exists():
         print(f"notices of Ray, Tune and MLflow: {log}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -184,3 +186,32 @@ def test_a_failing_tracking_write_is_reported_and_the_later_writes_still_run_in_
     writer.close()  # waits for every queued call
     assert done == ["first", "after the failure"]
     assert len(warnings) == 1 and "log_epoch" in warnings[0] and "store unreachable for run-1" in warnings[0]
+
+
+def test_two_searches_started_together_in_one_folder_both_run(ray_session, workdir):
+    """Both create the folder's MLflow and Optuna stores at once: one waits for the other, neither fails."""
+    import ray
+
+    space = tiny_space(workdir, trials=2)
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    runs = [subprocess.Popen([sys.executable, "-m", "mtl_search.cli", "run", str(space), "--experiment", name, "--address", address,
+                              "--concurrency", "1"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            for name in ("first", "second")]
+    results = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
+    assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]
+    client = MlflowClient(default_tracking_uri())
+    for name in ("first", "second"):
+        trials = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.`mtl_search.role` = 'trial'")
+        assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+
+
+def test_epoch_progress_lines_name_the_epoch_and_the_metrics(ray_session, workdir):
+    lines: list[str] = []
+    record = run_search(load_space(tiny_space(workdir, trials=1)), RunOptions(epoch_progress=True), progress=lines.append)
+    trial = record.trials[0]
+    epochs = [line for line in lines if f"trial {trial.number} {trial.strategy}: epoch " in line]
+    assert epochs and epochs[0].startswith(f"trial {trial.number} {trial.strategy}: epoch 1 of 2 (y1 mse ")
+    quiet: list[str] = []
+    run_search(load_space(tiny_space(workdir, trials=1, experiment="quiet")), RunOptions(), progress=quiet.append)
+    assert not any(": epoch " in line for line in quiet)  # off unless asked (the command line asks on a terminal)

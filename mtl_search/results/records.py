@@ -350,6 +350,14 @@ def error_summary(error: str | None) -> str:
     return lines[-1].strip() if lines else "unknown error"
 
 
+def epoch_line(config: dict[str, Any], result: dict[str, Any], epochs: int, task_metrics: dict[str, str] | None = None) -> str:
+    """The console line of a trained epoch: ``trial 2 mmoe: epoch 3 of 15 (y1 mse 0.4675, y2 mse 0.3470)``."""
+    values = ", ".join(f"{metric_label(k[len(VAL):], task_metrics)} {format_value(float(v))}" for k, v in result.items()
+                       if k.startswith(VAL) and isinstance(v, (int, float)) and math.isfinite(v))
+    line = f"trial {config.get('trial_number')} {config.get('strategy')}: epoch {result.get('epoch')} of {epochs}"
+    return f"{line} ({values})" if values else line
+
+
 def trial_line(record: TrialRecord, done: int, total: int, front_size: int, task_metrics: dict[str, str] | None = None,
                traceback_at: str | None = None) -> str:
     """The console line of a trial that ended.

@@ -5,6 +5,7 @@ All logging happens on the driver (workers need no tracking access). The default
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import queue
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import MtlSearchError
 from .metrics import (
@@ -114,6 +115,26 @@ def _store_complete(path: Path) -> bool:
     except ImportError:  # pragma: no cover - MLflow moved its models: fall back to the tables every version has
         expected = {"experiments", "runs", "metrics", "params", "tags", "alembic_version"}
     return "alembic_version" in tables and expected <= tables
+
+
+@contextlib.contextmanager
+def store_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` exclusively: searches started together in one folder create its stores one at a time.
+
+    MLflow and Optuna each create their sqlite tables on first use; two processes doing it at
+    once fail with "table ... already exists".
+    """
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri") -> "Tracker":
     """A Tracker on ``uri`` (default store when None), or an MtlSearchError naming ``source`` when the store is unusable.
 

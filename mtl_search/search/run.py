@@ -33,6 +33,8 @@ from ..results.tracking import (
     Tracker,
     default_store_dir,
     open_tracker,
+    resolve_tracking_uri,
+    store_lock,
 )
 from .faults import kill_point
 from .plan import DefineByRun, make_sampler, make_scheduler, make_trial_plan
@@ -61,6 +63,7 @@ class RunOptions:
     tracking_uri: str | None = None
     experiment: str | None = None
     resume: bool = False
+    epoch_progress: bool = False  # a progress line per trained epoch (the command line sets it on a terminal)
 
 
 def ensure_ray(address: str | None) -> None:
@@ -193,38 +196,40 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     reference = [space.search.reference_point[o.name] for o in objectives] if space.search.reference_point else None
     task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
-    tracker = open_tracker(options.tracking_uri or space.tracking_uri, experiment, source)
-    store = state_dir(tracker.uri)
+    uri = resolve_tracking_uri(options.tracking_uri or space.tracking_uri)
+    store = state_dir(uri)
     storage = f"sqlite:///{store / 'optuna.db'}"
 
     interrupt = Interrupt(echo=echo)
     with process_settings(interrupt):
-        if options.resume:
-            search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
-            resumption = reconcile(study, tracker.reopen_search(search_run_id))
-            kept = len(resumption.done)
-            echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
-                 f"{len(resumption.reruns) + resumption.enqueued} to run again")
-        else:
-            study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-            study = _create_study(storage, study_name, plan, space, concurrency, objectives)
-            search_run_id = tracker.start_search(
-                study_name.replace(experiment, "search", 1), objectives,
-                {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
-                 "early_stopping": space.search.early_stopping,
-                 "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
-                space.path.read_text() if space.path else "",
-                tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
-            )
-            resumption = Resumption()
-            echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
+        with store_lock(store):  # searches started together in one folder create the stores in turn
+            tracker = open_tracker(uri, experiment, source)
+            if options.resume:
+                search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
+                resumption = reconcile(study, tracker.reopen_search(search_run_id))
+                kept = len(resumption.done)
+                echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
+                     f"{len(resumption.reruns) + resumption.enqueued} to run again")
+            else:
+                study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: searches may start together
+                study = _create_study(storage, study_name, plan, space, concurrency, objectives)
+                search_run_id = tracker.start_search(
+                    study_name.replace(experiment, "search", 1), objectives,
+                    {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
+                     "early_stopping": space.search.early_stopping,
+                     "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
+                    space.path.read_text() if space.path else "",
+                    tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
+                )
+                resumption = Resumption()
+                echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
 
         # single-task references (search/references.py): trained once before the trials, or read back on resume
         references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
         ensure_ray(options.address or space.ray.address)
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
-                             task_metrics)
+                             task_metrics, space.epochs if options.epoch_progress else None)
         searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
                                   stop=lambda: interrupt.draining or logger.abort_reason is not None)
         searcher.constraints = logger.constraints = space.search.constraints  # search.constraints: told to Optuna, kept off the front

@@ -28,7 +28,7 @@ from ..results.metrics import (
     Objective,
     is_trial_figure,
 )
-from ..results.records import LiveFront, TrialRecord, trial_line
+from ..results.records import LiveFront, TrialRecord, epoch_line, trial_line
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
 
@@ -156,8 +156,9 @@ class TrialLogger(_Live, tune.Callback):
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
-                 task_metrics: dict[str, str] | None = None):
+                 task_metrics: dict[str, str] | None = None, epochs: int | None = None):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
+        self.epochs = epochs  # set: a line per trained epoch too (``epoch k of n``, current val per task)
         self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
         self.task_metrics = task_metrics or {}  # task -> metric, so the progress lines name it
         self.run_ids: dict[str, str] = {}
@@ -192,6 +193,8 @@ class TrialLogger(_Live, tune.Callback):
             self.writes.submit(self.tracker.record_placement, run_id, dict(result))
         if not result.get("final") and "epoch" in result:
             self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
+            if self.epochs:
+                self.echo(epoch_line(dict(trial.config), result, self.epochs, self.task_metrics))
             kill_point("trial_training")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
