@@ -177,10 +177,10 @@ class Choice(Knob):
 
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
         if len(self.choices) == 1:
-            return _thaw(self.choices[0])
+            return thaw(self.choices[0])
         labels = self._labels()
         picked = trial.suggest_categorical(name, labels)
-        return _thaw(self.choices[labels.index(picked)])
+        return thaw(self.choices[labels.index(picked)])
 
     def _labels(self) -> list[Any]:
         # Optuna's categorical accepts only scalars: lists are offered by their text.
@@ -194,12 +194,12 @@ class Choice(Knob):
     def narrow(self, override: Knob, path: str) -> Knob:
         for value in _override_values(override, path):
             if _freeze(value) not in self.choices:
-                allowed = ", ".join(repr(_thaw(c)) for c in self.choices)
+                allowed = ", ".join(repr(thaw(c)) for c in self.choices)
                 raise SpaceError(path, f"{value!r} is not allowed; choose from {allowed}")
         return override
 
     def describe(self) -> str:
-        return "choice " + ", ".join(repr(_thaw(c)) for c in self.choices)
+        return "choice " + ", ".join(repr(thaw(c)) for c in self.choices)
 
 
 @dataclass(frozen=True)
@@ -239,15 +239,16 @@ def _freeze(value: Any) -> Any:
     return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
 
 
-def _thaw(value: Any) -> Any:
-    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+def thaw(value: Any) -> Any:
+    """A choice's value as a space wrote it: the tuples a knob stores (to hash them) back to lists, at every depth."""
+    return [thaw(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _override_values(override: Knob, path: str) -> Sequence[Any]:
     if isinstance(override, Fixed):
         return [override.value]
     if isinstance(override, Choice):
-        return [_thaw(c) for c in override.choices]
+        return [thaw(c) for c in override.choices]
     if isinstance(override, (Int, Float)):
         return [v for v in (override.low, override.high) if not isinstance(v, str)]
     raise SpaceError(path, f"unsupported range {override!r}")  # pragma: no cover
@@ -337,7 +338,7 @@ def knob_bounds(knob: Knob, backbone: dict[str, Knob] | None = None) -> tuple[An
     if isinstance(knob, Fixed):
         values = [knob.value]
     elif isinstance(knob, Choice):
-        values = [_thaw(c) for c in knob.choices]
+        values = [thaw(c) for c in knob.choices]
     elif isinstance(knob, (Int, Float)):
         values = [knob.low, knob.high]
     else:  # pragma: no cover - every knob kind is listed above

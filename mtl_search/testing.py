@@ -21,7 +21,7 @@ import torch
 
 from .data.dataset import Dataset, make_dataset
 from .data.problem import Problem, Task
-from .knobs import Choice, Fixed, Float, Int, IntList, Knob
+from .knobs import Choice, Fixed, Float, Int, IntList, Knob, thaw
 from .nn.backbones import Backbone, BackboneKind
 from .nn.model import MultiTaskModel, SharingMap
 from .strategy import Strategy
@@ -97,8 +97,7 @@ def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
     if isinstance(knob, Fixed):
         return knob.value
     if isinstance(knob, (Choice, IntList)):
-        value = knob.choices[0]
-        return list(value) if isinstance(value, tuple) else value
+        return thaw(knob.choices[0])
     if isinstance(knob, Int):
         low, high = ((context or {}).get(b, b) for b in (knob.low, knob.high))
         return min(max(low, 2), high)

@@ -60,7 +60,7 @@ def test_every_independent_error_against_the_plugins_is_reported(tmp_path, capsy
     assert code == 2 and "Traceback" not in err
     for fragment in ("strategies.mmoee: unknown strategy 'mmoee'", "strategies.mmoe.expertz: unknown knob 'expertz'",
                      "strategies.mmoe.experts: 0 is below the smallest allowed value 1",
-                     "training.weighting: unknown weighting 'magic'", "search.objectives: unknown objective 'y9'",
+                     "training.weighting: unknown weighting 'magic'", "search.objectives[1]: unknown objective 'y9'",
                      "backbone.activation: 'swish' is not allowed"):
         assert fragment in err, (fragment, err)
 

@@ -124,12 +124,12 @@ class BackboneKind:
 
 def _extremes(knob: Knob) -> list[Any]:
     """A knob's boundary values: an integer or float range's ends, every choice, a constant."""
-    from ..knobs import Fixed, _thaw
+    from ..knobs import Fixed, thaw
 
     if isinstance(knob, (Int, Float)):
         return [knob.low, knob.high]
     if isinstance(knob, Choice) or isinstance(knob, IntList):
-        return [_thaw(c) for c in knob.choices]
+        return [thaw(c) for c in knob.choices]
     if isinstance(knob, Fixed):
         return [knob.value]
     raise TypeError(f"unknown knob {knob!r}")  # pragma: no cover - every knob kind is listed above
