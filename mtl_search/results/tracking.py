@@ -135,8 +135,8 @@ def store_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri") -> "Tracker":
-    """A Tracker on ``uri`` (default store when None), or an MtlSearchError naming ``source`` when the store is unusable.
+def check_tracking_store(uri: str | None, source: str = "tracking.uri") -> str:
+    """The absolute tracking URI, or an MtlSearchError naming ``source`` when the store is unusable.
 
     Checked before anything else starts: a scheme MLflow cannot use, a sqlite path whose
     folder cannot be created, a server that does not answer.
@@ -163,6 +163,12 @@ def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise MtlSearchError(f"{source}: the MLflow server at {resolved} does not answer ({reason})") from None
+    return resolved
+
+
+def open_tracker(uri: str | None, experiment: str, source: str = "tracking.uri") -> "Tracker":
+    """A Tracker on ``uri`` (default store when None), checked first (:func:`check_tracking_store`); errors name ``source``."""
+    resolved = check_tracking_store(uri, source)
     try:
         return Tracker(resolved, experiment)
     except MtlSearchError:

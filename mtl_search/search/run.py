@@ -31,9 +31,9 @@ from ..results.tracking import (
     STUDY,
     TASK_METRICS,
     Tracker,
+    check_tracking_store,
     default_store_dir,
     open_tracker,
-    resolve_tracking_uri,
     store_lock,
 )
 from .faults import kill_point
@@ -81,6 +81,29 @@ def ensure_ray(address: str | None) -> None:
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+
+
+class RayStart:
+    """``ensure_ray`` on a thread of its own: Ray's start (seconds) overlaps the stores' and the references' set-up.
+
+    ``wait()`` joins it and raises what it raised (a cluster that cannot be reached).
+    """
+
+    def __init__(self, address: str | None):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, args=(address,), name="ray-start", daemon=True)
+        self.thread.start()
+
+    def _start(self, address: str | None) -> None:
+        try:
+            ensure_ray(address)
+        except BaseException as exc:  # handed to wait(), in the search's thread
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def state_dir(tracking_uri: str) -> Path:
@@ -196,37 +219,43 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     reference = [space.search.reference_point[o.name] for o in objectives] if space.search.reference_point else None
     task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
-    uri = resolve_tracking_uri(options.tracking_uri or space.tracking_uri)
+    uri = check_tracking_store(options.tracking_uri or space.tracking_uri, source)  # before anything is created or started
     store = state_dir(uri)
     storage = f"sqlite:///{store / 'optuna.db'}"
 
     interrupt = Interrupt(echo=echo)
     with process_settings(interrupt):
         with store_lock(store):  # searches started together in one folder create the stores in turn
-            tracker = open_tracker(uri, experiment, source)
-            if options.resume:
-                search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
-                resumption = reconcile(study, tracker.reopen_search(search_run_id))
-                kept = len(resumption.done)
-                echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
-                     f"{len(resumption.reruns) + resumption.enqueued} to run again")
-            else:
-                study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: searches may start together
-                study = _create_study(storage, study_name, plan, space, concurrency, objectives)
-                search_run_id = tracker.start_search(
-                    study_name.replace(experiment, "search", 1), objectives,
-                    {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
-                     "early_stopping": space.search.early_stopping,
-                     "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
-                    space.path.read_text() if space.path else "",
-                    tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
-                )
-                resumption = Resumption()
-                echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
+            tracker = open_tracker(uri, experiment, source)  # checked before Ray starts
+            ray_start = RayStart(options.address or space.ray.address)
+            try:
+                if options.resume:
+                    search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
+                    resumption = reconcile(study, tracker.reopen_search(search_run_id))
+                    kept = len(resumption.done)
+                    echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
+                         f"{len(resumption.reruns) + resumption.enqueued} to run again")
+                else:
+                    study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: searches may start together
+                    study = _create_study(storage, study_name, plan, space, concurrency, objectives)
+                    search_run_id = tracker.start_search(
+                        study_name.replace(experiment, "search", 1), objectives,
+                        {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
+                         "early_stopping": space.search.early_stopping,
+                         "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
+                        space.path.read_text() if space.path else "",
+                        tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
+                    )
+                    resumption = Resumption()
+                    echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
+            except BaseException:  # its atexit shutdown needs Ray's start finished
+                ray_start.thread.join()
+                raise
 
-        # single-task references (search/references.py): trained once before the trials, or read back on resume
-        references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
-        ensure_ray(options.address or space.ray.address)
+        try:  # single-task references (search/references.py): trained once before the trials, or read back on resume
+            references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
+        finally:
+            ray_start.wait()
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None)
