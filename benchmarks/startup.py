@@ -4,7 +4,7 @@ A fresh Python process runs a 1-trial, 2-epoch search of 2,000 rows (two tasks) 
 ``mtl-search run`` does, twice: with a fresh MLflow store, then a second search into the
 same store (a user's usual case); the driver's steps are timed by
 wrapping them (``prepare``, the tracker and its search run, the single-task references,
-Ray's start, which runs on a thread of its own beside the stores and the references, and
+Ray's start, which runs while a thread of its own sets up the stores and the references, and
 Tune until the trial starts) and the trial's start of training is the arrival
 of its first epoch less that epoch's own time (Tune's ``time_this_iter_s``). The process
 is started by this harness, so the first phase includes the interpreter's start.
@@ -53,7 +53,7 @@ timed(run, "prepare", "prepare")
 timed(run.Tracker, "start_search", "tracker")
 timed(run, "search_references", "references")
 timed(run, "ensure_ray", "ray_ready")
-timed(run.RayStart, "wait", "ray")
+timed(run.Background, "result", "ray")
 timed(run.TrialLogger, "on_trial_start", "trial_started")
 original_result = run.TrialLogger.on_trial_result
 def result(self, iteration, trials, trial, result, **info):
@@ -70,7 +70,7 @@ print("MARKS " + json.dumps(marks))
 
 PHASES = [("imports", "interpreter start and imports"), ("prepare", "plugins, data set, space check"),
           ("tracker", "MLflow store and search run"), ("references", "single-task references"),
-          ("ray", "waiting for Ray's start (begun beside the MLflow phase)"), ("trial_started", "Tune set-up and the trial's actor start"),
+          ("ray", "Ray's start, beyond the set-up beside it"), ("trial_started", "Tune set-up and the trial's actor start"),
           ("training", "until the trial function runs")]
 
 
@@ -104,7 +104,7 @@ def markdown(result: dict) -> str:
     lines += [f"| {label} | {fresh['phases'][key]:.2f} | {again['phases'][key]:.2f} |" for key, label in PHASES]
     lines += [f"| **command to first trial training** | **{fresh['to_training_s']:.2f}** | **{again['to_training_s']:.2f}** |", "",
               f"Ray's start itself took {fresh['ray_start_s']:.2f} s / {again['ray_start_s']:.2f} s (from the end of the space "
-              "check), on its own thread beside the MLflow and reference phases; its row is the wait left after them. "
+              "check), while the MLflow and reference phases ran on a thread beside it; its row is what it took beyond them. "
               f"Whole search {fresh['total_s']:.1f} s / {again['total_s']:.1f} s wall; CPU of the process tree started here "
               f"{fresh['children_cpu_s']:.1f} s / {again['children_cpu_s']:.1f} s (Ray's own daemons are not its children)."]
     return "\n".join(lines) + "\n"

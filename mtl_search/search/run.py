@@ -83,27 +83,31 @@ def ensure_ray(address: str | None) -> None:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
 
 
-class RayStart:
-    """``ensure_ray`` on a thread of its own: Ray's start (seconds) overlaps the stores' and the references' set-up.
+class Background:
+    """``call()`` on a thread of its own; ``result()`` joins it and returns its value or raises what it raised.
 
-    ``wait()`` joins it and raises what it raised (a cluster that cannot be reached).
+    The search sets up its stores and single-task references on one while the main thread
+    starts Ray (which must start on the main thread: its daemons die with the thread that
+    started them).
     """
 
-    def __init__(self, address: str | None):
+    def __init__(self, call: Callable[[], Any]):
+        self.value: Any = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._start, args=(address,), name="ray-start", daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(call,), name="search-setup", daemon=True)
         self.thread.start()
 
-    def _start(self, address: str | None) -> None:
+    def _run(self, call: Callable[[], Any]) -> None:
         try:
-            ensure_ray(address)
-        except BaseException as exc:  # handed to wait(), in the search's thread
+            self.value = call()
+        except BaseException as exc:  # handed to result(), in the search's thread
             self.error = exc
 
-    def wait(self) -> None:
+    def result(self) -> Any:
         self.thread.join()
         if self.error is not None:
             raise self.error
+        return self.value
 
 
 def state_dir(tracking_uri: str) -> Path:
@@ -225,16 +229,14 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
 
     interrupt = Interrupt(echo=echo)
     with process_settings(interrupt):
-        with store_lock(store):  # searches started together in one folder create the stores in turn
-            tracker = open_tracker(uri, experiment, source)  # checked before Ray starts
-            ray_start = RayStart(options.address or space.ray.address)
-            try:
+        def set_up() -> tuple[Tracker, str, Any, Resumption, Any]:
+            with store_lock(store):  # searches started together in one folder create the stores in turn
+                tracker = open_tracker(uri, experiment, source)
                 if options.resume:
                     search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
                     resumption = reconcile(study, tracker.reopen_search(search_run_id))
-                    kept = len(resumption.done)
-                    echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {kept} of {trials} trials recorded, "
-                         f"{len(resumption.reruns) + resumption.enqueued} to run again")
+                    echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(resumption.done)} of {trials} trials "
+                         f"recorded, {len(resumption.reruns) + resumption.enqueued} to run again")
                 else:
                     study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: searches may start together
                     study = _create_study(storage, study_name, plan, space, concurrency, objectives)
@@ -247,15 +249,17 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                         tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
                     )
                     resumption = Resumption()
-                    echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} at {tracker.uri}")
-            except BaseException:  # its atexit shutdown needs Ray's start finished
-                ray_start.thread.join()
-                raise
-
-        try:  # single-task references (search/references.py): trained once before the trials, or read back on resume
+                    echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} "
+                         f"at {tracker.uri}")
+            # single-task references (search/references.py): trained once before the trials, or read back on resume
             references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
+            return tracker, search_run_id, study, resumption, references
+
+        setup = Background(set_up)  # the stores and the references, while Ray starts here
+        try:
+            ensure_ray(options.address or space.ray.address)
         finally:
-            ray_start.wait()
+            tracker, search_run_id, study, resumption, references = setup.result()
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None)
