@@ -252,3 +252,14 @@ def test_structure_search_curves_and_affinity_cost(tmp_path):
     groups = next(r for r in result["rows"] if r["arm"] == "groups")["groups"][0]
     assert [len(p) for p in groups["partitions"]] == [1, 2, 3, 4]  # the best partition for each number of groups
     assert result["affinity_step_cost"]["4"]["affinity"] > 0 and "| 4 | groups |" in table
+
+
+@pytest.mark.slow
+def test_driver_cpu_quick(tmp_path):
+    """Two 4-trial searches in fresh processes (about half a minute)."""
+    from benchmarks.driver_cpu import main as benchmark
+
+    benchmark(["--quick", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "driver_cpu.json").read_text())
+    assert [r["objectives"] for r in report["rows"]] == [2, 12] and all(r["trials"] == 4 for r in report["rows"])
+    assert report["ratio"] == pytest.approx(report["rows"][1]["driver_cpu_s"] / report["rows"][0]["driver_cpu_s"])

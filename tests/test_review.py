@@ -66,6 +66,27 @@ def test_family_fronts_differ_from_the_global_front():
     assert data.labels[2] == "trial-002-mmoe"
 
 
+def test_many_objectives_give_one_parallel_coordinates_panel_scaled_to_the_best():
+    names = "abcdef"
+    objectives = [Objective(n, f"val/{n}", "min" if i % 2 == 0 else "max") for i, n in enumerate(names)]
+    trials = [TrialRecord(k, f"run{k}", "mmoe", {}, "finished", val={n: float((k + i) % 5) for i, n in enumerate(names)}, family="moe")
+              for k in range(5)]
+    record = SearchRecord("exp", "parent", objectives, trials)
+    record.hypervolume, record.reference_point = mark_front(trials, objectives)
+    data = front_data(record)
+    figure = front_png(data, trials_by_family(data), "t")
+    assert len([ax for ax in figure.axes if ax.lines]) == 1  # one panel, not the 15 pairwise projections
+    lines = figure.axes[0].lines
+    assert all(0.0 <= y <= 1.0 for line in lines for y in line.get_ydata())
+    best = {i: min(t.val[n] for t in trials) if o.direction == "min" else max(t.val[n] for t in trials)
+            for i, (n, o) in enumerate(zip(names, objectives))}
+    first = trials[0]
+    scaled = [line for line in lines][0].get_ydata()  # trial 0 is the first trial of its family's series
+    assert [y == 0.0 for y in scaled] == [first.val[n] == best[i] for i, n in enumerate(names)]
+    interactive = front_plotly(data, trials_by_family(data), "t")
+    assert all(len(trace.x) == len(names) for trace in interactive.data)
+
+
 def test_more_than_two_objectives_give_a_pairwise_grid_with_labelled_front():
     objectives = OBJECTIVES + [Objective("c", "val/c", "max")]
     record = _record(POINTS, objectives)

@@ -75,6 +75,58 @@ def fronts_per_family(data: FrontData) -> list[Series]:
     return series + [Series("global front", FRONT_COLOUR, [k for k, f in enumerate(data.on_front) if f], "ring", connect=True)]
 
 
+GRID_OBJECTIVES = 4  # up to this many objectives: pairwise projections; more: one parallel-coordinates panel
+
+
+def _normalised(data: FrontData) -> list[list[float]]:
+    """Each trial's objective values scaled per objective to [0, 1], 0 the best value seen (either direction)."""
+    columns = list(zip(*data.values)) if data.values else []
+    scaled = []
+    for values in data.values:
+        row = []
+        for i, v in enumerate(values):
+            low, high = min(columns[i]), max(columns[i])
+            share = 0.0 if high == low else (v - low) / (high - low)
+            row.append(share if data.directions[i] == "min" else 1.0 - share)
+        scaled.append(row)
+    return scaled
+
+
+def _parallel_png(data: FrontData, series: list[Series], title: str) -> plt.Figure:
+    """Many objectives: one line per trial across the objectives (0 = the best value seen of each)."""
+    scaled, xs = _normalised(data), list(range(len(data.names)))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(xs)), 5))
+    for layer in series:
+        for n, k in enumerate(layer.indices):
+            ring = layer.style == "ring"
+            ax.plot(xs, scaled[k], color=layer.colour, linewidth=2.2 if ring else 1, alpha=0.3 if layer.style == "faint" else 0.85,
+                    label=layer.name if n == 0 else None)
+            if ring:
+                ax.annotate(data.labels[k], (xs[-1], scaled[k][-1]), fontsize=7, xytext=(4, 0), textcoords="offset points")
+    ax.set_xticks(xs, [_axis_title(name, d) for name, d in zip(data.names, data.directions)], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("scaled value (0 = best seen)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _parallel_plotly(data: FrontData, series: list[Series], title: str) -> Any:
+    import plotly.graph_objects as go
+
+    scaled, names = _normalised(data), [_axis_title(name, d) for name, d in zip(data.names, data.directions)]
+    fig = go.Figure()
+    for layer in series:
+        for n, k in enumerate(layer.indices):
+            fig.add_trace(go.Scatter(x=names, y=scaled[k], mode="lines", line=dict(color=layer.colour, width=3 if layer.style == "ring" else 1),
+                                     opacity=0.35 if layer.style == "faint" else 0.9, hovertext=data.hover[k], hoverinfo="text",
+                                     name=layer.name, legendgroup=layer.name, showlegend=n == 0))
+    fig.update_layout(title=title, height=500, width=max(700, 90 * len(names)), template="plotly_white",
+                      yaxis_title="scaled value (0 = best seen)")
+    return fig
+
+
 def _pairs(n: int) -> list[tuple[int, int]]:
     """The objective pairs a figure shows: one panel for two objectives, every pair for more."""
     return list(itertools.combinations(range(n), 2)) or [(0, 0)]
@@ -89,7 +141,10 @@ def _ordered(data: FrontData, series: Series, i: int) -> list[int]:
 
 
 def front_png(data: FrontData, series: list[Series], title: str) -> plt.Figure:
-    """A matplotlib figure of the series: one panel for two objectives, a grid of pairwise projections for more."""
+    """A matplotlib figure of the series: one panel for two objectives, a grid of pairwise projections for up to
+    ``GRID_OBJECTIVES``, parallel coordinates for more (a 12-objective grid would be 66 panels)."""
+    if len(data.names) > GRID_OBJECTIVES:
+        return _parallel_png(data, series, title)
     pairs = _pairs(len(data.names))
     cols = min(3, len(pairs))
     rows = (len(pairs) + cols - 1) // cols
@@ -122,6 +177,8 @@ def front_plotly(data: FrontData, series: list[Series], title: str) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    if len(data.names) > GRID_OBJECTIVES:
+        return _parallel_plotly(data, series, title)
     pairs = _pairs(len(data.names))
     cols = min(3, len(pairs))
     rows = (len(pairs) + cols - 1) // cols
