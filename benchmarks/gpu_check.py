@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_dataset_for, default_input_shape, small_value
-from mtl_search.training.trainer import TrainConfig, Trainer, seed_everything
+from mtl_search.testing import small_model
+from mtl_search.training.trainer import TrainConfig, Trainer
 
 from .common import parser, write
 
@@ -67,16 +67,10 @@ def pairs(registry: Any, quick: bool = False) -> list[tuple[str, str]]:
 
 
 def build(registry: Any, strategy_name: str, device: str) -> tuple[Any, Any, Any]:
-    """The strategy, a small model of it on its first backbone kind, and the contract data set."""
+    """The strategy, its smallest model on ``device`` (``mtl_search.testing.small_model``), and the contract data set."""
     strategy = registry.strategies[strategy_name]
-    kind = next(k for k in registry.backbones.values() if strategy.supports(k.name))
-    seed_everything(0)
-    shape = default_input_shape(kind)
-    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
-    backbone = kind.build(shape, **backbone_params)
-    params = {name: small_value(knob, {**backbone_params, "depth": backbone.depth}) for name, knob in strategy.knobs.items()}
-    data = contract_dataset_for(strategy, shape)  # a funnel strategy (esmm, aitm) gets the funnel data set
-    return strategy, strategy.build(data.problem, backbone, params).to(device), data
+    model, data = small_model(strategy, registry.backbones)
+    return strategy, model.to(device), data
 
 
 def train_one(registry: Any, strategy_name: str, weighting_name: str, device: str, autocast: bool) -> dict[str, Any]:

@@ -117,6 +117,24 @@ def small_values(knobs: dict[str, Knob], context: dict[str, Any] | None = None) 
     return {name: values[name] for name in knobs}
 
 
+def small_model(strategy: Strategy, backbones: dict[str, BackboneKind]) -> tuple[MultiTaskModel, Dataset]:
+    """The strategy's smallest model (``small_values``) on its first supported kind of ``backbones``, and the contract data set.
+
+    Built by the one model factory; a funnel strategy (``check_problem`` refuses the plain
+    contract problem) gets the funnel data set.
+    """
+    from .nn.create import create_model
+
+    kind = next(k for k in backbones.values() if strategy.supports(k.name))
+    seed_everything(0)
+    shape = default_input_shape(kind)
+    backbone_params = small_values(kind.knobs)
+    backbone = kind.build(shape, **backbone_params)
+    params = small_values(strategy.knobs, {**backbone_params, **backbone.params, "depth": backbone.depth})
+    data = contract_dataset_for(strategy, shape)
+    return create_model(data.problem, strategy, kind, params, backbone_params), data
+
+
 def default_input_shape(kind: BackboneKind) -> tuple[int, ...]:
     """Inputs a backbone kind accepts: images (1, 8, 8) for kinds with a ``channels`` knob, else vectors of 8."""
     return (1, 8, 8) if "channels" in kind.knobs else (8,)

@@ -25,8 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_dataset_for, default_input_shape, small_value
-from mtl_search.training.trainer import seed_everything
+from mtl_search.testing import small_model
 
 REGISTRY = load_registry()
 LOSS_WEIGHTINGS = ["equal", "uncertainty", "dwa", "gradnorm", "rlw"]
@@ -36,16 +35,10 @@ META = torch.device("meta")
 
 
 def _setup(strategy_name: str):
-    """A small model of the strategy on its first backbone kind, and a batch of the contract data."""
+    """The strategy's smallest model on its first backbone kind, and the contract data set."""
     strategy = REGISTRY.strategies[strategy_name]
-    kind = next(k for k in REGISTRY.backbones.values() if strategy.supports(k.name))
-    seed_everything(0)
-    shape = default_input_shape(kind)
-    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
-    backbone = kind.build(shape, **backbone_params)
-    params = {name: small_value(knob, {**backbone_params, "depth": backbone.depth}) for name, knob in strategy.knobs.items()}
-    data = contract_dataset_for(strategy, shape)  # the funnel data set for esmm and aitm
-    return strategy, strategy.build(data.problem, backbone, params), data
+    model, data = small_model(strategy, REGISTRY.backbones)
+    return strategy, model, data
 
 
 def _pairs(weightings: list[str], strategies: list[str]) -> list[tuple[str, str]]:
