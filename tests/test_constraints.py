@@ -85,8 +85,8 @@ def test_the_searcher_tells_optuna_the_constraint_values_of_a_finished_trial():
     from mtl_search.search.tune import OptunaSearcher
 
     study = optuna.create_study(directions=["maximize"])
-    searcher = OptunaSearcher(study, lambda trial: {"x": trial.suggest_float("x", 0, 1)}, ["val/clicked"])
-    searcher.constraints = parse_constraints({"clicked": ">= 0.7"})
+    searcher = OptunaSearcher(study, lambda trial: {"x": trial.suggest_float("x", 0, 1)}, ["val/clicked"],
+                              constraints=parse_constraints({"clicked": ">= 0.7"}))
     searcher.suggest("t0")
     searcher.on_trial_complete("t0", {"final": True, "val/clicked": 0.75})
     assert study.trials[0].state.name == "COMPLETE"

@@ -262,10 +262,10 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             tracker, search_run_id, study, resumption, references = setup.result()
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
-                             task_metrics, space.epochs if options.epoch_progress else None)
+                             task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
         searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
-                                  stop=lambda: interrupt.draining or logger.abort_reason is not None)
-        searcher.constraints = logger.constraints = space.search.constraints  # search.constraints: told to Optuna, kept off the front
+                                  stop=lambda: interrupt.draining or logger.abort_reason is not None,
+                                  constraints=space.search.constraints)
         resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan, references)), resources)
         run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start

@@ -86,12 +86,12 @@ class OptunaSearcher(_Live, Searcher):
     """
 
     def __init__(self, study: Any, space: Callable[[Any], dict[str, Any]], metrics: list[str],
-                 reruns: list[Rerun] = (), stop: Callable[[], bool] = lambda: False):
+                 reruns: list[Rerun] = (), stop: Callable[[], bool] = lambda: False, constraints: list[Any] = ()):
         Searcher.__init__(self)
         self.study, self.space, self.metrics, self.stop = study, space, list(metrics), stop
         self.reruns = list(reruns)
         self.trials: dict[str, Any] = {}  # Tune trial id -> its Optuna trial (None: a re-run Optuna already has the end of)
-        self.constraints: list[Any] = []  # search.constraints (mtl_search.results.constraints), told with each result
+        self.constraints = list(constraints)  # search.constraints (mtl_search.results.constraints), told with each result
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.stop():
@@ -156,7 +156,7 @@ class TrialLogger(_Live, tune.Callback):
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
-                 task_metrics: dict[str, str] | None = None, epochs: int | None = None):
+                 task_metrics: dict[str, str] | None = None, epochs: int | None = None, constraints: list[Any] = ()):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.epochs = epochs  # set: a line per trained epoch too (``epoch k of n``, current val per task)
         self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
@@ -168,7 +168,7 @@ class TrialLogger(_Live, tune.Callback):
         self.front = LiveFront(objectives, self.records)  # updated one trial at a time
         self.failures = 0
         self.abort_reason: str | None = None
-        self.constraints: list[Any] = []  # search.constraints: an infeasible trial is left off the running front too
+        self.constraints = list(constraints)  # search.constraints: an infeasible trial is left off the running front too
         self.writes = BackgroundWriter(echo)
 
     def close(self) -> None:
