@@ -14,7 +14,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,12 +62,20 @@ def describe(values: list[float]) -> dict[str, float]:
             "median": statistics.median(values)}
 
 
-def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, dict[str, Any]]]:
+class TrialRun(NamedTuple):
+    """One trial of :func:`run_trials_in_process`: its training seconds, its flat configuration and its final result."""
+
+    seconds: float
+    config: dict[str, Any]
+    result: dict[str, Any]
+
+
+def run_trials_in_process(space: Any, sampler: Any = None) -> list[TrialRun]:
     """The space's trials run one after another in this process, with Optuna but without Ray or MLflow.
 
     Each configuration comes from the search's own define-by-run space and ``sampler``
     (default: the space's); each trial's objective values are told back to the study.
-    Returns each trial's seconds and final result.
+    Returns each trial's seconds, configuration (``training.lr``, ``mmoe.experts`` ...) and final result.
     """
     import optuna
 
@@ -79,7 +87,7 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # as run_search does
     plan, dataset, _ = prepare(space)
     trial_plan = make_trial_plan(plan)
-    sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1)
+    sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1, plan)
     study = optuna.create_study(sampler=sampler, directions=[f"{o.direction}imize" for o in plan.objectives])
     define = DefineByRun(plan)
     done = []
@@ -88,7 +96,7 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[tuple[float, 
         config = define(trial)
         start = time.perf_counter()
         result = train_trial(config, dataset, trial_plan, report=lambda metrics, checkpoint_dir=None: None)
-        done.append((time.perf_counter() - start, result))
+        done.append(TrialRun(time.perf_counter() - start, config, result))
         study.tell(trial, [result[o.key] for o in plan.objectives])
     return done
 

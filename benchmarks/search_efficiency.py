@@ -39,7 +39,7 @@ def efficiency_space(sampler: str, seed: int, trials: int, samples: int, epochs:
 
 def objective_points(space: Any) -> list[list[float]]:
     """Each trial's (val y1, val y2), in trial order."""
-    return [[result["val/y1"], result["val/y2"]] for _, result in run_trials_in_process(space)]
+    return [[trial.result["val/y1"], trial.result["val/y2"]] for trial in run_trials_in_process(space)]
 
 
 def hypervolume_curve(points: list[list[float]], reference: list[float]) -> list[float]:

@@ -48,7 +48,7 @@ def fixed_space(tracking_dir: str, epochs: int, trials: int, concurrency: int, s
 
 def plain_loop(space: Any) -> list[float]:
     """Each trial's seconds when the trials run one after another in this process, without Ray or MLflow."""
-    return [seconds for seconds, _ in run_trials_in_process(space)]
+    return [trial.seconds for trial in run_trials_in_process(space)]
 
 
 def fresh_loop(space: Any) -> list[float]:

@@ -128,7 +128,7 @@ def run(task_counts: list[int], budget: int, seeds: int, samples: int, epochs: i
                 start = time.perf_counter()
                 done = run_trials_in_process(make_space(arm, tasks, seed, budget, samples, epochs, partitions))
                 seconds.append(time.perf_counter() - start)
-                curves.append(best_so_far([quality(result, variances) for _, result in done]))
+                curves.append(best_so_far([quality(trial.result, variances) for trial in done]))
             rows.append({"tasks": tasks, "arm": arm, "best_so_far": curves, "search_seconds": seconds, "groups": extra})
     costs = {str(t): step_cost(t, repeats) for t in task_counts}
     return {"machine_before": load_before, "machine_after": machine(), "tasks": task_counts, "budget": budget, "seeds": seeds,

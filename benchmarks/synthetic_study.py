@@ -7,7 +7,7 @@ fresh draw of ``synthetic_correlated`` whose seed also seeds the initialisation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from mtl_search.registry import Registry
 from mtl_search.testing import small_value
@@ -44,17 +44,26 @@ def build(registry: Registry, model: Model, problem: Any) -> Any:
     return strategy.build(problem, backbone, knobs)
 
 
-def test_losses(registry: Registry, model: Model, correlation: float, seed: int, training: Training) -> dict[str, Any]:
-    """Train ``model`` on a fresh draw (data and init from ``seed``); its test MSE per task and its parameter count."""
+def draw_options(training: Training, correlation: float, seed: int) -> dict[str, Any]:
+    """The ``synthetic_correlated`` options of one draw of the data (the data set's defaults under ``training``'s)."""
+    return {**training.options, "correlation": correlation, "samples": training.samples, "input_dim": training.input_dim, "seed": seed}
+
+
+def test_losses(registry: Registry, model: Model, correlation: float, seed: int, training: Training,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` on a fresh draw (data and init from ``seed``); its test MSE per task and its parameter count.
+
+    ``on_step`` is the Trainer's: it sees every optimiser step's loss per task.
+    """
     from mtl_search import TrainConfig, Trainer
     from mtl_search.training.trainer import seed_everything
 
     dataset = registry.datasets["synthetic_correlated"]
-    data = dataset.factory(**{**dataset.options, **training.options, "correlation": correlation, "samples": training.samples,
-                              "input_dim": training.input_dim, "seed": seed})
+    data = dataset.factory(**{**dataset.options, **draw_options(training, correlation, seed)})
     seed_everything(seed)
     net = build(registry, model, data.problem)
     trainer = Trainer(data, TrainConfig(epochs=training.epochs, patience=training.patience, batch_size=training.batch_size,
-                                        lr=training.lr, seed=seed), registry.weightings["equal"](data.problem.task_names))
+                                        lr=training.lr, seed=seed), registry.weightings["equal"](data.problem.task_names),
+                      on_step=on_step)
     net = registry.strategies[model.strategy].fit(net, trainer)
     return {"test": trainer.evaluate(net, data.test).metrics, "params": net.inference_parameters()}

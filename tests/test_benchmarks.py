@@ -80,33 +80,89 @@ def test_search_efficiency_curves(tmp_path):
     assert "| tpe |" in table and "| random |" in table
 
 
-def test_mmoe_reproduction_table_and_parameter_counts(tmp_path):
-    from benchmarks.mmoe_reproduction import CORRELATIONS, main
+def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path):
+    from benchmarks.mmoe_reproduction import CORRELATIONS, LEARNING_RATES, main
 
     main(["--quick", "--out", str(tmp_path)])
     result, table = _written(tmp_path, "mmoe_reproduction")
-    assert set(result["summary"]) == {"shared-bottom", "OMoE", "MMoE"}
-    for by_p in result["test_mse"].values():
+    assert (tmp_path / "mmoe_reproduction.png").stat().st_size > 0
+    labels = {"shared-bottom", "OMoE", "MMoE"}
+    assert set(result["lr_search"]) == labels
+    for by_p in result["lr_search"].values():
         assert [float(p) for p in by_p] == list(CORRELATIONS)
-        assert all(len(runs) == 2 and all(math.isfinite(v) and v > 0 for v in runs) for runs in by_p.values())
+        for found in by_p.values():  # every rate of the grid tried; the chosen one has the lowest validation MSE
+            val = {float(r): v for r, v in found["val_mse"].items()}
+            assert sorted(val) == sorted(LEARNING_RATES) and found["lr"] == min(val, key=val.get)
+    steps = result["curve_steps"]
+    assert steps and all(b - a == result["window"] for a, b in zip(steps, steps[1:]))
+    for label, by_p in result["curves"].items():
+        for p, runs in by_p.items():
+            assert len(runs) == 2 and all(len(curve) == len(steps) for curve in runs)
+            assert result["curve_summary"][label][p]["mean"] == pytest.approx([statistics.fmean(c) for c in zip(*runs)])
+            assert result["final_training_loss"]["per_run"][label][p] == [curve[-1] for curve in runs]
+            assert all(math.isfinite(v) and v > 0 for v in result["test_mse"]["per_run"][label][p])
+    for name in ("final_training_loss", "test_mse"):
+        assert len(result[name]["findings"]) == 5
+        assert all(isinstance(f["means"], bool) and f["paired"] in (True, False, None) for f in result[name]["findings"])
     # 8 experts x 100 x 16 + 2 towers x 16 x 8: the paper's 13,056 for MMoE and OMoE (the gates come on top)
     assert result["params"]["MMoE"]["weights_without_gates_and_outputs"] == 13_056
     assert result["params"]["MMoE"]["all"] - result["params"]["OMoE"]["all"] == 800  # one more gate of 100 x 8
-    assert len(result["findings"]) == 5 and all(isinstance(f["holds"], bool) for f in result["findings"])
-    assert "| MMoE |" in table
+    assert "| MMoE |" in table and "| paper finding |" in table
 
 
-def test_paired_wins_count_the_runs_where_one_model_beats_another_on_the_same_draw():
-    from benchmarks.mmoe_reproduction import summarise
+def test_loss_curve_averages_the_tasks_then_windows_of_steps():
+    from benchmarks.mmoe_reproduction import LossCurve
 
-    raw = {"shared-bottom": {0.5: [0.2, 0.02, 0.10], 0.9: [0.1] * 3, 1.0: [0.1] * 3},
-           "OMoE": {0.5: [0.3, 0.03, 0.09], 0.9: [0.2] * 3, 1.0: [0.05] * 3},
-           "MMoE": {0.5: [0.15, 0.03, 0.11], 0.9: [0.05] * 3, 1.0: [0.1] * 3}}
-    result = summarise(raw)
-    assert result["paired_wins"]["MMoE < shared-bottom"] == {0.5: 1, 0.9: 3, 1.0: 0}
-    assert result["paired_wins"]["MMoE < OMoE"] == {0.5: 1, 0.9: 3, 1.0: 0}
-    assert result["paired_wins"]["OMoE < shared-bottom"] == {0.5: 1, 0.9: 0, 1.0: 3}
-    assert result["summary"]["MMoE"][0.5]["median"] == pytest.approx(0.11)
+    curve = LossCurve(window=2)
+    for step, (a, b) in enumerate([(1.0, 3.0), (2.0, 2.0), (0.0, 1.0), (1.0, 0.0), (9.0, 9.0)], start=1):
+        curve(step, {"y1": a, "y2": b})
+    assert curve.points == [2.0, 0.5]  # the fifth step starts a window that never fills
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    from benchmarks.mmoe_reproduction import sign_test
+
+    assert sign_test(5, 5) == pytest.approx(2 / 32) and sign_test(0, 5) == pytest.approx(2 / 32)
+    assert sign_test(8, 10) == pytest.approx(2 * (45 + 10 + 1) / 1024)
+    assert sign_test(5, 10) == 1.0
+
+
+def _values(sb, omoe, mmoe):
+    from benchmarks.mmoe_reproduction import CORRELATIONS
+
+    return {label: {p: [run[i] for run in runs] for i, p in enumerate(CORRELATIONS)}  # runs: one tuple by correlation per run
+            for label, runs in (("shared-bottom", sb), ("OMoE", omoe), ("MMoE", mmoe))}
+
+
+def test_paired_comparisons_count_runs_on_the_same_draw():
+    from benchmarks.mmoe_reproduction import paired
+
+    # three runs (draws); at p = 0.5 MMoE beats shared-bottom on one draw only, though its mean is lower
+    values = _values(sb=[(0.2, 0.1, 0.1), (0.02, 0.1, 0.1), (0.10, 0.1, 0.1)],
+                     omoe=[(0.3, 0.2, 0.05), (0.03, 0.2, 0.05), (0.09, 0.2, 0.05)],
+                     mmoe=[(0.05, 0.05, 0.1), (0.03, 0.05, 0.1), (0.11, 0.05, 0.1)])
+    found = paired(values)
+    assert [found["MMoE < shared-bottom"][p]["wins"] for p in (0.5, 0.9, 1.0)] == [1, 3, 0]
+    assert [found["MMoE < OMoE"][p]["wins"] for p in (0.5, 0.9, 1.0)] == [1, 3, 0]  # a tie is not a win
+    assert found["MMoE < shared-bottom"][0.5]["mean_difference"] == pytest.approx((-0.15 + 0.01 + 0.01) / 3)
+    assert found["MMoE < OMoE"][0.9]["sign_test_p"] == pytest.approx(0.25)
+
+
+def test_findings_hold_on_means_and_run_by_run_only_where_the_runs_agree():
+    from benchmarks.mmoe_reproduction import findings
+
+    # by correlation 0.5, 0.9, 1.0 per run: every finding true in every run
+    sb = [(0.9, 0.5, 0.3), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)]
+    omoe = [(0.6, 0.3, 0.1), (0.3, 0.2, 0.09), (0.5, 0.25, 0.11)]
+    mmoe = [(0.2, 0.15, 0.1), (0.12, 0.11, 0.08), (0.15, 0.12, 0.1)]
+    verdicts = [(f["means"], f["paired"]) for f in findings(_values(sb, omoe, mmoe))]
+    assert verdicts == [(True, True)] * 4 + [(True, None)]
+    # one draw so hard that shared-bottom's mean is the worst at p = 1, but the mixtures lose on the other two draws
+    sb = [(0.9, 0.5, 5.0), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)]
+    omoe = [(0.6, 0.3, 0.1), (0.5, 0.4, 0.3), (0.9, 0.5, 0.3)]
+    verdicts = findings(_values(sb, omoe, mmoe))
+    assert verdicts[2]["finding"].startswith("both MoE") and (verdicts[2]["means"], verdicts[2]["paired"]) == (False, False)
+    assert "OMoE at 0.5 1/3" in verdicts[2]["evidence"]
 
 
 def test_ple_reproduction_gains(tmp_path):

@@ -208,7 +208,7 @@ def test_a_trial_records_its_canonical_tree_as_a_tag_and_the_task_affinity_map(t
 
     path = tiny_space(tmp_path, strategies="  branching: {tower_width: 4}", trials=2)
     path.write_text(path.read_text().replace("  lr: 0.005", "  lr: 0.005\n  affinity_every: 3").replace("  concurrency: 2", "  sampler: random"))
-    results = [result for _, result in run_trials_in_process(load_space(path))]
+    results = [trial.result for trial in run_trials_in_process(load_space(path))]
     for result in results:
         tree = json.loads(json.loads(result["tags_json"])["model/tree"])
         assert parse_tree(tree, ["y1", "y2"], 2)  # a written tree over the tasks and the 2 blocks

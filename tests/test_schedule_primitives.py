@@ -47,6 +47,22 @@ def test_end_epoch_records_and_reports_like_fit():
     assert reports[-1]["train_loss/y1"] == losses["y1"]
 
 
+def test_on_step_sees_every_optimiser_step_and_its_losses_average_to_the_epochs():
+    torch.manual_seed(0)
+    data = synthetic_correlated(correlation=0.5, tasks=2, samples=300, input_dim=8, sin_terms=2, scale=1.0, noise=0.1, seed=0, val=0.2, test=0.2)
+    model = HardSharing().build(data.problem, build_mlp((8,), depth=1, width=8), {"shared_depth": 1, "tower_width": 4})
+    steps = []
+    trainer = Trainer(data, TrainConfig(epochs=2, patience=2, batch_size=64), Equal(data.problem.task_names),
+                      on_step=lambda step, losses: steps.append((step, losses)))
+    trainer.fit(model)
+    per_epoch = -(-len(data.train) // 64)  # the last batch is partial
+    assert [step for step, _ in steps] == list(range(1, 2 * per_epoch + 1)) and trainer.steps == 2 * per_epoch
+    for epoch, record in enumerate(trainer.history):
+        window = [losses for _, losses in steps[epoch * per_epoch:(epoch + 1) * per_epoch]]
+        for task in data.problem.task_names:
+            assert sum(w[task] for w in window) / per_epoch == pytest.approx(record.train_loss[task])
+
+
 def test_default_knob_is_not_searched_but_a_space_may_change_it():
     knob = Default(0.05, Float(0.0, 0.5, minimum=0.0))
 

@@ -74,12 +74,16 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Trains a MultiTaskModel on a Dataset with a Weighting.
 
-    ``report(metrics)`` is called after every epoch (the search passes Ray Tune's report).
+    ``report(metrics)`` is called after every epoch (the search passes Ray Tune's report);
+    ``on_step(step, losses)`` after every optimiser step, with the step's number (1-based,
+    counted over every phase this trainer has run) and its loss per task: a loss curve
+    against training steps, finer than the epochs.
     Early stopping watches the *score*: the mean over tasks of the val loss divided by that
     task's val loss after the first epoch, so tasks on different scales count equally.
     """
 
-    def __init__(self, dataset: Dataset, config: TrainConfig, weighting: Weighting, report: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, dataset: Dataset, config: TrainConfig, weighting: Weighting, report: Callable[[dict[str, Any]], None] | None = None,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None):
         self.config = config
         self.device = torch.device(config.device)
         self.dataset = dataset.to(self.device)
@@ -87,6 +91,8 @@ class Trainer:
         self.weighting = weighting.to(self.device)
         self.weighting.setup(self.problem)
         self.report = report
+        self.on_step = on_step
+        self.steps = 0
         self.generator = torch.Generator().manual_seed(config.seed)
         self.history: list[EpochRecord] = []
         self._loss_scale: dict[str, float] | None = None
@@ -121,9 +127,13 @@ class Trainer:
             optimizer.step()
             self.weighting.after_step()
             model.after_step()
-            for name, value in losses.items():
-                sums[name] += float(value.detach())
+            step_losses = {name: float(value.detach()) for name, value in losses.items()}
+            for name, value in step_losses.items():
+                sums[name] += value
             batches += 1
+            self.steps += 1
+            if self.on_step is not None:
+                self.on_step(self.steps, step_losses)
         means = {t: s / max(batches, 1) for t, s in sums.items()}
         self.weighting.on_epoch_end(epoch, means)
         return means
