@@ -134,14 +134,14 @@ SEARCH_SPACE = {
 }
 
 
-def check_search(directory: Path) -> dict[str, Any]:
+def check_search(directory: Path, raw_space: dict[str, Any] = SEARCH_SPACE) -> dict[str, Any]:
     """A 4-trial search, two trials per GPU at a time (``gpus_per_trial: 0.5``): every trial finishes on cuda."""
     from mtl_search.search.run import RunOptions, run_search
     from mtl_search.search.space import parse_space
 
-    space = parse_space(SEARCH_SPACE)
+    space = parse_space(raw_space)
     start = time.perf_counter()
-    record = run_search(space, RunOptions(tracking_uri=(directory / "mlruns").as_uri()), echo=lambda line: None)
+    record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{directory}/mlflow.db"))
     seconds = time.perf_counter() - start
     statuses = [t.status for t in record.trials]
     devices = [t.placement.get("device", "") for t in record.trials]

@@ -5,9 +5,9 @@ layer of 16 units and towers of 8 units; the shared-bottom baseline is hard shar
 one shared layer of 113 units and towers of 8. The protocol follows the paper's section 5:
 
 1. Each model's learning rate is chosen from [1e-4, 1e-3, 1e-2] at each correlation by an
-   mtl-search search (the grid sampler over ``training.lr``, the search's own define-by-run
-   space and trial function, run in this process without Ray or MLflow) on a draw of the
-   data kept for it, by the mean validation MSE of the two tasks.
+   mtl-search search (``run_search``: Ray Tune, Optuna's grid sampler over the three models
+   x ``training.lr``, every trial recorded in MLflow, to review with ``mtl-search ui``) on a
+   draw of the data kept for it, by the mean validation MSE of the two tasks.
 2. Each (model, correlation) then trains ``--runs`` times with its rate, each run on a fresh
    draw of the data (its own seed, shared by the three models) with a fresh initialisation,
    for a fixed budget of optimiser steps (Adam: the trainer's AdamW with no weight decay).
@@ -16,7 +16,7 @@ one shared layer of 113 units and towers of 8. The protocol follows the paper's 
    beside it; run-by-run comparisons on the same draw (wins, sign test); which of the paper's
    qualitative findings hold on which measure.
 
-    python -m benchmarks.mmoe_reproduction [--quick] [--runs N] [--epochs E] [--samples S] [--workers W]
+    python -m benchmarks.mmoe_reproduction [--quick] [--runs N] [--epochs E] [--samples S] [--workers W] [--tracking-uri URI]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any
 
 from mtl_search.registry import Registry, load_registry
 
-from .common import describe, machine, parser, run_trials_in_process, write
+from .common import describe, machine, parser, write
 from .synthetic_study import Model, Training, build, draw_options, test_losses
 
 NAME = "mmoe_reproduction"
@@ -65,30 +65,44 @@ class LossCurve:
             self._window_losses = []
 
 
-def lr_search_space(model: Model, correlation: float, training: Training) -> Any:
-    """The space that chooses ``model``'s learning rate at ``correlation``: the grid over the paper's rates, nothing else searched."""
+def lr_search_space(correlation: float, training: Training, workers: int) -> Any:
+    """The search that chooses every model's learning rate at ``correlation``: the grid of the three models x the paper's rates.
+
+    One backbone serves the three: hard sharing's shared layer is its block (113 units), and
+    the mixtures build their experts from their own knobs over the input.
+    """
     from mtl_search.search.space import parse_space
 
+    widths = {m.width for m in MODELS if m.strategy == "hard_sharing"}
     return parse_space({
-        "experiment": f"{NAME}-lr",
+        "experiment": f"{NAME}-lr-p{correlation:g}",
         "data": {"dataset": "synthetic_correlated", "options": draw_options(training, correlation, LR_SEARCH_DRAW)},
         # the backbone as synthetic_study.build makes it, so the search trains the models the runs train
-        "backbone": {"kind": "mlp", "depth": model.depth, "width": model.width, "activation": "relu", "norm": "none", "dropout": 0.0},
-        "strategies": {model.strategy: model.knobs},
+        "backbone": {"kind": "mlp", "depth": 1, "width": widths.pop(), "activation": "relu", "norm": "none", "dropout": 0.0},
+        "strategies": {m.strategy: m.knobs for m in MODELS},
         "training": {"epochs": training.epochs, "patience": training.patience, "batch_size": training.batch_size,
                      "lr": {"choice": list(LEARNING_RATES)}},
-        "search": {"trials": len(LEARNING_RATES), "sampler": "grid", "seed": 0},
+        "search": {"trials": len(MODELS) * len(LEARNING_RATES), "sampler": "grid", "concurrency": workers, "seed": 0},
+        "baseline": False,  # no single-task references: the study compares the three models with each other
     })
 
 
-def choose_learning_rate(model: Model, correlation: float, training: Training) -> dict[str, Any]:
-    """Run the learning-rate search; the mean validation MSE of the two tasks at each rate, and the rate with the lowest."""
-    val_mse = {}
-    for trial in run_trials_in_process(lr_search_space(model, correlation, training)):
-        val_mse[trial.config["training.lr"]] = statistics.fmean(v for k, v in trial.result.items() if k.startswith("val/"))
-    if sorted(val_mse) != sorted(LEARNING_RATES):
-        raise RuntimeError(f"the grid search tried {sorted(val_mse)}, not the grid {list(LEARNING_RATES)}")
-    return {"val_mse": val_mse, "lr": min(val_mse, key=val_mse.get)}
+def choose_learning_rates(correlation: float, training: Training, workers: int, tracking_uri: str | None) -> dict[str, dict[str, Any]]:
+    """Run the learning-rate search (recorded in MLflow); per model, the mean validation MSE of the two tasks at each rate and the lowest's rate."""
+    from mtl_search.search.run import RunOptions, run_search
+
+    record = run_search(lr_search_space(correlation, training, workers), RunOptions(tracking_uri=tracking_uri))
+    label = {m.strategy: m.label for m in MODELS}
+    val_mse: dict[str, dict[float, float]] = {m.label: {} for m in MODELS}
+    for trial in record.trials:
+        if trial.status != "finished":
+            raise RuntimeError(f"learning-rate search trial {trial.number} ({trial.strategy}) {trial.status}: {trial.error}")
+        val_mse[label[trial.strategy]][trial.params["training.lr"]] = statistics.fmean(trial.val.values())
+    for model, by_rate in val_mse.items():
+        if sorted(by_rate) != sorted(LEARNING_RATES):
+            raise RuntimeError(f"the grid search tried {sorted(by_rate)} for {model}, not the grid {list(LEARNING_RATES)}")
+    return {m: {"val_mse": by_rate, "lr": min(by_rate, key=by_rate.get), "search_run_id": record.search_run_id}
+            for m, by_rate in val_mse.items()}
 
 
 def parameter_counts(registry: Registry) -> dict[str, dict[str, int]]:
@@ -228,13 +242,13 @@ def train_draw(seed: int, training: Training, window: int, rates: dict[str, dict
     return out
 
 
-def run(runs: int, training: Training, window: int, workers: int) -> dict:
+def run(runs: int, training: Training, window: int, workers: int, tracking_uri: str | None = None) -> dict:
     load_before = machine()
     labels = [m.label for m in MODELS]
+    searches = {p: choose_learning_rates(p, training, workers, tracking_uri) for p in CORRELATIONS}
+    lr_search = {m: {p: searches[p][m] for p in CORRELATIONS} for m in labels}
+    rates = {m: {p: found["lr"] for p, found in by_p.items()} for m, by_p in lr_search.items()}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
-        searches = {(m.label, p): pool.submit(choose_learning_rate, m, p, training) for m in MODELS for p in CORRELATIONS}
-        lr_search = {m: {p: searches[m, p].result() for p in CORRELATIONS} for m in labels}
-        rates = {m: {p: found["lr"] for p, found in by_p.items()} for m, by_p in lr_search.items()}
         draws = list(pool.map(train_draw, range(runs), [training] * runs, [window] * runs, [rates] * runs))
     curves = {m: {p: [draw[m][p]["curve"] for draw in draws] for p in CORRELATIONS} for m in labels}
     test_mse = {m: {p: [draw[m][p]["test_mse"] for draw in draws] for p in CORRELATIONS} for m in labels}
@@ -290,8 +304,8 @@ def markdown(result: dict) -> str:
         f"{runs} runs per model and correlation, each on a fresh draw of the data (run i: draw i for every model) with a fresh "
         f"initialisation; {t['samples']:,} rows ({train_rows:,} for training), d = {t['input_dim']}, Adam (AdamW, no weight decay), "
         f"batch {t['batch_size']}, {t['epochs']} epochs = {steps[-1] if steps else 0:,} steps, no early stop (the test MSE is "
-        f"the model at its best validation epoch). Learning rates chosen by an mtl-search grid search over {rates} on a "
-        f"separate draw, by the mean validation MSE. Curve points: the minibatch training loss averaged over the two tasks and "
+        f"the model at its best validation epoch). Learning rates chosen by an mtl-search search (grid over the three models x "
+        f"{rates}) on a separate draw, by the mean validation MSE. Curve points: the minibatch training loss averaged over the two tasks and "
         f"{result['window']} steps.",
         f"Machine: {result['machine_before']}.",
         "",
@@ -346,7 +360,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parse = parser(__doc__)
     parse.add_argument("--runs", type=int, default=50)
-    parse.add_argument("--workers", type=int, default=2, help="processes training at once (one thread each)")
+    parse.add_argument("--workers", type=int, default=2, help="trials (learning-rate search) and processes (runs) training at once")
+    parse.add_argument("--tracking-uri", default=None, help="the MLflow store of the learning-rate searches (default: the project's mlflow/)")
     parse.add_argument("--epochs", type=int, default=PROTOCOL.epochs, help="the training budget in epochs (no early stop)")
     parse.add_argument("--samples", type=int, default=PROTOCOL.samples, help="rows per draw (90%% for training)")
     args = parse.parse_args(argv)
@@ -356,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runs, window = args.runs, WINDOW
         training = replace(PROTOCOL, samples=args.samples, epochs=args.epochs, patience=args.epochs)
-    result = run(runs, training, window, args.workers)
+    result = run(runs, training, window, args.workers, args.tracking_uri)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(result, args.out / f"{NAME}.png")
     print(write(NAME, markdown(result), result, args.out))

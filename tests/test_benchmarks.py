@@ -80,10 +80,10 @@ def test_search_efficiency_curves(tmp_path):
     assert "| tpe |" in table and "| random |" in table
 
 
-def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path):
+def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path, ray_session):
     from benchmarks.mmoe_reproduction import CORRELATIONS, LEARNING_RATES, main
 
-    main(["--quick", "--out", str(tmp_path)])
+    main(["--quick", "--out", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
     result, table = _written(tmp_path, "mmoe_reproduction")
     assert (tmp_path / "mmoe_reproduction.png").stat().st_size > 0
     labels = {"shared-bottom", "OMoE", "MMoE"}
@@ -93,6 +93,9 @@ def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path)
         for found in by_p.values():  # every rate of the grid tried; the chosen one has the lowest validation MSE
             val = {float(r): v for r, v in found["val_mse"].items()}
             assert sorted(val) == sorted(LEARNING_RATES) and found["lr"] == min(val, key=val.get)
+    # one search per correlation, recorded in MLflow, choosing the three models' rates
+    searches = {p: {by_p[p]["search_run_id"] for by_p in result["lr_search"].values()} for p in map(str, CORRELATIONS)}
+    assert all(len(ids) == 1 for ids in searches.values()) and len({ids.pop() for ids in searches.values()}) == len(CORRELATIONS)
     steps = result["curve_steps"]
     assert steps and all(b - a == result["window"] for a, b in zip(steps, steps[1:]))
     for label, by_p in result["curves"].items():

@@ -155,6 +155,15 @@ def test_gpu_check_covers_every_strategy_and_writes_its_table_from_a_cpu_run(tmp
     assert "| mmoe | gradnorm | yes | fp32 |" in table and "| mmoe | equal | NO |" in table and "2 of 3" in table
 
 
+def test_gpu_check_search_runs_its_four_trials_and_fails_them_off_cuda(tmp_path, ray_session):
+    from benchmarks import gpu_check
+
+    on_cpu = {**gpu_check.SEARCH_SPACE, "ray": {"gpus_per_trial": 0, "cpus_per_trial": 1}}
+    result = gpu_check.check_search(tmp_path, on_cpu)
+    assert result["trials"] == 4 and result["statuses"] == ["finished"] * 4 and result["devices"] == ["cpu"] * 4, result
+    assert not result["passed"]  # the check passes only where every trial ran on cuda
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 
 
