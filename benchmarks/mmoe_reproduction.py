@@ -36,8 +36,9 @@ from .synthetic_study import Model, Training, build, draw_options, test_losses
 NAME = "mmoe_reproduction"
 CORRELATIONS = (0.5, 0.9, 1.0)
 LEARNING_RATES = (1e-4, 1e-3, 1e-2)  # the paper's grid
+SHARED_BOTTOM = Model("shared-bottom", "hard_sharing", {"shared_depth": 1, "tower_width": 8}, width=113)
 MODELS = (
-    Model("shared-bottom", "hard_sharing", {"shared_depth": 1, "tower_width": 8}, width=113),
+    SHARED_BOTTOM,
     Model("OMoE", "omoe", {"experts": 8, "expert_width": 16, "expert_depth": 1, "tower_width": 8}),
     Model("MMoE", "mmoe", {"experts": 8, "expert_width": 16, "expert_depth": 1, "tower_width": 8}),
 )
@@ -73,12 +74,11 @@ def lr_search_space(correlation: float, training: Training, workers: int) -> Any
     """
     from mtl_search.search.space import parse_space
 
-    widths = {m.width for m in MODELS if m.strategy == "hard_sharing"}
     return parse_space({
         "experiment": f"{NAME}-lr-p{correlation:g}",
         "data": {"dataset": "synthetic_correlated", "options": draw_options(training, correlation, LR_SEARCH_DRAW)},
         # the backbone as synthetic_study.build makes it, so the search trains the models the runs train
-        "backbone": {"kind": "mlp", "depth": 1, "width": widths.pop(), "activation": "relu", "norm": "none", "dropout": 0.0},
+        "backbone": {"kind": "mlp", "depth": 1, "width": SHARED_BOTTOM.width, "activation": "relu", "norm": "none", "dropout": 0.0},
         "strategies": {m.strategy: m.knobs for m in MODELS},
         "training": {"epochs": training.epochs, "patience": training.patience, "batch_size": training.batch_size,
                      "lr": {"choice": list(LEARNING_RATES)}},
@@ -152,12 +152,13 @@ def paired(values: Values) -> dict[str, dict[float, dict[str, float]]]:
     return out
 
 
-def findings(values: Values) -> list[dict[str, Any]]:
+def findings(values: Values, wins: dict[str, dict[float, dict[str, float]]]) -> list[dict[str, Any]]:
     """The paper's qualitative findings (docs/methods.md, "The MMoE synthetic benchmark") on one measure.
 
     ``means``: on the means over runs (and the spread over runs for the last one); ``paired``:
-    run by run on the same draw, holding when a majority of runs agree (None where a finding is
-    about the spread over runs, which no single run has). ``evidence`` gives the counts.
+    run by run on the same draw (``wins``: :func:`paired` of ``values``), holding when a majority
+    of runs agree (None where a finding is about the spread over runs, which no single run
+    has). ``evidence`` gives the counts.
     """
     labels = [m.label for m in MODELS]
     sb, omoe, mmoe = labels
@@ -167,7 +168,6 @@ def findings(values: Values) -> list[dict[str, Any]]:
     spread = {m: {p: describe(values[m][p])["std"] for p in CORRELATIONS} for m in labels}
     run_values = {m: [[values[m][p][i] for p in CORRELATIONS] for i in range(runs)] for m in labels}  # per run, by correlation
     majority = runs / 2
-    wins = paired(values)
 
     def monotone(losses: list[float]) -> bool:
         return all(a >= b for a, b in zip(losses, losses[1:]))
@@ -176,8 +176,8 @@ def findings(values: Values) -> list[dict[str, Any]]:
         return max(losses) - min(losses)
 
     monotone_runs = {m: sum(monotone(r) for r in run_values[m]) for m in labels}
-    least_change_runs = sum(loss_range(r[mmoe]) <= min(loss_range(r[sb]), loss_range(r[omoe]))
-                            for r in ({m: run_values[m][i] for m in labels} for i in range(runs)))
+    least_change_runs = sum(loss_range(run_values[mmoe][i]) <= min(loss_range(run_values[sb][i]), loss_range(run_values[omoe][i]))
+                            for i in range(runs))
     gap = {p: mean[omoe][p] - mean[mmoe][p] for p in CORRELATIONS}
     mmoe_over_omoe = {p: wins[f"{mmoe} < {omoe}"][p]["wins"] for p in CORRELATIONS}
     beat_sb = {f"{m} at {p:g}": wins[f"{m} < {sb}"][p]["wins"] for m in (omoe, mmoe) for p in CORRELATIONS}
@@ -208,20 +208,21 @@ def findings(values: Values) -> list[dict[str, Any]]:
 
 def measure(values: Values) -> dict[str, Any]:
     """One measure's per-run values, their mean/spread/median per model and correlation, paired comparisons and findings."""
+    wins = paired(values)
     return {"per_run": values,
             "summary": {m: {p: describe(v) for p, v in by_p.items()} for m, by_p in values.items()},
-            "paired": paired(values), "findings": findings(values)}
+            "paired": wins, "findings": findings(values, wins)}
 
 
 def curve_summary(curves: dict[str, dict[float, list[list[float]]]]) -> dict[str, dict[float, dict[str, list[float]]]]:
     """Mean, standard deviation and quartiles over runs at every point of the loss curves."""
-    def quartiles(col: tuple[float, ...]) -> list[float]:
-        return statistics.quantiles(col, n=4, method="inclusive") if len(col) > 1 else [col[0]] * 3
+    def summary(runs: list[list[float]]) -> dict[str, list[float]]:
+        points = [list(col) for col in zip(*runs)]  # one list of the runs' values per point
+        quartiles = [statistics.quantiles(col, n=4, method="inclusive") if len(col) > 1 else col * 3 for col in points]
+        return {"mean": [statistics.fmean(col) for col in points], "std": [describe(col)["std"] for col in points],
+                "q25": [q[0] for q in quartiles], "q75": [q[2] for q in quartiles]}
 
-    return {m: {p: {"mean": [statistics.fmean(col) for col in zip(*runs)],
-                    "std": [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*runs)],
-                    "q25": [quartiles(col)[0] for col in zip(*runs)], "q75": [quartiles(col)[2] for col in zip(*runs)]}
-                for p, runs in by_p.items()} for m, by_p in curves.items()}
+    return {m: {p: summary(runs) for p, runs in by_p.items()} for m, by_p in curves.items()}
 
 
 def _one_thread() -> None:

@@ -152,7 +152,10 @@ def test_paired_comparisons_count_runs_on_the_same_draw():
 
 
 def test_findings_hold_on_means_and_run_by_run_only_where_the_runs_agree():
-    from benchmarks.mmoe_reproduction import findings
+    from benchmarks.mmoe_reproduction import measure
+
+    def findings(values):
+        return measure(values)["findings"]
 
     # by correlation 0.5, 0.9, 1.0 per run: every finding true in every run
     sb = [(0.9, 0.5, 0.3), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)]

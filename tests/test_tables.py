@@ -290,14 +290,15 @@ def test_shipped_space_validates_from_another_directory(tmp_path, monkeypatch, c
     assert any(not bool(m.all()) for m in data.train.mask.values())  # some labels are missing
 
 
-def test_shipped_csv_is_what_the_script_writes(tmp_path):
+@pytest.mark.parametrize("script, table", [("make_tabular_csv", "tabular.csv"), ("make_funnel_csv", "funnel.csv")])
+def test_shipped_csv_is_what_its_script_writes(tmp_path, script, table):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_tabular_csv", REPO / "search_spaces" / "data" / "make_tabular_csv.py")
+    spec = importlib.util.spec_from_file_location(script, REPO / "search_spaces" / "data" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     pcsv.write_csv(module.make_table(), tmp_path / "fresh.csv")
-    assert (tmp_path / "fresh.csv").read_bytes() == (REPO / "search_spaces" / "data" / "tabular.csv").read_bytes()
+    assert (tmp_path / "fresh.csv").read_bytes() == (REPO / "search_spaces" / "data" / table).read_bytes()
 
 
 def test_a_trial_on_the_shipped_table_samples_the_encoding():
