@@ -204,6 +204,7 @@ def test_one_failed_run_does_not_decide_the_seesaw():
     assert result["seesaw"]["MMoE"][0.5] is False
 
 
+@pytest.mark.slow  # fresh interpreters and two searches; run_search's own tests and the MMoE study's quick run cover the search in CI
 def test_search_overhead_quick(tmp_path, ray_session, workdir):
     from benchmarks.search_overhead import main
 
@@ -241,6 +242,7 @@ def test_memory_quick_in_fresh_processes(tmp_path):
     assert all(r["driver_mib"] > 0 and r["trial_worker_mib"] > 0 for r in result["results"].values())
 
 
+@pytest.mark.slow  # eight fresh interpreters; what the commands import is checked in CI by tests/test_commands.py
 def test_command_latency_quick(tmp_path):
     from benchmarks.command_latency import main
 
