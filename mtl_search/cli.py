@@ -171,6 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         family_record,
         format_table,
         format_value,
+        reference_table,
         trial_table,
     )
     from .results.review import csv_text
@@ -191,6 +192,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"experiment {record.experiment!r}, search run {record.search_run_id}, {scope}"
           f"{'every trial' if args.all else 'Pareto front'} ({len(record.front)} of {len(record.trials)} trials on the front), hypervolume {hv}")
     print(format_table(rows, task_metrics=record.task_metrics))
+    if record.references:
+        print("\nSingle-task references (Δm is measured against them):")
+        print(format_table(reference_table(record)))
     print("\nBest per strategy (validation):")
     print(format_table(best_per_strategy(record)))
     return 0

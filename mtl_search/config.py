@@ -3,7 +3,8 @@
 Optuna samples, Ray Tune passes, MLflow records (as params) and a saved model keeps
 (``config.json``) one flat mapping: ``strategy``, ``trial_number``, then one key per
 sampled value named ``section.knob`` — ``mmoe.experts``, ``backbone.width``,
-``inputs.encoding``, ``training.lr``, ``training.weighting``, ``weighting.gradnorm.alpha``.
+``inputs.encoding``, ``training.lr``, ``training.weighting``, ``weighting.gradnorm.alpha``;
+a single-task reference trial adds ``reference_task``.
 :class:`TrialConfig` is its decoded form; this module is the only place that knows the naming.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 STRATEGY_KEY = "strategy"
 NUMBER_KEY = "trial_number"
+REFERENCE_TASK_KEY = "reference_task"  # on a single-task reference trial: the one task it trains
 WEIGHTING_KEY = "training.weighting"
 DEFAULT_WEIGHTING = "equal"  # registered by the core (mtl_search.training.weighting)
 
@@ -39,6 +41,7 @@ class TrialConfig:
     training: dict[str, Any] = field(default_factory=dict)
     weighting: str = DEFAULT_WEIGHTING
     weighting_params: dict[str, Any] = field(default_factory=dict)
+    reference_task: str | None = None  # a single-task reference trial's task (None: a multi-task trial)
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> "TrialConfig":
@@ -59,4 +62,4 @@ class TrialConfig:
             elif section == "weighting" and knob.startswith(weighting + "."):
                 weighting_params[knob.split(".", 1)[1]] = value
         return cls(strategy, int(config.get(NUMBER_KEY, 0)), knobs, sections["backbone"], sections["inputs"],
-                   sections["training"], weighting, weighting_params)
+                   sections["training"], weighting, weighting_params, config.get(REFERENCE_TASK_KEY))

@@ -31,9 +31,16 @@ search:
 
 def tiny_space(tmp_path: Path, strategies: str = "  hard_sharing: {}\n  mmoe: {experts: {int: [2, 3]}, expert_width: 8}",
                trials: int = 4, experiment: str = "tiny", extra: str = "", name: str = "space.yaml") -> Path:
-    """Write a small, fast space file and return its path."""
+    """Write a small, fast space file and return its path.
+
+    Its references are the fixed kind (one training per task on the driver) unless ``extra``
+    sets ``baseline:``: searched references add Tune trials that only their own tests need.
+    """
     path = tmp_path / name
-    path.write_text(TINY_SPACE.format(experiment=experiment, strategies=strategies, trials=trials, extra=textwrap.dedent(extra)))
+    extra = textwrap.dedent(extra)
+    if "baseline:" not in extra:
+        extra += "\nbaseline: {mode: fixed}\n"
+    path.write_text(TINY_SPACE.format(experiment=experiment, strategies=strategies, trials=trials, extra=extra))
     return path
 
 

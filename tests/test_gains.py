@@ -1,6 +1,8 @@
 """Gains over single-task references, Δm, negative transfer, the objectives built on them, and the references themselves."""
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -87,7 +89,7 @@ search: {objectives: [{group: {name: first, tasks: [t0, t1]}}, t2+t3, latency]}
     assert Objective.from_json(objectives[0].to_json()) == objectives[0]
 
 
-def test_a_search_trains_references_once_and_records_gains_in_every_trial(ray_session, workdir, capsys):
+def test_searched_references_are_trials_of_their_own_and_every_gain_is_against_the_best_of_them(ray_session, workdir, capsys):
     from conftest import tiny_space
     from mlflow.tracking import MlflowClient
 
@@ -95,14 +97,27 @@ def test_a_search_trains_references_once_and_records_gains_in_every_trial(ray_se
     from mtl_search.results.tracking import default_tracking_uri
 
     space = tiny_space(workdir, strategies="  hard_sharing: {}", trials=2, experiment="gains",
-                       extra="  objectives: [delta_m, worst_gain]\nbaseline: {backbone: {width: 8}}\n")
+                       extra="  objectives: [delta_m, worst_gain]\nbaseline: {trials: 2, backbone: {width: 8}}\n")
     assert main(["run", str(space)]) == 0
     out = capsys.readouterr().out
-    assert out.count("reference y") == 2 and "Δm" in out
+    assert out.count("reference y1 ") >= 2 and out.count("reference y2 ") >= 2 and "Δm" in out
+    assert "Single-task references" in out
     client = MlflowClient(default_tracking_uri())
     runs = client.search_runs([client.get_experiment_by_name("gains").experiment_id])
     parent = next(r for r in runs if r.data.tags["mtl_search.role"] == "search")
-    references = {t: parent.data.metrics[f"reference/val/{t}"] for t in ("y1", "y2")}
+    reference_runs = [r for r in runs if r.data.tags["mtl_search.role"] == "reference"]
+    assert sorted(r.data.tags["mtl_search.reference_task"] for r in reference_runs) == ["y1", "y1", "y2", "y2"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in reference_runs)
+    assert all(r.data.params["backbone.width"] == "8" for r in reference_runs)  # baseline: pins a knob
+    chosen = json.loads(parent.data.tags["mtl_search.reference_runs"])
+    references = {}
+    for task in ("y1", "y2"):
+        own = [r for r in reference_runs if r.data.tags["mtl_search.reference_task"] == task]
+        best = min(own, key=lambda r: r.data.metrics[f"val/{task}"])  # mse: lower is better
+        assert chosen[task] == best.info.run_id and best.data.tags["mtl_search.reference_best"] == "true"
+        assert parent.data.metrics[f"reference/val/{task}"] == best.data.metrics[f"val/{task}"]
+        assert parent.data.metrics[f"reference/test/{task}"] == best.data.metrics[f"test/{task}"]  # the same model's test metric
+        references[task] = best.data.metrics[f"val/{task}"]
     trials = [r for r in runs if r.data.tags["mtl_search.role"] == "trial"]
     assert len(trials) == 2
     for run in trials:
@@ -113,7 +128,10 @@ def test_a_search_trains_references_once_and_records_gains_in_every_trial(ray_se
         assert run.data.tags[metrics.NEGATIVE_TRANSFER_TAG] == ("true" if min(gains.values()) < 0 else "false")
     assert main(["report", "--all"]) == 0
     table = capsys.readouterr().out
-    assert "delta_m" in table and "worst_gain" in table and "neg_transfer" in table
+    assert "delta_m" in table and "worst_gain" in table and "neg_transfer" in table and "reference-y1-" in table
+    assert main(["report", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["trials"]) == 2 and len(report["reference_trials"]) == 4  # the references are not trials of the front
 
 
 def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_groups():
@@ -149,25 +167,25 @@ def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_p
     from mtl_search.results.metrics import Objective as Obj
     from mtl_search.results.tracking import Tracker
     from mtl_search.search.references import (
+        fixed_references,
         midpoint,
         reference_settings,
-        search_references,
     )
     from mtl_search.search.run import prepare
     from mtl_search.search.space import load_space
 
     assert midpoint(Int(16, 256, log=True)) == 64 and midpoint(Float(0.0, 0.5)) == 0.25 and midpoint(Choice(32, 8, 64)) == 32
     assert midpoint(Choice("relu", "gelu")) == "relu"
-    space = load_space(tiny_space(tmp_path, strategies="  hard_sharing: {}", extra="baseline: {training: {lr: 0.01}}\n"))
+    space = load_space(tiny_space(tmp_path, strategies="  hard_sharing: {}", extra="baseline: {mode: fixed, training: {lr: 0.01}}\n"))
     plan, dataset, _ = prepare(space)
     settings = reference_settings(plan)
     assert settings.training["lr"] == 0.01 and settings.backbone["width"] == 16  # given, and the space's constant
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "refs")
     run_id = tracker.start_search("s", [Obj("delta_m", "delta_m", "max")], {}, "")
     lines: list[str] = []
-    trained = search_references(plan, dataset, tracker, run_id, resume=False, echo=lines.append)
+    trained = fixed_references(plan, dataset, tracker, run_id, resume=False, echo=lines.append)
     assert set(trained["val"]) == {"y1", "y2"} and len(lines) == 2
     assert tracker.load_references(run_id) == trained
     lines.clear()
-    assert search_references(plan, dataset, tracker, run_id, resume=True, echo=lines.append) == trained
+    assert fixed_references(plan, dataset, tracker, run_id, resume=True, echo=lines.append) == trained
     assert lines == []  # read back, not trained again

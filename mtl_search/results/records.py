@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY
 from . import pareto
 from .metrics import (
     COST_METRICS,
@@ -44,6 +45,11 @@ def column_label(column: str, task_metrics: dict[str, str] | None = None) -> str
     return column
 
 
+def reference_run_name(task: str, number: int) -> str:
+    """The MLflow run name of task ``task``'s single-task reference trial ``number``."""
+    return f"reference-{task}-{number:03d}"
+
+
 def trial_run_name(number: int, strategy: str) -> str:
     """The name of a trial's MLflow run, e.g. ``trial-007-mmoe``."""
     return f"trial-{number:03d}-{strategy}"
@@ -69,10 +75,13 @@ class TrialRecord:
     family: str = ""
     placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
     violations: list[str] | None = None  # the search.constraints it violates (empty: feasible); None: no constraints
+    reference_task: str | None = None  # a single-task reference trial's task (None: a multi-task trial)
 
     @property
     def run_name(self) -> str:
         """The child run's name in MLflow (what the plots label front points with)."""
+        if self.reference_task is not None:
+            return reference_run_name(self.reference_task, self.number)
         return trial_run_name(self.number, self.strategy)
 
     @property
@@ -121,6 +130,7 @@ class SearchRecord:
     interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
+    reference_trials: list[TrialRecord] = field(default_factory=list)  # the searched references' trials (baseline mode search)
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -134,6 +144,7 @@ class SearchRecord:
             "hypervolume": self.hypervolume,
             "task_metrics": self.task_metrics,
             **({"references": self.references} if self.references else {}),
+            **({"reference_trials": [t.to_json() | {"task": t.reference_task} for t in self.reference_trials]} if self.reference_trials else {}),
             "trials": [t.to_json() for t in sorted(self.trials, key=lambda t: t.number)],
         }
 
@@ -311,6 +322,21 @@ def best_per_strategy(record: SearchRecord) -> list[dict[str, Any]]:
     return rows
 
 
+def reference_table(record: SearchRecord) -> list[dict[str, Any]]:
+    """One row per task: its single-task reference's validation and test metric, and (searched references) the trial chosen."""
+    if not record.references:
+        return []
+    rows = []
+    for task in record.task_metrics or sorted(record.references.get("val", {})):
+        trials = [t for t in record.reference_trials if t.reference_task == task]
+        chosen = [t for t in trials if t.status == "finished" and t.val.get(task) == record.references["val"].get(task)]
+        rows.append({"task": task, "metric": record.task_metrics.get(task, ""),
+                     "val": record.references.get("val", {}).get(task), "test": record.references.get("test", {}).get(task),
+                     "reference trials": f"{sum(t.status == 'finished' for t in trials)} of {len(trials)} finished" if trials else "fixed",
+                     "chosen": chosen[0].run_name if chosen else ""})
+    return rows
+
+
 def final_summary(record: SearchRecord) -> str:
     """What ``mtl-search run`` prints when the search ends.
 
@@ -329,8 +355,11 @@ def final_summary(record: SearchRecord) -> str:
         row.update({name: trial.metrics.get(name) for name in costs})
     hv = format_value(float(record.hypervolume)) if record.hypervolume is not None else "n/a"
     counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
-    lines = ["Pareto front (validation):", format_table(front, columns, record.task_metrics), "",
-             "Best per strategy (validation):", format_table(best_per_strategy(record)), "",
+    lines = []
+    if record.references:
+        lines += ["Single-task references (Δm is measured against them):", format_table(reference_table(record)), ""]
+    lines += ["Pareto front (validation):", format_table(front, columns, record.task_metrics), "",
+              "Best per strategy (validation):", format_table(best_per_strategy(record)), "",
              f"{len(record.trials)} trials ({counts['failed']} failed, {counts['stopped']} stopped early), "
              f"front size {len(record.front)}, hypervolume {hv}"]
     if record.aborted:
@@ -350,11 +379,18 @@ def error_summary(error: str | None) -> str:
     return lines[-1].strip() if lines else "unknown error"
 
 
+def trial_label(config: dict[str, Any]) -> str:
+    """How the console names a trial from its configuration: ``trial 2 mmoe``, or ``reference y1 0`` for a reference trial."""
+    if config.get(REFERENCE_TASK_KEY) is not None:
+        return f"reference {config[REFERENCE_TASK_KEY]} {config.get(NUMBER_KEY)}"
+    return f"trial {config.get(NUMBER_KEY)} {config.get(STRATEGY_KEY)}"
+
+
 def epoch_line(config: dict[str, Any], result: dict[str, Any], epochs: int, task_metrics: dict[str, str] | None = None) -> str:
     """The console line of a trained epoch: ``trial 2 mmoe: epoch 3 of 15 (y1 mse 0.4675, y2 mse 0.3470)``."""
     values = ", ".join(f"{metric_label(k[len(VAL):], task_metrics)} {format_value(float(v))}" for k, v in result.items()
                        if k.startswith(VAL) and isinstance(v, (int, float)) and math.isfinite(v))
-    line = f"trial {config.get('trial_number')} {config.get('strategy')}: epoch {result.get('epoch')} of {epochs}"
+    line = f"{trial_label(config)}: epoch {result.get('epoch')} of {epochs}"
     return f"{line} ({values})" if values else line
 
 
@@ -365,13 +401,27 @@ def trial_line(record: TrialRecord, done: int, total: int, front_size: int, task
     ``[3/8] trial 2 mmoe: finished (y1 mse 0.4675, y2 mse 0.3470) | front size 2``; a failed
     trial shows its error's last line and ``traceback_at``, where its full traceback is stored.
     """
-    line = f"[{done}/{total}] trial {record.number} {record.strategy}: {record.status}"
+    line = _ended(record, done, total, task_metrics, traceback_at)
+    if DELTA_M in record.metrics:
+        line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
+    return f"{line} | front size {front_size}"
+
+
+def reference_line(record: TrialRecord, done: int, total: int, best: float | None, task_metrics: dict[str, str] | None = None,
+                   traceback_at: str | None = None) -> str:
+    """The console line of a single-task reference trial that ended, with its task's best so far:
+    ``[3/8] reference y1 1: finished (y1 mse 0.2871) | best y1 mse 0.2871``."""
+    line = _ended(record, done, total, task_metrics, traceback_at)
+    task = record.reference_task or ""
+    return f"{line} | best {metric_label(task, task_metrics)} {format_value(best) if best is not None else 'n/a'}"
+
+
+def _ended(record: TrialRecord, done: int, total: int, task_metrics: dict[str, str] | None, traceback_at: str | None) -> str:
+    line = f"[{done}/{total}] {trial_label(record.params | {NUMBER_KEY: record.number, STRATEGY_KEY: record.strategy, REFERENCE_TASK_KEY: record.reference_task})}: {record.status}"
     values = ", ".join(f"{metric_label(k, task_metrics)} {format_value(float(v))}" for k, v in record.val.items()
                        if isinstance(v, (int, float)) and math.isfinite(v))
     if values:
         line += f" ({values})"
     elif record.error:
         line += f": {error_summary(record.error)}" + (f" (full traceback: {traceback_at})" if traceback_at else "")
-    if DELTA_M in record.metrics:
-        line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
-    return f"{line} | front size {front_size}"
+    return line

@@ -31,7 +31,7 @@ from .metrics import (
     is_trial_figure,
     negative_transfer,
 )
-from .records import SearchRecord, TrialRecord, trial_run_name
+from .records import SearchRecord, TrialRecord, reference_run_name, trial_run_name
 from .review import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -51,6 +51,9 @@ STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a 
 PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
 CHECKPOINT = "mtl_search.checkpoint"  # the folder of a finished trial's saved model (a Tune checkpoint)
 STUDY = "mtl_search.study"  # the search's Optuna study (in optuna.db next to the tracking store)
+REFERENCE_TASK = "mtl_search.reference_task"  # on a single-task reference trial (role "reference"): its task
+BEST_REFERENCE = "mtl_search.reference_best"  # "true" on the reference trial chosen as its task's reference
+REFERENCE_RUNS = "mtl_search.reference_runs"  # JSON {task: run id} on the search run: the chosen reference trials
 INTERRUPTED = "mtl_search.interrupted"  # set on a search stopped by Ctrl-C (its run ends KILLED; --resume continues it)
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
@@ -216,15 +219,18 @@ class Tracker:
         return runs[0] if runs else None
 
     def reopen_search(self, run_id: str) -> list[TrialRecord]:
-        """Take up an interrupted search: its trials left RUNNING become KILLED; returns the trials it recorded before."""
-        for run in self.children(run_id):
+        """Take up an interrupted search: its runs left RUNNING become KILLED; returns the trials and reference trials it recorded before."""
+        for run in self.children(run_id, role=None):
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.update_run(run_id, status="RUNNING")
-        return [t for t in (_trial_record(run) for run in self.children(run_id)) if t.status != "killed"]
+        return [t for t in (_trial_record(run) for run in self.children(run_id, role=None)) if t.status != "killed"]
 
-    def log_references(self, run_id: str, references: dict[str, dict[str, float]]) -> None:
-        """The single-task references' metrics on the search run: ``reference/val/<task>``, ``reference/test/<task>``."""
+    def log_references(self, run_id: str, references: dict[str, dict[str, float]], chosen: dict[str, str] | None = None) -> None:
+        """The single-task references' metrics on the search run (``reference/val/<task>``, ``reference/test/<task>``).
+
+        ``chosen``: the reference trial run chosen per task, tagged on that run and on the search run.
+        """
         from mlflow.entities import Metric
 
         now = _now_ms()
@@ -232,14 +238,18 @@ class Tracker:
                    for task, v in values.items() if _finite(v)]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+        if chosen:
+            for reference_run in chosen.values():
+                self.client.set_tag(reference_run, BEST_REFERENCE, "true")
+            self.client.set_tag(run_id, REFERENCE_RUNS, json.dumps(chosen))
 
     def load_references(self, run_id: str) -> dict[str, dict[str, float]] | None:
         """The references a search run recorded (``log_references``), or None."""
         return _references(self.client.get_run(run_id).data.metrics)
 
-    def children(self, parent_id: str) -> list[Any]:
-        """The trial runs of a search run."""
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
+    def children(self, parent_id: str, role: str | None = "trial") -> list[Any]:
+        """The trial runs of a search run (``role="reference"``: its single-task reference trials; None: both)."""
+        return _children(self.client, [self.experiment_id], parent_id, role)
 
     def _affinity_by_strategy(self, run_id: str, now: int) -> list[Any]:
         """The trials' task affinity (``training.affinity_every``) averaged per strategy: ``affinity/<strategy>/<i>/<j>``."""
@@ -278,11 +288,16 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
     # --- trial (child) runs --------------------------------------------------------------
-    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any], family: str = "") -> str:
+    def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any], family: str = "",
+                    reference_task: str | None = None) -> str:
+        """A trial's run under the search run; ``reference_task``: a single-task reference trial of that task (role ``reference``)."""
+        tags = {PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, FAMILY: family, NUMBER: str(number)}
+        if reference_task is not None:
+            tags.update({ROLE: "reference", REFERENCE_TASK: reference_task})
         run = self.client.create_run(
             self.experiment_id,
-            run_name=trial_run_name(number, strategy),
-            tags={PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, FAMILY: family, NUMBER: str(number)},
+            run_name=trial_run_name(number, strategy) if reference_task is None else reference_run_name(reference_task, number),
+            tags=tags,
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -413,17 +428,25 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
         raise MtlSearchError(f"no search recorded in {uri}" + (f" for experiment {experiment!r}" if experiment else "") + "; run `mtl-search run SPACE` first")
     parent = runs[0]
     objectives = [Objective.from_json(o) for o in json.loads(parent.data.tags[OBJECTIVES])]
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'", max_results=50000)
-    trials = [_trial_record(run) for run in children]
+    children = _children(client, [parent.info.experiment_id], parent.info.run_id, None)
+    records = [_trial_record(run) for run in children]
     # A trial killed by a crash and run again after --resume has a newer run with the same number.
-    rerun = {t.number for t in trials if t.status != "killed"}
-    trials = [t for t in trials if t.status != "killed" or t.number not in rerun]
+    rerun = {(t.reference_task, t.number) for t in records if t.status != "killed"}
+    records = [t for t in records if t.status != "killed" or (t.reference_task, t.number) not in rerun]
+    trials = [t for t in records if t.reference_task is None]
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
-                        references=_references(parent.data.metrics))
+                        references=_references(parent.data.metrics),
+                        reference_trials=sorted((t for t in records if t.reference_task is not None), key=lambda t: (t.reference_task, t.number)))
+
+
+def _children(client: Any, experiment_ids: list[str], parent_id: str, role: str | None) -> list[Any]:
+    """The runs under search run ``parent_id``: with ``role`` (``trial``, ``reference``), only those."""
+    where = f"tags.`{PARENT}` = '{parent_id}'" + (f" and tags.`{ROLE}` = '{role}'" if role else "")
+    return client.search_runs(experiment_ids, filter_string=where, max_results=50000)
 
 
 def _references(metrics: dict[str, float]) -> dict[str, dict[str, float]] | None:
@@ -458,6 +481,7 @@ def _trial_record(run: Any) -> TrialRecord:
         family=tags.get(FAMILY, ""),
         placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
         violations=(tags[VIOLATES].split("; ") if tags[VIOLATES] else []) if VIOLATES in tags else None,
+        reference_task=tags.get(REFERENCE_TASK),
     )
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import NUMBER_KEY, STRATEGY_KEY, param_name
+from ..config import DEFAULT_WEIGHTING, NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY, WEIGHTING_KEY, param_name
 from ..errors import SpaceError
-from ..knobs import Knob, dependency_order, knob_bounds
-from .space import Plan
+from ..knobs import Fixed, Knob, dependency_order, knob_bounds
+from .references import SingleTask
+from .space import Plan, reference_ranges
 from .trial import TrialPlan
 
 
@@ -39,6 +40,43 @@ class DefineByRun:
         return config
 
 
+class ReferenceSpace:
+    """The define-by-run space of one task's single-task reference trials: the references' ranges, then the tower width.
+
+    The backbone, input and training ranges are the space's (``baseline:`` pins some as
+    constants, ``search.space.reference_ranges``); the tower width is ``baseline.tower_width``
+    or searched over :class:`~mtl_search.search.references.SingleTask`'s default range.
+    """
+
+    def __init__(self, plan: Plan, task: str):
+        ranges = reference_ranges(plan)
+        self.task = task
+        self.inputs, self.backbone, self.training = ranges["inputs"], ranges["backbone"], ranges["training"]
+        width = plan.space.baseline.tower_width
+        self.tower = {"tower_width": SingleTask.knobs["tower_width"] if width is None else Fixed(width)}
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        config: dict[str, Any] = {STRATEGY_KEY: SingleTask.name, NUMBER_KEY: trial.number, REFERENCE_TASK_KEY: self.task}
+        _suggest_all(trial, "inputs", self.inputs, config)
+        _suggest_all(trial, "backbone", self.backbone, config)
+        _suggest_all(trial, SingleTask.name, self.tower, config)
+        _suggest_all(trial, "training", self.training, config)
+        config[WEIGHTING_KEY] = DEFAULT_WEIGHTING
+        return config
+
+    def searched(self) -> bool:
+        """Whether any knob of the references takes more than one value (else one trial per task says all)."""
+        return any(not isinstance(knob, Fixed) for section in (self.inputs, self.backbone, self.tower, self.training)
+                   for knob in section.values())
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every parameter this space suggests, with all its values (for the grid sampler)."""
+        space: dict[str, list[Any]] = {}
+        for section, knobs in (("inputs", self.inputs), ("backbone", self.backbone), (SingleTask.name, self.tower), ("training", self.training)):
+            _add_grid(space, section, section, knobs)
+        return space
+
+
 def _suggest_all(trial: Any, section: str, knobs: dict[str, Knob], into: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Suggest every knob of a section; a bound naming another knob of the section reads its value sampled just before."""
     context = dict(context or {})
@@ -56,13 +94,7 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
     if len(plan.strategies) > 1:
         space[STRATEGY_KEY] = list(plan.strategies)
 
-    def add(section: str, path: str, knobs: dict[str, Knob], bounds: dict[str, tuple[int, int]] | None = None) -> None:
-        for name, knob in knobs.items():
-            values = knob.grid(f"{path}.{name}", bounds)
-            if values is not None:
-                space[param_name(section, name)] = values
-
-    add("backbone", "backbone", plan.backbone)
+    _add_grid(space, "backbone", "backbone", plan.backbone)
     bounds = {name: (min(v), max(v)) for name, v in
               ((name, knob.grid(f"backbone.{name}") or [knob.suggest(None, name)]) for name, knob in plan.backbone.items())
               if all(isinstance(x, int) for x in v)}
@@ -75,18 +107,27 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
                 continue
             if isinstance(low, int) and isinstance(high, int):
                 siblings[knob_name] = (low, high)
-        add(name, f"strategies.{name}", knobs, siblings)
-    add("training", "training", plan.training)
+        _add_grid(space, name, f"strategies.{name}", knobs, siblings)
+    _add_grid(space, "training", "training", plan.training)
     weightings = plan.weighting.grid("training.weighting")
     if weightings is not None:
         space["training.weighting"] = weightings
     for name, (_, knobs) in plan.weightings.items():
-        add(f"weighting.{name}", f"weighting {name!r}", knobs)
+        _add_grid(space, f"weighting.{name}", f"weighting {name!r}", knobs)
     return space
 
 
-def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None) -> Any:
-    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (``plan`` needed for grid)."""
+def _add_grid(space: dict[str, list[Any]], section: str, path: str, knobs: dict[str, Knob],
+              bounds: dict[str, tuple[int, int]] | None = None) -> None:
+    """Add every grid-able knob of a section to ``space`` with all its values."""
+    for name, knob in knobs.items():
+        values = knob.grid(f"{path}.{name}", bounds)
+        if values is not None:
+            space[param_name(section, name)] = values
+
+
+def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None, grid: dict[str, list[Any]] | None = None) -> Any:
+    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (over ``grid``, by default ``grid_space(plan)``)."""
     import optuna
 
     # search.constraints reach tpe, nsga2 and gp as the values the searcher sets on each trial (Trial.set_constraint)
@@ -97,9 +138,9 @@ def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = Non
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        if plan is None:
-            raise ValueError("the grid sampler needs the plan")
-        return _TuneGridSampler(grid_space(plan), seed=seed)
+        if grid is None and plan is None:
+            raise ValueError("the grid sampler needs the plan or its grid")
+        return _TuneGridSampler(grid if grid is not None else grid_space(plan), seed=seed)
     try:
         import scipy  # noqa: F401  (Optuna's GPSampler imports it only when it first samples)
     except ImportError as exc:

@@ -1,32 +1,42 @@
-"""Single-task references: one network per task, trained once per search, that every trial's gains are measured against.
+"""Single-task references: one network per task, that every trial's gains are measured against.
 
 The reference for task t is the space's backbone recipe on t alone: the input layer and
-stem, every block, and a tower with one hidden layer (``baseline.tower_width``, default 16)
-— the network hard sharing builds per task at ``shared_depth = 0``, restricted to one task.
-It trains with the space's trainer (epochs, patience, early stopping on the validation
-loss, the search's seed) and equal weighting (one task: its plain loss).
+stem, every block, and a tower with one hidden layer — the network hard sharing builds per
+task at ``shared_depth = 0``, restricted to one task (:class:`SingleTaskModel`). A funnel
+task (``after:``) is trained and evaluated on the rows its parent selects, as in its trials.
 
-Configuration (``baseline:`` in space.yaml; ``baseline: false`` turns references and gains
-off). Each backbone, training and input knob takes the value ``baseline:`` gives it, else
-the midpoint of the space's range (:func:`midpoint`, in ``search.space`` with the rest of ``baseline:``'s resolution): the middle of an integer or float
-range (the geometric middle on a log scale), the median of numeric choices, the first of
-other choices, a constant as it is. A midpoint rather than a tuned single-task model: the
-references cost T trainings, not a search per task; a reference is therefore a fixed,
-documented yardstick, not the best single-task model the space could give. The gains and
-Δm (``results.metrics``) follow Maninis et al. (2019) and LibMTL against these references.
+``baseline:`` in space.yaml (``baseline: false`` turns references and gains off):
+
+- ``mode: search`` (the default). The references are searched with the trials' protocol:
+  ``baseline.trials`` (default 4) reference trials per task sample the space's backbone,
+  input and training ranges and the tower width (``baseline:`` may pin any of them), each
+  trained like a trial (the same epochs, patience, early stopping and seeds rule) as a Ray
+  Tune trial proposed by the search's sampler on a study of its own per task, and recorded
+  in MLflow as a run of its own under the search (role ``reference``). They run before the
+  multi-task trials, so every trial's gains and Δm are measured against the final
+  references: the best validation metric among a task's reference trials, with the test
+  metric of that same model. Resume keeps them like any other trial.
+- ``mode: fixed``: one configuration per task, trained once on the driver: each knob at the
+  value ``baseline:`` gives or the midpoint of its range (:func:`midpoint`), tower width 16.
+  A documented, untuned yardstick: Δm then measures a searched configuration against an
+  unsearched one as much as what sharing adds.
+
+The gains and Δm (``results.metrics``) follow Maninis et al. (2019) and LibMTL.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from ..data.dataset import Dataset, Split
 from ..data.problem import Problem
+from ..errors import MtlSearchError
 from ..knobs import Int
 from ..nn.backbones import Backbone
 from ..nn.create import create_model
@@ -72,11 +82,16 @@ class SingleTask(Strategy):
 
 
 def task_dataset(dataset: Dataset, task: str) -> Dataset:
-    """``dataset`` with only ``task``'s targets (and labels mask)."""
-    problem = replace(dataset.problem, tasks=(dataset.problem.task(task),))
+    """``dataset`` with only ``task``'s targets, label mask and sample weights.
+
+    A funnel task keeps its mask (the data set already hides its label where the parent is
+    not positive) and loses its ``after``: its reference learns it on the parent's rows alone.
+    """
+    problem = replace(dataset.problem, tasks=(replace(dataset.problem.task(task), after=None),))
 
     def only(split: Split) -> Split:
-        return Split(split.x, {task: split.y[task]}, {task: split.mask[task]} if task in split.mask else {})
+        return Split(split.x, {task: split.y[task]}, {task: split.mask[task]} if task in split.mask else {},
+                     {task: split.weight[task]} if task in split.weight else {})
 
     return Dataset(problem, only(dataset.train), only(dataset.val), only(dataset.test))
 
@@ -122,11 +137,9 @@ def train_references(plan: Plan, dataset: Dataset, echo: Callable[[str], None] =
     return out
 
 
-def search_references(plan: Plan, dataset: Dataset, tracker: Any, search_run_id: str, resume: bool,
-                      echo: Callable[[str], None] = print) -> References | None:
-    """The search's references: none with ``baseline: false``; on resume, those the search run recorded; else trained and recorded."""
-    if not plan.space.baseline.enabled:
-        return None
+def fixed_references(plan: Plan, dataset: Dataset, tracker: Any, search_run_id: str, resume: bool,
+                     echo: Callable[[str], None] = print) -> References:
+    """``baseline: {mode: fixed}``: on resume, the references the search run recorded; else trained here and recorded."""
     if resume:
         found = tracker.load_references(search_run_id)
         if found and set(found.get("val", {})) == set(plan.problem.task_names):
@@ -134,3 +147,24 @@ def search_references(plan: Plan, dataset: Dataset, tracker: Any, search_run_id:
     references = train_references(plan, dataset, echo)
     tracker.log_references(search_run_id, references)
     return references
+
+
+def best_references(records: Iterable[Any], problem: Problem) -> tuple[References, dict[str, Any]]:
+    """Each task's reference from its finished reference trials: the best validation metric and that model's test metric.
+
+    Returns the references and the chosen trial record per task; MtlSearchError when a task
+    has no finished reference trial (its gains would have no yardstick).
+    """
+    out: References = {"val": {}, "test": {}}
+    chosen: dict[str, Any] = {}
+    for task in problem.tasks:
+        done = [r for r in records if r.reference_task == task.name and r.status == "finished"
+                and math.isfinite(r.val.get(task.name, math.nan))]
+        if not done:
+            failed = [r for r in records if r.reference_task == task.name]
+            raise MtlSearchError(f"no single-task reference trial of task {task.name!r} finished ({len(failed)} ended otherwise; "
+                                 "their errors are in MLflow): fix the cause, or set baseline: false")
+        best = (min if task.direction == "min" else max)(done, key=lambda r: r.val[task.name])
+        out["val"][task.name], out["test"][task.name] = best.val[task.name], best.test.get(task.name, math.nan)
+        chosen[task.name] = best
+    return out, chosen

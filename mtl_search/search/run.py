@@ -26,7 +26,8 @@ from ..config import NUMBER_KEY
 from ..errors import MtlSearchError
 from ..registry import Registry
 from ..results.metrics import Objective
-from ..results.records import SearchRecord, TrialRecord, hypervolume_history, mark_front
+from ..results.metrics import val_key
+from ..results.records import SearchRecord, TrialRecord, format_value, hypervolume_history, mark_front, metric_label
 from ..results.tracking import (
     STUDY,
     TASK_METRICS,
@@ -37,9 +38,9 @@ from ..results.tracking import (
     store_lock,
 )
 from .faults import kill_point
-from .plan import DefineByRun, make_sampler, make_scheduler, make_trial_plan
+from .plan import DefineByRun, ReferenceSpace, make_sampler, make_scheduler, make_trial_plan
 from .prepare import prepare
-from .references import search_references
+from .references import References, best_references, fixed_references
 from .space import Plan, Space
 from .trial import tune_trainable
 from .tune import (
@@ -47,6 +48,7 @@ from .tune import (
     RERUN_ATTR,
     Interrupt,
     OptunaSearcher,
+    ReferenceSearcher,
     Rerun,
     Stopper,
     TrialLogger,
@@ -208,11 +210,12 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                progress: Callable[[str], None] | None = None) -> SearchRecord:
     """Run (or with ``options.resume`` continue) a whole search and record it in MLflow; returns the record with the front marked.
 
-    ``progress`` receives a line as each trial starts and ends (nothing is printed otherwise).
-    Raises MtlSearchError (SpaceError for the space) on bad input, before Ray starts.
+    With searched references (``baseline: {mode: search}``, the default) the single-task
+    reference trials run first, then the multi-task trials, whose gains are measured against
+    the final references. ``progress`` receives a line as each trial starts and ends
+    (nothing is printed otherwise). Raises MtlSearchError (SpaceError for the space) on bad
+    input, before Ray starts.
     """
-    from ray import tune
-
     echo = progress or (lambda line: None)
     options = options or RunOptions()
     plan, dataset, registry = prepare(space, registry)
@@ -226,67 +229,63 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     uri = check_tracking_store(options.tracking_uri or space.tracking_uri, source)  # before anything is created or started
     store = state_dir(uri)
     storage = f"sqlite:///{store / 'optuna.db'}"
+    searched_references = space.baseline.enabled and space.baseline.mode == "search"
 
     interrupt = Interrupt(echo=echo)
     with process_settings(interrupt):
-        def set_up() -> tuple[Tracker, str, Any, Resumption, Any]:
+        def set_up() -> tuple[Tracker, str, Any, Resumption, list[TrialRecord], dict[str, Any], Any]:
             with store_lock(store):  # searches started together in one folder create the stores in turn
                 tracker = open_tracker(uri, experiment, source)
                 if options.resume:
                     search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
-                    resumption = reconcile(study, tracker.reopen_search(search_run_id))
+                    earlier = tracker.reopen_search(search_run_id)
+                    resumption = reconcile(study, [t for t in earlier if t.reference_task is None])
                     echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(resumption.done)} of {trials} trials "
                          f"recorded, {len(resumption.reruns) + resumption.enqueued} to run again")
                 else:
                     study_name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # unique: searches may start together
-                    study = _create_study(storage, study_name, plan, space, concurrency, objectives)
+                    study = _create_study(storage, study_name, space.search.sampler, space.search.seed, concurrency, objectives, plan)
                     search_run_id = tracker.start_search(
                         study_name.replace(experiment, "search", 1), objectives,
                         {"trials": trials, "concurrency": concurrency, "sampler": space.search.sampler, "seed": space.search.seed,
                          "early_stopping": space.search.early_stopping,
-                         "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name},
+                         "strategies": list(plan.strategies), "dataset": space.dataset, "backbone": plan.backbone_kind.name,
+                         "baseline": space.baseline.mode if space.baseline.enabled else "none"},
                         space.path.read_text() if space.path else "",
                         tags={STUDY: study.study_name, TASK_METRICS: json.dumps(task_metrics)},
                     )
-                    resumption = Resumption()
+                    earlier, resumption = [], Resumption()
                     echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} "
                          f"at {tracker.uri}")
-            # single-task references (search/references.py): trained once before the trials, or read back on resume
-            references = search_references(plan, dataset, tracker, search_run_id, options.resume, echo)
-            return tracker, search_run_id, study, resumption, references
+                reference_studies = _reference_studies(storage, study.study_name, plan, space, concurrency) if searched_references else {}
+            # fixed single-task references (search/references.py): trained once before the trials, or read back on resume
+            fixed = (fixed_references(plan, dataset, tracker, search_run_id, options.resume, echo)
+                     if space.baseline.enabled and not searched_references else None)
+            return tracker, search_run_id, study, resumption, earlier, reference_studies, fixed
 
-        setup = Background(set_up)  # the stores and the references, while Ray starts here
+        setup = Background(set_up)  # the stores (and fixed references), while Ray starts here
         try:
             ensure_ray(options.address or space.ray.address)
         finally:
-            tracker, search_run_id, study, resumption, references = setup.result()
+            tracker, search_run_id, study, resumption, earlier, reference_studies, references = setup.result()
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
-        searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
-                                  stop=lambda: interrupt.draining or logger.abort_reason is not None,
-                                  constraints=space.search.constraints)
-        resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan, references)), resources)
-        run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
-                                        num_samples=to_run, max_concurrent_trials=concurrency,
-                                        # a new actor per trial costs a worker start and torch/mtl_search
-                                        # imports (seconds on 2 busy cores); train_trial keeps no state across trials
-                                        reuse_actors=True, trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger],
-                stop=Stopper(lambda: interrupt.cancelled or logger.abort_reason is not None),
-                verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
-        status = "FINISHED"
+        status, reference_trials = "FINISHED", [t for t in earlier if t.reference_task is not None]
         kill_point("search_started")
         try:
-            if to_run:
-                tuner.fit()
+            if searched_references:
+                phase = _ReferencePhase(plan, dataset, tracker, search_run_id, reference_trials, interrupt, echo, store, concurrency,
+                                        task_metrics, options.epoch_progress)
+                reference_trials, references = phase.run(reference_studies, registry)
+                if phase.abort_reason:
+                    logger.abort_reason = phase.abort_reason
+            if to_run and not interrupt.draining and logger.abort_reason is None:
+                searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
+                                          stop=lambda: interrupt.draining or logger.abort_reason is not None,
+                                          constraints=space.search.constraints)
+                _fit(_trainable(dataset, make_trial_plan(plan, references), space), searcher, to_run, concurrency, logger,
+                     f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", store, interrupt, space)
         except BaseException:
             status = "FAILED"
             raise
@@ -298,7 +297,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.stop_unfinished()
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
-                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references)
+                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
+                                  reference_trials=reference_trials)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)
@@ -306,12 +306,112 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     return record
 
 
-def _create_study(storage: str, name: str, plan: Plan, space: Space, concurrency: int, objectives: list[Objective]) -> Any:
+def _trainable(dataset: Any, trial_plan: Any, space: Space) -> Any:
+    """The Tune trainable of a phase: ``tune_trainable`` with the data set and the plan, and a trial's resources."""
+    from ray import tune
+
+    resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=trial_plan), resources)
+
+
+def _fit(trainable: Any, searcher: Any, num_samples: int, concurrency: int, logger: TrialLogger, run_name: str, store: Path,
+         interrupt: Interrupt, space: Space) -> None:
+    """One Tune run (a fresh one on every start or resume): ``num_samples`` trials that ``searcher`` proposes, recorded by ``logger``."""
+    from ray import tune
+
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
+                                    num_samples=num_samples, max_concurrent_trials=concurrency,
+                                    # a new actor per trial costs a worker start and torch/mtl_search
+                                    # imports (seconds on 2 busy cores); train_trial keeps no state across trials
+                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger],
+            stop=Stopper(lambda: interrupt.cancelled or logger.abort_reason is not None),
+            verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()
+
+
+class _ReferencePhase:
+    """The searched single-task references: ``baseline.trials`` reference trials per task on Ray Tune, then the best per task.
+
+    ``earlier`` are the reference trials a resumed search recorded; each task's study is
+    reconciled with them like the trials' study (no reference trial lost or run twice).
+    """
+
+    def __init__(self, plan: Plan, dataset: Any, tracker: Tracker, search_run_id: str, earlier: list[TrialRecord], interrupt: Interrupt,
+                 echo: Callable[[str], None], store: Path, concurrency: int, task_metrics: dict[str, str], epoch_progress: bool):
+        self.plan, self.dataset, self.tracker, self.search_run_id, self.earlier = plan, dataset, tracker, search_run_id, earlier
+        self.interrupt, self.echo, self.store, self.concurrency = interrupt, echo, store, concurrency
+        self.task_metrics, self.epoch_progress = task_metrics, epoch_progress
+        self.abort_reason: str | None = None
+
+    def run(self, studies: dict[str, Any], registry: Registry) -> tuple[list[TrialRecord], References | None]:
+        """The reference trials (earlier and new) and the references; None when interrupted or aborted before they were done."""
+        space = self.plan.space
+        searchers, budgets, total = {}, {}, 0
+        for task, study in studies.items():
+            task_space = ReferenceSpace(self.plan, task)
+            budget = space.baseline.trials if task_space.searched() else 1  # nothing searched: one trial says all
+            resumption = reconcile(study, [t for t in self.earlier if t.reference_task == task])
+            budgets[task] = max(0, budget - len(resumption.done))
+            searchers[task] = OptunaSearcher(study, task_space, [val_key(task)], resumption.reruns[:budgets[task]])
+            total += budget
+        directions = {t.name: t.direction for t in self.plan.problem.tasks}
+        logger = TrialLogger(self.tracker, self.search_run_id, [], registry, total, self.earlier, space.search.max_failures, self.echo,
+                             self.task_metrics, space.epochs if self.epoch_progress else None, references=directions)
+        left = sum(budgets.values())
+        try:
+            if left:
+                self.echo(f"single-task references: {left} of {total} reference trials to run ({', '.join(f'{t} {n}' for t, n in budgets.items())})")
+                searcher = ReferenceSearcher(searchers, budgets, stop=lambda: self.interrupt.draining or logger.abort_reason is not None)
+                name = f"{next(iter(studies.values())).study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                _fit(_trainable(self.dataset, make_trial_plan(self.plan), space), searcher, left, self.concurrency, logger, name,
+                     self.store, self.interrupt, space)
+        finally:
+            logger.stop_unfinished()
+            logger.close()
+        self.abort_reason = logger.abort_reason
+        if self.interrupt.draining or logger.abort_reason is not None:
+            return logger.records, None
+        references, chosen = best_references(logger.records, self.plan.problem)
+        self.tracker.log_references(self.search_run_id, references, {task: r.run_id for task, r in chosen.items()})
+        self.echo("references (best of each task's reference trials, validation): " + ", ".join(
+            f"{metric_label(task, self.task_metrics)} {format_value(references['val'][task])} ({r.run_name})" for task, r in chosen.items()))
+        return logger.records, references
+
+
+def _reference_studies(storage: str, study_name: str, plan: Plan, space: Space, concurrency: int) -> dict[str, Any]:
+    """One Optuna study per task for its reference trials (``<study>-reference-<task>``): loaded when it exists, else created."""
+    import optuna
+
+    existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    studies = {}
+    for index, task in enumerate(plan.problem.tasks):
+        name = f"{study_name}-reference-{task.name}"
+        task_space = ReferenceSpace(plan, task.name)
+        sampler_name = space.search.sampler if task_space.searched() else "random"
+        seed = space.search.seed + 1000 * (index + 1) + existing.get(name, 0)  # a resumed study gets a fresh seed too
+        sampler = make_sampler(sampler_name, seed, concurrency, grid=task_space.grid() if sampler_name == "grid" else None)
+        if name in existing:
+            studies[task.name] = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        else:
+            studies[task.name] = _create_study(storage, name, sampler, seed, concurrency,
+                                               [Objective(task.name, val_key(task.name), task.direction)])
+    return studies
+
+
+def _create_study(storage: str, name: str, sampler: Any, seed: int, concurrency: int, objectives: list[Objective],
+                  plan: Plan | None = None) -> Any:
+    """A new Optuna study in ``storage``; ``sampler`` is a ``search.sampler`` name (built with ``seed``) or a sampler."""
     import optuna
 
     study = optuna.create_study(
         storage=optuna.storages.RDBStorage(storage), study_name=name,
-        sampler=make_sampler(space.search.sampler, space.search.seed, concurrency, plan),
+        sampler=make_sampler(sampler, seed, concurrency, plan) if isinstance(sampler, str) else sampler,
         directions=["minimize" if o.direction == "min" else "maximize" for o in objectives],
     )
     study.set_user_attr("objectives", [o.to_json() for o in objectives])

@@ -50,20 +50,32 @@ class GroupObjective:
     path: str
 
 
+BASELINE_MODES = ("search", "fixed")
+REFERENCE_TRIALS = 4  # single-task reference trials per task (``baseline.trials``)
+FIXED_TOWER_WIDTH = 16  # the fixed reference's tower width (``baseline: {mode: fixed}``)
+
+
 @dataclass
 class BaselineSpec:
     """``baseline:``: the single-task references' configuration (``false``: no references, no gains).
 
-    ``backbone``, ``training``, ``inputs`` fix knob values; a knob left out takes its range's
-    midpoint (:func:`midpoint`). ``tower_width`` is the width of the
-    reference's one hidden tower layer.
+    ``mode: search`` (the default): ``trials`` reference trials per task, sampled from the
+    space's backbone, input and training ranges and run as trials; the best on validation is
+    the task's reference. ``mode: fixed``: one reference per task at one configuration, each
+    knob left out at its range's midpoint (:func:`midpoint`). In both modes ``backbone``,
+    ``training`` and ``inputs`` pin knob values, and ``tower_width`` pins the width of the
+    reference's one hidden tower layer (searched over its default range, or
+    ``FIXED_TOWER_WIDTH`` in fixed mode, when left out).
     """
 
     enabled: bool = True
     backbone: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
-    tower_width: int = 16
+    tower_width: int | None = None
+    mode: str = "search"
+    trials: int = REFERENCE_TRIALS
+
 
 @dataclass
 class SearchSpec:
@@ -361,17 +373,23 @@ def _parse_objectives(raw: Any) -> list[str | GroupObjective]:
 def _parse_baseline(raw: Any) -> BaselineSpec:
     if raw is False:
         return BaselineSpec(enabled=False)
-    raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {backbone: {width: 64}, training: {lr: 0.001}}")
-    _known_keys(raw, ("backbone", "training", "inputs", "tower_width"), "baseline")
+    raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {trials: 4, training: {lr: 0.001}}")
+    _known_keys(raw, ("mode", "trials", "backbone", "training", "inputs", "tower_width"), "baseline")
+    mode = raw.get("mode", BaselineSpec.mode)
+    if mode not in BASELINE_MODES:
+        raise SpaceError("baseline.mode", f"expected one of {', '.join(BASELINE_MODES)}, got {mode!r}")
+    if mode == "fixed" and "trials" in raw:
+        raise SpaceError("baseline.trials", "a fixed reference is one configuration trained once per task; remove trials: or use mode: search")
+    trials = _int(raw.get("trials", REFERENCE_TRIALS), "baseline.trials", minimum=1)
     sections = {}
     for key in ("backbone", "training", "inputs"):
         section = _mapping(raw.get(key, {}), f"baseline.{key}", "expected a mapping of knob name to one value")
         for name, value in section.items():
             if isinstance(value, (dict, list)) and not (key == "backbone" and isinstance(value, list)):
-                raise SpaceError(f"baseline.{key}.{name}", f"expected one value (the references are not searched), got {value!r}")
+                raise SpaceError(f"baseline.{key}.{name}", f"expected one value (it pins the references' {key} knob), got {value!r}")
         sections[key] = {str(k): v for k, v in section.items()}
-    tower_width = _int(raw.get("tower_width", BaselineSpec.tower_width), "baseline.tower_width", minimum=1)
-    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width)
+    tower_width = _int(raw["tower_width"], "baseline.tower_width", minimum=1) if "tower_width" in raw else None
+    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width, mode, trials)
 
 
 @dataclass
@@ -494,7 +512,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
     plan = Plan(space, problem, strategies, kind, backbone, training, weightings, space.weighting, objectives,
                 inputs if has_categories(problem) else {})
     if space.baseline.enabled:
-        reference_settings(plan)  # a baseline: key naming no knob is an error before anything runs
+        _baseline_sections(plan)  # a baseline: key naming no knob is an error before anything runs
     return plan
 
 
@@ -561,16 +579,28 @@ class ReferenceSettings:
 
 
 def reference_settings(plan: Plan) -> ReferenceSettings:
-    """Values from ``baseline:``, midpoints for the rest; a key naming no knob of the space is a SpaceError."""
+    """The fixed reference's configuration: values from ``baseline:``, midpoints for the rest (a key naming no knob: SpaceError)."""
+    values = {section: {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
+              for section, knobs, given in _baseline_sections(plan)}
+    tower_width = plan.space.baseline.tower_width
+    return ReferenceSettings(values["backbone"], values["training"], values["inputs"],
+                             FIXED_TOWER_WIDTH if tower_width is None else tower_width)
+
+
+def reference_ranges(plan: Plan) -> dict[str, dict[str, Knob]]:
+    """The searched references' ranges: the space's backbone, training and input knobs, those ``baseline:`` pins as constants."""
+    return {section: {name: Fixed(given[name]) if name in given else knob for name, knob in knobs.items()}
+            for section, knobs, given in _baseline_sections(plan)}
+
+
+def _baseline_sections(plan: Plan) -> list[tuple[str, dict[str, Knob], dict[str, Any]]]:
     spec = plan.space.baseline
-    sections = (("backbone", plan.backbone, spec.backbone), ("training", plan.training, spec.training), ("inputs", plan.inputs, spec.inputs))
-    values = {}
+    sections = [("backbone", plan.backbone, spec.backbone), ("training", plan.training, spec.training), ("inputs", plan.inputs, spec.inputs)]
     for section, knobs, given in sections:
         for name in given:
             if name not in knobs:
                 raise SpaceError(f"baseline.{section}.{name}", f"not a {section} knob of this space; {did_you_mean(name, knobs)}")
-        values[section] = {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
-    return ReferenceSettings(values["backbone"], values["training"], values["inputs"], spec.tower_width)
+    return sections
 
 
 TABLE_KEYS = (*TABLE_FORMATS, "features", "exclude", "categorical", "numeric", "max_integer_levels", "split", "split_column", "group_column")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
 
-from ..config import TrialConfig
+from ..config import DEFAULT_WEIGHTING, TrialConfig
 from ..data.dataset import Dataset
 from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
@@ -23,6 +23,8 @@ from ..results.metrics import gain_metrics, pending_gain_metrics
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
+from ..training.weighting import Equal
+from .references import SingleTask, task_dataset
 
 
 @dataclass
@@ -42,6 +44,13 @@ class TrialPlan:
     references: dict[str, dict[str, float]] | None = None  # single-task references' {"val": {task: m}, "test": {...}}
     groups: dict[str, tuple[str, ...]] | None = None  # group objectives: name -> tasks (their mean gain)
     affinity_every: int = 0
+
+
+def reference_view(dataset: Dataset, plan: TrialPlan, task: str) -> tuple[Dataset, TrialPlan]:
+    """What a single-task reference trial of ``task`` trains on: the task's own data, its one-task model, equal weighting, no gains."""
+    data = task_dataset(dataset, task)
+    return data, replace(plan, problem=data.problem, strategies={SingleTask.name: SingleTask()},
+                         weightings={DEFAULT_WEIGHTING: Equal}, references=None, groups=None, affinity_every=0)
 
 
 def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
@@ -93,6 +102,8 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     driver can record where a trial ran even when it fails.
     """
     parts = TrialConfig.from_flat(config)
+    if parts.reference_task is not None:
+        dataset, plan = reference_view(dataset, plan, parts.reference_task)
     threads = max(1, int(plan.cpus_per_trial))
     torch.set_num_threads(threads)
     device = select_device(plan.gpus_per_trial, torch.cuda.is_available())

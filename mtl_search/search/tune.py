@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ray import tune
 from ray.tune.search import Searcher
 
-from ..config import NUMBER_KEY, STRATEGY_KEY
+from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY
 from ..registry import Registry
 from ..results.constraints import tell_constraints, violations
 from ..results.metrics import (
@@ -28,9 +28,10 @@ from ..results.metrics import (
     Objective,
     is_trial_figure,
 )
-from ..results.records import LiveFront, TrialRecord, epoch_line, trial_line
+from ..results.records import LiveFront, TrialRecord, epoch_line, reference_line, trial_label, trial_line
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
+from .references import SingleTask
 
 CONFIG_ATTR = "mtl_search.config"  # the Optuna trial's user attribute holding its full flat configuration
 RERUN_ATTR = "mtl_search.rerun_of"  # on a trial enqueued by a resume: the trial number it runs again
@@ -132,6 +133,47 @@ class OptunaSearcher(_Live, Searcher):
         pass
 
 
+class ReferenceSearcher(_Live, Searcher):
+    """Proposes the single-task reference trials: one :class:`OptunaSearcher` (a study of its own) per task, each with a budget.
+
+    Each proposal goes to the task proposed least so far (then the one with most trials
+    left), so the tasks' references advance together; a trial's end is told to its task's study.
+    """
+
+    def __init__(self, searchers: dict[str, OptunaSearcher], budgets: dict[str, int], stop: Callable[[], bool] = lambda: False):
+        Searcher.__init__(self)
+        self.searchers, self.budgets, self.stop = searchers, dict(budgets), stop
+        self.owner: dict[str, str] = {}  # Tune trial id -> its task
+        self.proposed = {task: 0 for task in budgets}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        while not self.stop():
+            open_tasks = [task for task, left in self.budgets.items() if left > 0]
+            if not open_tasks:
+                break
+            task = min(open_tasks, key=lambda t: (self.proposed[t], -self.budgets[t]))
+            self.proposed[task] += 1
+            config = self.searchers[task].suggest(trial_id)
+            if not isinstance(config, dict):
+                self.budgets[task] = 0
+                continue
+            self.budgets[task] -= 1
+            self.owner[trial_id] = task
+            return config
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        task = self.owner.pop(trial_id, None)
+        if task is not None:
+            self.searchers[task].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the studies in their RDB storage are the searcher's state."""
+
+    def restore(self, checkpoint_path: str) -> None:  # pragma: no cover - Tune's state is never restored
+        pass
+
+
 class Stopper(_Live, tune.Stopper):
     """Stops every trial once ``stop_all()`` says so (a second Ctrl-C, ``search.max_failures`` exceeded)."""
 
@@ -152,12 +194,18 @@ class TrialLogger(_Live, tune.Callback):
     through a BackgroundWriter, so Tune's loop is not held up; ``close`` waits for them.
     ``earlier`` holds the trials a resumed search recorded before. Failed trials are counted:
     past ``max_failures`` the search is aborted (``abort_reason``). Progress lines go to ``echo``.
+
+    With ``references`` (the task directions) it records single-task reference trials
+    instead: runs of role ``reference``, kept off the front and out of the observers' hooks,
+    each line showing its task's best reference so far.
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
-                 task_metrics: dict[str, str] | None = None, epochs: int | None = None, constraints: list[Any] = ()):
+                 task_metrics: dict[str, str] | None = None, epochs: int | None = None, constraints: list[Any] = (),
+                 references: dict[str, str] | None = None):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
+        self.references = references  # task -> direction, for a reference phase
         self.epochs = epochs  # set: a line per trained epoch too (``epoch k of n``, current val per task)
         self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
         self.task_metrics = task_metrics or {}  # task -> metric, so the progress lines name it
@@ -179,9 +227,9 @@ class TrialLogger(_Live, tune.Callback):
         config = dict(trial.config)
         strategy = config[STRATEGY_KEY]
         self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), strategy, config,
-                                                                self._family(strategy))
+                                                                self._family(strategy), config.get(REFERENCE_TASK_KEY))
         self.running[trial.trial_id] = trial
-        self.echo(f"trial {config[NUMBER_KEY]} {strategy}: started")
+        self.echo(f"{trial_label(config)}: started")
         kill_point("trial_started")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -231,7 +279,7 @@ class TrialLogger(_Live, tune.Callback):
             self._finish(trial, self.run_ids[trial_id], "stopped", {}, None)
 
     def _family(self, strategy: str) -> str:
-        return self.registry.strategies[strategy].family
+        return SingleTask.family if strategy == SingleTask.name else self.registry.strategies[strategy].family
 
     def _finish(self, trial: Any, run_id: str, status: str, result: dict, error: str | None) -> None:
         self.running.pop(trial.trial_id, None)
@@ -248,14 +296,25 @@ class TrialLogger(_Live, tune.Callback):
             error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
             family=self._family(config[STRATEGY_KEY]),
             placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
+            reference_task=config.get(REFERENCE_TASK_KEY),
         )
         self.records.append(record)
+        traceback_at = f"error.txt of MLflow run {run_id}" if status == "failed" else None
+        if self.references is not None:
+            self.echo(reference_line(record, len(self.records), self.total, self._best_reference(record.reference_task),
+                                     self.task_metrics, traceback_at))
+            return
         if self.constraints:  # an infeasible trial stays off the running front
             record.violations = violations(record, self.constraints) if status == "finished" else None
         self.front.add(record)
-        self.echo(trial_line(record, len(self.records), self.total, self.front.size, self.task_metrics,
-                             f"error.txt of MLflow run {run_id}" if status == "failed" else None))
+        self.echo(trial_line(record, len(self.records), self.total, self.front.size, self.task_metrics, traceback_at))
         self.writes.submit(self.registry.notify, "trial_finished", trial=record)  # after the trial's writes, as the hook promises
+
+
+    def _best_reference(self, task: str) -> float | None:
+        values = [r.val[task] for r in self.records if r.reference_task == task and r.status == "finished"
+                  and math.isfinite(r.val.get(task, math.nan))]
+        return ((min if self.references[task] == "min" else max)(values)) if values else None
 
 
 def _error_text(trial: Any) -> str:

@@ -1,0 +1,139 @@
+"""Single-task references searched as trials: the space, the choice of the best, the searcher's budget, funnels, resume."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import optuna
+import pytest
+import torch
+import yaml
+from conftest import tiny_space
+
+from mtl_search.data.dataset import Dataset, Split
+from mtl_search.data.problem import Problem, Task
+from mtl_search.errors import MtlSearchError, SpaceError
+from mtl_search.results.records import TrialRecord
+from mtl_search.search.references import best_references, task_dataset
+from mtl_search.search.space import REFERENCE_TRIALS, parse_space
+from mtl_search.search.tune import ReferenceSearcher
+
+
+def _space(baseline: str):
+    return parse_space(yaml.safe_load(f"data: {{dataset: synthetic_correlated}}\nstrategies: {{hard_sharing: {{}}}}\n{baseline}"))
+
+
+def test_the_baseline_defaults_to_searched_references_and_fixed_stays_available():
+    default = _space("").baseline
+    assert default.enabled and default.mode == "search" and default.trials == REFERENCE_TRIALS
+    fixed = _space("baseline: {mode: fixed, training: {lr: 0.01}}").baseline
+    assert fixed.mode == "fixed" and fixed.training == {"lr": 0.01}
+    assert _space("baseline: {trials: 7, tower_width: 8}").baseline.trials == 7
+    with pytest.raises(SpaceError, match="baseline.mode"):
+        _space("baseline: {mode: tuned}")
+    with pytest.raises(SpaceError, match="baseline.trials"):
+        _space("baseline: {mode: fixed, trials: 3}")
+    with pytest.raises(SpaceError, match="baseline.trials"):
+        _space("baseline: {trials: 0}")
+
+
+def _reference(task: str, number: int, val: float, test: float, status: str = "finished") -> TrialRecord:
+    return TrialRecord(number, f"run-{task}-{number}", "single_task_reference", {}, status,
+                       val={task: val} if status == "finished" else {}, test={task: test} if status == "finished" else {},
+                       reference_task=task)
+
+
+def test_each_task_takes_its_best_reference_trial_by_validation_with_that_models_test_metric():
+    problem = Problem((3,), (Task("loss", "regression"), Task("hit", "binary")))  # mse: lower is better; auc: higher
+    records = [_reference("loss", 0, 0.5, 0.7), _reference("loss", 1, 0.3, 0.9), _reference("loss", 2, 0.1, 0.1, "failed"),
+               _reference("loss", 3, math.nan, 0.0),
+               _reference("hit", 0, 0.61, 0.60), _reference("hit", 1, 0.75, 0.58), _reference("hit", 2, 0.99, 0.99, "stopped")]
+    references, chosen = best_references(records, problem)
+    assert references == {"val": {"loss": 0.3, "hit": 0.75}, "test": {"loss": 0.9, "hit": 0.58}}
+    assert chosen["loss"].number == 1 and chosen["hit"].number == 1
+    with pytest.raises(MtlSearchError, match="task 'hit'"):
+        best_references([r for r in records if r.reference_task == "loss"] + [_reference("hit", 0, 0, 0, "failed")], problem)
+
+
+class _Proposer:
+    """A stand-in for one task's OptunaSearcher: numbered configurations, and the ends it was told."""
+
+    def __init__(self, task: str, limit: int = 99):
+        self.task, self.limit, self.proposed, self.told = task, limit, 0, []
+
+    def suggest(self, trial_id: str):
+        if self.proposed >= self.limit:
+            return "FINISHED"
+        self.proposed += 1
+        return {"reference_task": self.task, "trial_number": self.proposed - 1}
+
+    def on_trial_complete(self, trial_id: str, result=None, error=False) -> None:
+        self.told.append((trial_id, error))
+
+
+def test_the_reference_searcher_spends_each_tasks_budget_the_tasks_together_and_tells_each_study_its_own_ends():
+    proposers = {"a": _Proposer("a"), "b": _Proposer("b"), "c": _Proposer("c", limit=1)}
+    searcher = ReferenceSearcher(proposers, {"a": 3, "b": 2, "c": 2})
+    tasks = []
+    while isinstance(config := searcher.suggest(f"t{len(tasks)}"), dict):
+        tasks.append(config["reference_task"])
+    assert sorted(tasks) == ["a", "a", "a", "b", "b", "c"]  # c's study had one proposal only
+    assert tasks[:3] == ["a", "b", "c"]  # in turn: the tasks advance together
+    searcher.on_trial_complete("t1", {"final": True})
+    searcher.on_trial_complete("t0", None, error=True)
+    assert proposers["b"].told == [("t1", False)] and proposers["a"].told == [("t0", True)]
+    stopped = ReferenceSearcher({"a": _Proposer("a")}, {"a": 5}, stop=lambda: True)
+    assert stopped.suggest("x") == ReferenceSearcher.FINISHED
+
+
+def test_a_funnel_tasks_reference_learns_on_its_parents_rows_with_its_weights():
+    problem = Problem((3,), (Task("click", "binary"), Task("buy", "binary", after="click")))
+    x = torch.randn(6, 3)
+    mask = torch.tensor([True, False, True, False, True, True])
+    split = Split(x, {"click": torch.ones(6, 1), "buy": torch.zeros(6, 1)}, {"buy": mask}, {"buy": torch.arange(6.0)})
+    data = task_dataset(Dataset(problem, split, split, split), "buy")
+    assert data.problem.task_names == ["buy"] and data.problem.task("buy").after is None  # a valid one-task problem (no parent)
+    assert torch.equal(data.train.mask["buy"], mask) and torch.equal(data.train.weight["buy"], torch.arange(6.0))
+    assert set(data.train.y) == {"buy"}
+
+
+def _kill_and_resume(workdir, space, point: str) -> dict:
+    from test_resume import _killed_run
+
+    from mtl_search.cli import main
+
+    _killed_run(space, workdir, point, 2)
+    assert main(["run", str(space), "--resume"]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["report", "--format", "json"]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("point", ["trial_recorded:1"])  # one reference trial recorded, another mid-training
+def test_a_killed_reference_trial_is_resumed_without_loss_or_repeat(ray_session, workdir, point):
+    from mlflow.tracking import MlflowClient
+
+    from mtl_search.results.tracking import default_tracking_uri
+
+    space = tiny_space(workdir, strategies="  hard_sharing: {}", trials=2, extra="baseline: {trials: 2}\n")
+    report = _kill_and_resume(workdir, space, point)
+    references = report["reference_trials"]
+    numbers = {task: sorted(t["number"] for t in references if t["task"] == task) for task in ("y1", "y2")}
+    assert all(len(n) == 2 and len(set(n)) == 2 for n in numbers.values()), numbers  # each task's budget, each trial once
+    assert all(t["status"] == "finished" for t in references) and len(report["trials"]) == 2
+    assert set(report["references"]["val"]) == {"y1", "y2"}
+    client = MlflowClient(default_tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = next(r for r in runs if r.data.tags["mtl_search.role"] == "search")
+    storage = f"sqlite:///{workdir / 'mlflow' / 'optuna.db'}"
+    for task in ("y1", "y2"):  # each task's study holds the same reference trials as MLflow
+        study = optuna.load_study(study_name=f"{parent.data.tags['mtl_search.study']}-reference-{task}", storage=storage)
+        complete = sorted(t.user_attrs["mtl_search.config"]["trial_number"] for t in study.get_trials()
+                          if t.state == optuna.trial.TrialState.COMPLETE)
+        assert complete == numbers[task]
+        best = min((t for t in references if t["task"] == task), key=lambda t: t["val"][task])
+        assert report["references"]["val"][task] == best["val"][task]
