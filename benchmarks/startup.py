@@ -31,6 +31,7 @@ backbone: {{kind: mlp, depth: 2, width: 32}}
 strategies: {{hard_sharing: {{}}}}
 training: {{epochs: 2, batch_size: 256, lr: 0.005}}
 search: {{trials: 1, concurrency: 1, seed: 0}}
+baseline: {{mode: fixed}}  # start-up to the first trial: the references trained on the driver beside Ray's start
 """
 
 CHILD = r"""
@@ -51,7 +52,7 @@ def timed(owner, name, label):
 
 timed(run, "prepare", "prepare")
 timed(run.Tracker, "start_search", "tracker")
-timed(run, "search_references", "references")
+timed(run, "fixed_references", "references")
 timed(run, "ensure_ray", "ray_ready")
 timed(run.Background, "result", "ray")
 timed(run.TrialLogger, "on_trial_start", "trial_started")

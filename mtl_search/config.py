@@ -4,7 +4,7 @@ Optuna samples, Ray Tune passes, MLflow records (as params) and a saved model ke
 (``config.json``) one flat mapping: ``strategy``, ``trial_number``, then one key per
 sampled value named ``section.knob`` — ``mmoe.experts``, ``backbone.width``,
 ``inputs.encoding``, ``training.lr``, ``training.weighting``, ``weighting.gradnorm.alpha``;
-a single-task reference trial adds ``reference_task``.
+a single-task reference trial adds ``reference_task``, a repeat with another seed ``repeat``.
 :class:`TrialConfig` is its decoded form; this module is the only place that knows the naming.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 STRATEGY_KEY = "strategy"
 NUMBER_KEY = "trial_number"
 REFERENCE_TASK_KEY = "reference_task"  # on a single-task reference trial: the one task it trains
+REPEAT_KEY = "repeat"  # on a repeat of a trial (search.repeats): which seed, 1, 2, ... (0 or absent: the trial itself)
+REPEAT_OF_KEY = "repeat_of"  # on a repeat: the MLflow run id of the trial it repeats
 WEIGHTING_KEY = "training.weighting"
 DEFAULT_WEIGHTING = "equal"  # registered by the core (mtl_search.training.weighting)
 
@@ -42,6 +44,7 @@ class TrialConfig:
     weighting: str = DEFAULT_WEIGHTING
     weighting_params: dict[str, Any] = field(default_factory=dict)
     reference_task: str | None = None  # a single-task reference trial's task (None: a multi-task trial)
+    repeat: int = 0  # a repeat's seed index (search.repeats); 0: the trial as searched
 
     @classmethod
     def from_flat(cls, config: dict[str, Any]) -> "TrialConfig":
@@ -62,4 +65,4 @@ class TrialConfig:
             elif section == "weighting" and knob.startswith(weighting + "."):
                 weighting_params[knob.split(".", 1)[1]] = value
         return cls(strategy, int(config.get(NUMBER_KEY, 0)), knobs, sections["backbone"], sections["inputs"],
-                   sections["training"], weighting, weighting_params, config.get(REFERENCE_TASK_KEY))
+                   sections["training"], weighting, weighting_params, config.get(REFERENCE_TASK_KEY), int(config.get(REPEAT_KEY, 0)))

@@ -97,7 +97,7 @@ def test_searched_references_are_trials_of_their_own_and_every_gain_is_against_t
     from mtl_search.results.tracking import default_tracking_uri
 
     space = tiny_space(workdir, strategies="  hard_sharing: {}", trials=2, experiment="gains",
-                       extra="  objectives: [delta_m, worst_gain]\nbaseline: {trials: 2, backbone: {width: 8}}\n")
+                       extra="  objectives: [delta_m, worst_gain]\n  repeats: 2\nbaseline: {trials: 2, backbone: {width: 8}}\n")
     assert main(["run", str(space)]) == 0
     out = capsys.readouterr().out
     assert out.count("reference y1 ") >= 2 and out.count("reference y2 ") >= 2 and "Δm" in out
@@ -125,13 +125,25 @@ def test_searched_references_are_trials_of_their_own_and_every_gain_is_against_t
         gains = {t: relative_gain(m[f"val/{t}"], references[t], "min") for t in references}
         assert {t: m[f"gain/{t}"] for t in gains} == pytest.approx(gains)
         assert m["delta_m"] == pytest.approx(sum(gains.values()) / 2) and m["worst_gain"] == pytest.approx(min(gains.values()))
-        assert run.data.tags[metrics.NEGATIVE_TRANSFER_TAG] == ("true" if min(gains.values()) < 0 else "false")
     assert main(["report", "--all"]) == 0
     table = capsys.readouterr().out
     assert "delta_m" in table and "worst_gain" in table and "neg_transfer" in table and "reference-y1-" in table
     assert main(["report", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["trials"]) == 2 and len(report["reference_trials"]) == 4  # the references are not trials of the front
+    # search.repeats: every front trial and each task's chosen reference trained again with a second seed
+    front = [t for t in report["trials"] if t["pareto"]]
+    assert sorted(r["repeat_of"] for r in report["repeats"]) == sorted([t["run_id"] for t in front] + list(chosen.values()))
+    repeat_runs = [r for r in runs if r.data.tags["mtl_search.role"] == "repeat"]
+    assert sorted(r.data.tags["mtl_search.repeat_of"] for r in repeat_runs) == sorted(r["repeat_of"] for r in report["repeats"])
+    assert all(t["noise"]["delta_m"]["n"] == 2 for t in front)  # the trial and its repeat, each against its references' seed
+    for run in trials:  # negative transfer: any negative gain of one run; on a repeated trial, only a gain beyond noise
+        trial = next(t for t in report["trials"] if t["run_id"] == run.info.run_id)
+        if "noise" in trial:
+            below = any(s["significant"] and s["mean"] < 0 for key, s in trial["noise"].items() if key.startswith("gain/"))
+        else:
+            below = min(trial["gains"].values()) < 0
+        assert run.data.tags[metrics.NEGATIVE_TRANSFER_TAG] == ("true" if below else "false") and trial["negative_transfer"] == below
 
 
 def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_groups():

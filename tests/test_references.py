@@ -137,3 +137,56 @@ def test_a_killed_reference_trial_is_resumed_without_loss_or_repeat(ray_session,
         assert complete == numbers[task]
         best = min((t for t in references if t["task"] == task), key=lambda t: t["val"][task])
         assert report["references"]["val"][task] == best["val"][task]
+
+
+def test_a_mean_over_seeds_is_significant_exactly_when_a_one_sample_t_test_rejects_zero():
+    from scipy import stats
+
+    from mtl_search.results.metrics import spread
+
+    for values in ([1.0, 2.0, 3.0], [5.0, 5.1, 4.9], [-2.0, -2.5, -1.5, -2.2], [0.3, -0.4, 0.2], [1.0, 1.2]):
+        result = spread(values)
+        assert result.mean == pytest.approx(sum(values) / len(values)) and result.n == len(values)
+        assert result.std == pytest.approx(float(torch.tensor(values).std()))  # sample std (n - 1)
+        assert result.significant == (stats.ttest_1samp(values, 0.0).pvalue < 0.05)
+    assert not spread([4.0]).significant and math.isnan(spread([4.0]).std)  # one seed: no spread, nothing beyond it
+    assert spread([math.nan, 1.0, 1.0]).n == 2
+
+
+def test_repeat_r_of_a_trial_is_compared_with_repeat_r_of_each_reference_and_negative_transfer_needs_significance():
+    from mtl_search.results.metrics import relative_gain
+    from mtl_search.results.records import repeat_noise
+
+    directions = {"a": "min", "b": "max"}
+    trial = TrialRecord(3, "t", "mmoe", {}, "finished", val={"a": 1.0, "b": 0.80}, test={"a": 1.1, "b": 0.7})
+    chosen = {"a": _reference("a", 0, 1.2, 1.3), "b": _reference("b", 1, 0.75, 0.7)}
+    seeds = {("t", 1): ({"a": 0.9, "b": 0.82}, {"a": 1.0, "b": 0.7}), ("t", 2): ({"a": 1.1, "b": 0.78}, {"a": 1.2, "b": 0.7}),
+             ("run-a-0", 1): ({"a": 1.25}, {"a": 1.3}), ("run-a-0", 2): ({"a": 1.15}, {"a": 1.2}),
+             ("run-b-1", 1): ({"b": 0.74}, {"b": 0.7}), ("run-b-1", 2): ({"b": 0.76}, {"b": 0.7})}
+    repeats = [TrialRecord(0, f"{of}-{k}", "", {}, "finished", val=val, test=test, repeat_of=of, repeat=k) for (of, k), (val, test) in seeds.items()]
+    repeats.append(TrialRecord(0, "t-3", "", {}, "failed", repeat_of="t", repeat=3))  # a failed seed does not count
+    noise = repeat_noise(trial, repeats, chosen, directions)
+    runs = {0: trial.val, 1: seeds[("t", 1)][0], 2: seeds[("t", 2)][0]}
+    ref_a = {0: 1.2, 1: 1.25, 2: 1.15}
+    ref_b = {0: 0.75, 1: 0.74, 2: 0.76}
+    gains_a = [relative_gain(runs[k]["a"], ref_a[k], "min") for k in range(3)]
+    gains_b = [relative_gain(runs[k]["b"], ref_b[k], "max") for k in range(3)]
+    assert noise["gain/a"].n == 3 and noise["gain/a"].mean == pytest.approx(sum(gains_a) / 3)
+    assert noise["delta_m"].mean == pytest.approx(sum((x + y) / 2 for x, y in zip(gains_a, gains_b)) / 3)
+    assert noise["test_delta_m"].n == 3
+    worse = TrialRecord(4, "w", "mmoe", {}, "finished", gains={"a": -3.0, "b": 2.0})
+    assert worse.negative_transfer  # one run: any negative gain
+    from mtl_search.results.metrics import Spread
+
+    worse.noise = {"gain/a": Spread(-3.0, 5.0, 3, False), "gain/b": Spread(2.0, 0.1, 3, True)}
+    assert not worse.negative_transfer  # with repeats: only a gain significantly below 0
+    worse.noise["gain/a"] = Spread(-3.0, 0.5, 3, True)
+    assert worse.negative_transfer
+
+
+def test_repeats_need_searched_references():
+    assert _space("search: {repeats: 3}").search.repeats == 3
+    with pytest.raises(SpaceError, match="search.repeats"):
+        _space("baseline: {mode: fixed}\nsearch: {repeats: 3}")
+    with pytest.raises(SpaceError, match="search.repeats"):
+        _space("search: {repeats: 1}")

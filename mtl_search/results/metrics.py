@@ -15,6 +15,13 @@ here only matters for a negative reference metric (none of the built-in metrics)
 keeps "positive is better". A reference of exactly 0 gives no gain (NaN).
 
 A group objective (``Objective.tasks``) is the mean gain over its tasks: the Δm of a subset.
+
+Noise (``search.repeats: K``): a front trial and each task's reference are trained again
+with K − 1 more seeds; repeat r of the trial is compared with repeat r of the references,
+giving K values of each gain and of Δm (:func:`repeat_gains`). :func:`spread` gives their
+mean ± sample standard deviation, and calls the mean significant when a two-sided
+one-sample t-test rejects zero at the 5 % level: |mean| > t(0.975, K − 1) · std / √K.
+With repeats, negative transfer is flagged only for a task whose gain is significantly below 0.
 """
 from __future__ import annotations
 
@@ -128,6 +135,58 @@ def is_gain_key(key: str) -> bool:
 def is_trial_figure(key: str) -> bool:
     """A final per-trial figure that a TrialRecord keeps in ``metrics`` (costs, Δm, worst gain, groups)."""
     return key in COST_METRICS or key in GAIN_SUMMARIES or key.startswith(GROUP)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Values of one figure over repeated seeds: their mean, sample standard deviation, count, and whether the mean is beyond noise."""
+
+    mean: float
+    std: float
+    n: int
+    significant: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "significant": self.significant}
+
+
+SIGNIFICANCE_LEVEL = 0.05  # two-sided
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """Mean ± std of ``values`` (NaNs left out); significant when a two-sided t-test of mean = 0 rejects at 5 %."""
+    from scipy import stats
+
+    finite = [float(v) for v in values if math.isfinite(v)]
+    n = len(finite)
+    if n == 0:
+        return Spread(math.nan, math.nan, 0, False)
+    mean = sum(finite) / n
+    if n < 2:
+        return Spread(mean, math.nan, n, False)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+    if std == 0:
+        return Spread(mean, 0.0, n, mean != 0)
+    bound = float(stats.t.ppf(1 - SIGNIFICANCE_LEVEL / 2, n - 1)) * std / math.sqrt(n)
+    return Spread(mean, std, n, abs(mean) > bound)
+
+
+def repeat_gains(directions: Mapping[str, str], trial_runs: list[Mapping[str, float]],
+                 reference_runs: Mapping[str, list[float]]) -> dict[str, list[float]]:
+    """Per task (and ``delta_m``) the gains of repeat r of a trial over repeat r of each reference, r = 0, 1, ...
+
+    ``trial_runs[r]`` maps task to the trial's metric with seed r; ``reference_runs[task][r]``
+    is the task's reference metric with seed r. Pairs exist up to the shortest list.
+    """
+    count = min([len(trial_runs), *(len(reference_runs.get(t, [])) for t in directions)])
+    out: dict[str, list[float]] = {t: [] for t in directions}
+    out[DELTA_M] = []
+    for r in range(count):
+        gains = {t: relative_gain(float(trial_runs[r].get(t, math.nan)), float(reference_runs[t][r]), d) for t, d in directions.items()}
+        for t, g in gains.items():
+            out[t].append(g)
+        out[DELTA_M].append(_summaries(gains)[0])
+    return out
 
 
 def negative_transfer(gains: Mapping[str, float]) -> bool:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY
+from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, STRATEGY_KEY
 from . import pareto
 from .metrics import (
     COST_METRICS,
@@ -17,8 +17,12 @@ from .metrics import (
     TEST_GAIN,
     VAL,
     WORST_GAIN,
+    TEST_DELTA_M,
     Objective,
+    Spread,
     negative_transfer,
+    repeat_gains,
+    spread,
 )
 
 SIGNIFICANT_DIGITS = 4  # every value printed for a user: the same number of significant digits
@@ -76,6 +80,9 @@ class TrialRecord:
     placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
     violations: list[str] | None = None  # the search.constraints it violates (empty: feasible); None: no constraints
     reference_task: str | None = None  # a single-task reference trial's task (None: a multi-task trial)
+    repeat_of: str | None = None  # a repeat (search.repeats): the run id of the trial it trains again with another seed
+    repeat: int = 0  # a repeat's seed index, 1, 2, ...
+    noise: dict[str, Spread] = field(default_factory=dict)  # a repeated front trial: gain/<task>, delta_m, test_... over its seeds
 
     @property
     def run_name(self) -> str:
@@ -86,7 +93,9 @@ class TrialRecord:
 
     @property
     def negative_transfer(self) -> bool:
-        """Some task is worse than its single-task reference (on validation)."""
+        """Some task is worse than its single-task reference on validation; with repeats, significantly worse."""
+        if self.noise:
+            return any(s.significant and s.mean < 0 for key, s in self.noise.items() if key.startswith(GAIN))
         return negative_transfer(self.gains)
 
     def value(self, key: str) -> float | None:
@@ -113,6 +122,8 @@ class TrialRecord:
                 **({"feasible": not self.violations, "violations": self.violations} if self.violations is not None else {})}
         if self.gains:
             data.update({"gains": self.gains, "test_gains": self.test_gains, "negative_transfer": self.negative_transfer})
+        if self.noise:
+            data["noise"] = {key: s.to_json() for key, s in self.noise.items()}
         return data
 
 
@@ -131,6 +142,7 @@ class SearchRecord:
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
     reference_trials: list[TrialRecord] = field(default_factory=list)  # the searched references' trials (baseline mode search)
+    repeats: list[TrialRecord] = field(default_factory=list)  # the front trials and chosen references trained again (search.repeats)
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -145,6 +157,7 @@ class SearchRecord:
             "task_metrics": self.task_metrics,
             **({"references": self.references} if self.references else {}),
             **({"reference_trials": [t.to_json() | {"task": t.reference_task} for t in self.reference_trials]} if self.reference_trials else {}),
+            **({"repeats": [t.to_json() | {"repeat_of": t.repeat_of, "repeat": t.repeat} for t in self.repeats]} if self.repeats else {}),
             "trials": [t.to_json() for t in sorted(self.trials, key=lambda t: t.number)],
         }
 
@@ -259,6 +272,8 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
             row.update({DELTA_M: t.metrics.get(DELTA_M), WORST_GAIN: t.metrics.get(WORST_GAIN),
                         "neg_transfer": t.negative_transfer if t.gains else None})
             row.update({o.key: t.metrics.get(o.key) for o in record.objectives if o.key.startswith(GROUP)})
+        if any(u.noise for u in record.trials):  # search.repeats: the spread over seeds of the front trials
+            row.update(noise_columns(t))
         row["knobs"] = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in t.params.items() if k.startswith(t.strategy + "."))
         if detailed:
             row.update({"run_name": t.run_name, "run_id": t.run_id})
@@ -270,6 +285,37 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
             row.update({f"config/{k}": v for k, v in t.params.items()})
         rows.append(row)
     return rows
+
+
+def noise_columns(trial: TrialRecord) -> dict[str, Any]:
+    """A repeated trial's Δm as ``mean ± std`` over its seeds, and the tasks whose gain is beyond noise (``+``/``-``)."""
+    spread = trial.noise.get(DELTA_M)
+    if spread is None:
+        return {"delta_m ± std": None, "beyond noise": None}
+    beyond = [f"{key[len(GAIN):]}{'+' if s.mean > 0 else '-'}" for key, s in trial.noise.items() if key.startswith(GAIN) and s.significant]
+    return {"delta_m ± std": f"{spread.mean:+.2f} ± {spread.std:.2f} (n={spread.n}){' *' if spread.significant else ''}",
+            "beyond noise": " ".join(beyond) or "none"}
+
+
+def repeat_noise(trial: TrialRecord, repeats: list[TrialRecord], chosen: dict[str, TrialRecord], directions: dict[str, str]) -> dict[str, Spread]:
+    """The spread over seeds of a front trial's gains and Δm (val and test), from its repeats and its references' repeats.
+
+    Seed r of the trial (r = 0: the trial itself) is compared with seed r of each task's
+    chosen reference trial; only seeds that finished for the trial and every reference count.
+    """
+    def runs(original: TrialRecord) -> dict[int, TrialRecord]:
+        found = {r.repeat: r for r in repeats if r.repeat_of == original.run_id and r.status == "finished"}
+        return {0: original, **found}
+
+    mine, theirs = runs(trial), {task: runs(reference) for task, reference in chosen.items()}
+    seeds = sorted(set(mine).intersection(*(set(r) for r in theirs.values())))
+    noise: dict[str, Spread] = {}
+    for split, prefix, summary in (("val", GAIN, DELTA_M), ("test", TEST_GAIN, TEST_DELTA_M)):
+        gains = repeat_gains(directions, [getattr(mine[k], split) for k in seeds],
+                             {task: [getattr(runs_of[k], split).get(task, math.nan) for k in seeds] for task, runs_of in theirs.items()})
+        noise.update({prefix + task: spread(values) for task, values in gains.items() if task != DELTA_M})
+        noise[summary] = spread(gains[DELTA_M])
+    return noise
 
 
 def _short(value: Any) -> str:
@@ -350,6 +396,8 @@ def final_summary(record: SearchRecord) -> str:
                *costs, *[TEST + t for t in _tasks(record)]]
     if record.references:
         columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
+    if any(t.noise for t in record.front):
+        columns += list(noise_columns(record.front[0]))
     front = trial_table(record, only_front=True)
     for row, trial in zip(front, sorted(record.front, key=lambda t: t.number)):
         row.update({name: trial.metrics.get(name) for name in costs})
@@ -380,10 +428,12 @@ def error_summary(error: str | None) -> str:
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    """How the console names a trial from its configuration: ``trial 2 mmoe``, or ``reference y1 0`` for a reference trial."""
+    """How the console names a trial from its configuration: ``trial 2 mmoe``, ``reference y1 0``, ``trial 2 mmoe, repeat 1``."""
     if config.get(REFERENCE_TASK_KEY) is not None:
-        return f"reference {config[REFERENCE_TASK_KEY]} {config.get(NUMBER_KEY)}"
-    return f"trial {config.get(NUMBER_KEY)} {config.get(STRATEGY_KEY)}"
+        label = f"reference {config[REFERENCE_TASK_KEY]} {config.get(NUMBER_KEY)}"
+    else:
+        label = f"trial {config.get(NUMBER_KEY)} {config.get(STRATEGY_KEY)}"
+    return f"{label}, repeat {config[REPEAT_KEY]}" if config.get(REPEAT_KEY) else label
 
 
 def epoch_line(config: dict[str, Any], result: dict[str, Any], epochs: int, task_metrics: dict[str, str] | None = None) -> str:
@@ -394,17 +444,18 @@ def epoch_line(config: dict[str, Any], result: dict[str, Any], epochs: int, task
     return f"{line} ({values})" if values else line
 
 
-def trial_line(record: TrialRecord, done: int, total: int, front_size: int, task_metrics: dict[str, str] | None = None,
+def trial_line(record: TrialRecord, done: int, total: int, front_size: int | None, task_metrics: dict[str, str] | None = None,
                traceback_at: str | None = None) -> str:
     """The console line of a trial that ended.
 
     ``[3/8] trial 2 mmoe: finished (y1 mse 0.4675, y2 mse 0.3470) | front size 2``; a failed
     trial shows its error's last line and ``traceback_at``, where its full traceback is stored.
+    A repeat (``front_size`` None) has no front to show.
     """
     line = _ended(record, done, total, task_metrics, traceback_at)
     if DELTA_M in record.metrics:
         line += f" Δm {record.metrics[DELTA_M]:+.2f}%" + (" (negative transfer)" if record.negative_transfer else "")
-    return f"{line} | front size {front_size}"
+    return line if front_size is None else f"{line} | front size {front_size}"
 
 
 def reference_line(record: TrialRecord, done: int, total: int, best: float | None, task_metrics: dict[str, str] | None = None,
@@ -417,7 +468,8 @@ def reference_line(record: TrialRecord, done: int, total: int, best: float | Non
 
 
 def _ended(record: TrialRecord, done: int, total: int, task_metrics: dict[str, str] | None, traceback_at: str | None) -> str:
-    line = f"[{done}/{total}] {trial_label(record.params | {NUMBER_KEY: record.number, STRATEGY_KEY: record.strategy, REFERENCE_TASK_KEY: record.reference_task})}: {record.status}"
+    names = {NUMBER_KEY: record.number, STRATEGY_KEY: record.strategy, REFERENCE_TASK_KEY: record.reference_task, REPEAT_KEY: record.repeat}
+    line = f"[{done}/{total}] {trial_label(names)}: {record.status}"
     values = ", ".join(f"{metric_label(k, task_metrics)} {format_value(float(v))}" for k, v in record.val.items()
                        if isinstance(v, (int, float)) and math.isfinite(v))
     if values:

@@ -53,6 +53,9 @@ CHECKPOINT = "mtl_search.checkpoint"  # the folder of a finished trial's saved m
 STUDY = "mtl_search.study"  # the search's Optuna study (in optuna.db next to the tracking store)
 REFERENCE_TASK = "mtl_search.reference_task"  # on a single-task reference trial (role "reference"): its task
 BEST_REFERENCE = "mtl_search.reference_best"  # "true" on the reference trial chosen as its task's reference
+REPEAT_OF = "mtl_search.repeat_of"  # on a repeat (role "repeat"): the run id of the trial it trains again
+REPEAT = "mtl_search.repeat"  # on a repeat: its seed index, 1, 2, ...
+NOISE = "noise/"  # a repeated front trial's spread over seeds: noise/<figure>/{mean,std,n,significant}
 REFERENCE_RUNS = "mtl_search.reference_runs"  # JSON {task: run id} on the search run: the chosen reference trials
 INTERRUPTED = "mtl_search.interrupted"  # set on a search stopped by Ctrl-C (its run ends KILLED; --resume continues it)
 PARENT = "mlflow.parentRunId"
@@ -289,16 +292,21 @@ class Tracker:
 
     # --- trial (child) runs --------------------------------------------------------------
     def start_trial(self, parent_id: str, number: int, strategy: str, params: dict[str, Any], family: str = "",
-                    reference_task: str | None = None) -> str:
-        """A trial's run under the search run; ``reference_task``: a single-task reference trial of that task (role ``reference``)."""
+                    reference_task: str | None = None, repeat_of: str | None = None, repeat: int = 0) -> str:
+        """A trial's run under the search run.
+
+        ``reference_task``: a single-task reference trial of that task (role ``reference``);
+        ``repeat_of``: a repeat with seed index ``repeat`` of that run (role ``repeat``).
+        """
         tags = {PARENT: parent_id, ROLE: "trial", STRATEGY: strategy, FAMILY: family, NUMBER: str(number)}
+        name = trial_run_name(number, strategy)
         if reference_task is not None:
             tags.update({ROLE: "reference", REFERENCE_TASK: reference_task})
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_run_name(number, strategy) if reference_task is None else reference_run_name(reference_task, number),
-            tags=tags,
-        )
+            name = reference_run_name(reference_task, number)
+        if repeat_of is not None:
+            tags.update({ROLE: "repeat", REPEAT_OF: repeat_of, REPEAT: str(repeat)})
+            name = f"{name}-repeat-{repeat}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -345,6 +353,18 @@ class Tracker:
         if checkpoint:
             self.client.set_tag(run_id, CHECKPOINT, checkpoint)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_noise(self, run_id: str, noise: dict[str, Any]) -> None:
+        """A repeated front trial's spreads over seeds (``noise/<figure>/mean`` ...) and its negative transfer beyond noise."""
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        metrics = [Metric(f"{NOISE}{key}/{stat}", float(value), now, 0) for key, spread in noise.items()
+                   for stat, value in spread.to_json().items() if _finite(float(value))]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        below = any(s.significant and s.mean < 0 for key, s in noise.items() if key.startswith(GAIN))
+        self.client.set_tag(run_id, NEGATIVE_TRANSFER_TAG, "true" if below else "false")
 
     def stop_trial(self, run_id: str) -> None:
         """A trial ended early (scheduler or cancel): KILLED in MLflow, tagged ``stopped``, kept out of the front."""
@@ -431,16 +451,23 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     children = _children(client, [parent.info.experiment_id], parent.info.run_id, None)
     records = [_trial_record(run) for run in children]
     # A trial killed by a crash and run again after --resume has a newer run with the same number.
-    rerun = {(t.reference_task, t.number) for t in records if t.status != "killed"}
-    records = [t for t in records if t.status != "killed" or (t.reference_task, t.number) not in rerun]
-    trials = [t for t in records if t.reference_task is None]
+    rerun = {_identity(t) for t in records if t.status != "killed"}
+    records = [t for t in records if t.status != "killed" or _identity(t) not in rerun]
+    trials = [t for t in records if t.reference_task is None and t.repeat_of is None]
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
                         references=_references(parent.data.metrics),
-                        reference_trials=sorted((t for t in records if t.reference_task is not None), key=lambda t: (t.reference_task, t.number)))
+                        reference_trials=sorted((t for t in records if t.reference_task is not None and t.repeat_of is None),
+                                                key=lambda t: (t.reference_task, t.number)),
+                        repeats=sorted((t for t in records if t.repeat_of is not None), key=lambda t: (t.repeat_of, t.repeat)))
+
+
+def _identity(trial: TrialRecord) -> tuple:
+    """What a re-run after --resume shares with the run it replaces."""
+    return trial.reference_task, trial.number, trial.repeat_of, trial.repeat
 
 
 def _children(client: Any, experiment_ids: list[str], parent_id: str, role: str | None) -> list[Any]:
@@ -482,7 +509,22 @@ def _trial_record(run: Any) -> TrialRecord:
         placement={key: tags[tag] for key, tag in PLACEMENT_TAGS.items() if tag in tags},
         violations=(tags[VIOLATES].split("; ") if tags[VIOLATES] else []) if VIOLATES in tags else None,
         reference_task=tags.get(REFERENCE_TASK),
+        repeat_of=tags.get(REPEAT_OF), repeat=int(tags.get(REPEAT, 0)),
+        noise=_noise(metrics),
     )
+
+
+def _noise(metrics: dict[str, float]) -> dict[str, Any]:
+    """The spreads ``log_noise`` recorded, by figure."""
+    from .metrics import Spread
+
+    found: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith(NOISE):
+            figure, stat = key[len(NOISE):].rsplit("/", 1)
+            found.setdefault(figure, {})[stat] = value
+    return {figure: Spread(v.get("mean", math.nan), v.get("std", math.nan), int(v.get("n", 0)), bool(v.get("significant", 0.0)))
+            for figure, v in found.items()}
 
 
 def summary_markdown(record: SearchRecord) -> str:

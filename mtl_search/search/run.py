@@ -22,12 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..config import NUMBER_KEY
+from ..config import NUMBER_KEY, REPEAT_KEY, REPEAT_OF_KEY
 from ..errors import MtlSearchError
 from ..registry import Registry
 from ..results.metrics import Objective
 from ..results.metrics import val_key
-from ..results.records import SearchRecord, TrialRecord, format_value, hypervolume_history, mark_front, metric_label
+from ..results.records import (
+    SearchRecord,
+    TrialRecord,
+    format_value,
+    hypervolume_history,
+    mark_front,
+    metric_label,
+    repeat_noise,
+)
 from ..results.tracking import (
     STUDY,
     TASK_METRICS,
@@ -47,6 +55,7 @@ from .tune import (
     CONFIG_ATTR,
     RERUN_ATTR,
     Interrupt,
+    ListSearcher,
     OptunaSearcher,
     ReferenceSearcher,
     Rerun,
@@ -239,7 +248,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                 if options.resume:
                     search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
                     earlier = tracker.reopen_search(search_run_id)
-                    resumption = reconcile(study, [t for t in earlier if t.reference_task is None])
+                    resumption = reconcile(study, [t for t in earlier if t.reference_task is None and t.repeat_of is None])
                     echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(resumption.done)} of {trials} trials "
                          f"recorded, {len(resumption.reruns) + resumption.enqueued} to run again")
                 else:
@@ -271,21 +280,29 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
-        status, reference_trials = "FINISHED", [t for t in earlier if t.reference_task is not None]
+        status = "FINISHED"
+        reference_trials = [t for t in earlier if t.reference_task is not None and t.repeat_of is None]
+        repeats, chosen = [t for t in earlier if t.repeat_of is not None], {}
+        going_on = lambda: not interrupt.draining and logger.abort_reason is None  # noqa: E731
         kill_point("search_started")
         try:
             if searched_references:
                 phase = _ReferencePhase(plan, dataset, tracker, search_run_id, reference_trials, interrupt, echo, store, concurrency,
                                         task_metrics, options.epoch_progress)
                 reference_trials, references = phase.run(reference_studies, registry)
+                chosen = phase.chosen
                 if phase.abort_reason:
                     logger.abort_reason = phase.abort_reason
-            if to_run and not interrupt.draining and logger.abort_reason is None:
+            if to_run and going_on():
                 searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
-                                          stop=lambda: interrupt.draining or logger.abort_reason is not None,
-                                          constraints=space.search.constraints)
+                                          stop=lambda: not going_on(), constraints=space.search.constraints)
                 _fit(_trainable(dataset, make_trial_plan(plan, references), space), searcher, to_run, concurrency, logger,
                      f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", store, interrupt, space)
+            if space.search.repeats and chosen and going_on():
+                mark_front(logger.records, objectives, reference, space.search.constraints)
+                repeats = _run_repeats(plan, dataset, tracker, search_run_id, references, [t for t in logger.records if t.pareto],
+                                       chosen, repeats, {None: study, **reference_studies}, interrupt, echo, store, concurrency,
+                                       task_metrics, registry)
         except BaseException:
             status = "FAILED"
             raise
@@ -298,8 +315,13 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
                                   interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
-                                  reference_trials=reference_trials)
+                                  reference_trials=reference_trials, repeats=repeats)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
+            if repeats and chosen:
+                directions = {t.name: t.direction for t in plan.problem.tasks}
+                for trial in record.front:
+                    trial.noise = repeat_noise(trial, repeats, chosen, directions)
+                    tracker.log_noise(trial.run_id, trial.noise)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)
             registry.notify("search_finished", search=record)
@@ -348,6 +370,7 @@ class _ReferencePhase:
         self.interrupt, self.echo, self.store, self.concurrency = interrupt, echo, store, concurrency
         self.task_metrics, self.epoch_progress = task_metrics, epoch_progress
         self.abort_reason: str | None = None
+        self.chosen: dict[str, TrialRecord] = {}  # each task's reference trial, once the references are done
 
     def run(self, studies: dict[str, Any], registry: Registry) -> tuple[list[TrialRecord], References | None]:
         """The reference trials (earlier and new) and the references; None when interrupted or aborted before they were done."""
@@ -378,10 +401,41 @@ class _ReferencePhase:
         if self.interrupt.draining or logger.abort_reason is not None:
             return logger.records, None
         references, chosen = best_references(logger.records, self.plan.problem)
+        self.chosen = chosen
         self.tracker.log_references(self.search_run_id, references, {task: r.run_id for task, r in chosen.items()})
         self.echo("references (best of each task's reference trials, validation): " + ", ".join(
             f"{metric_label(task, self.task_metrics)} {format_value(references['val'][task])} ({r.run_name})" for task, r in chosen.items()))
         return logger.records, references
+
+
+def _run_repeats(plan: Plan, dataset: Any, tracker: Tracker, search_run_id: str, references: References, front: list[TrialRecord],
+                 chosen: dict[str, TrialRecord], earlier: list[TrialRecord], studies: dict[str | None, Any], interrupt: Interrupt,
+                 echo: Callable[[str], None], store: Path, concurrency: int, task_metrics: dict[str, str], registry: Registry) -> list[TrialRecord]:
+    """``search.repeats``: each front trial and each task's chosen reference trained again with seeds 1 .. K − 1 (the repeats).
+
+    The configurations come from the studies (``studies[None]``: the trials', else by task);
+    repeats a resumed search recorded are kept, the rest run as one Tune run of their own.
+    """
+    space = plan.space
+    configs = {task: {t.user_attrs[CONFIG_ATTR][NUMBER_KEY]: t.user_attrs[CONFIG_ATTR] for t in study.get_trials(deepcopy=False)
+                      if CONFIG_ATTR in t.user_attrs} for task, study in studies.items()}
+    done = {(r.repeat_of, r.repeat) for r in earlier}
+    originals = [(None, t) for t in front] + list(chosen.items())
+    wanted = [{**configs[task][original.number], REPEAT_KEY: k, REPEAT_OF_KEY: original.run_id}
+              for task, original in originals for k in range(1, space.search.repeats) if (original.run_id, k) not in done]
+    logger = TrialLogger(tracker, search_run_id, [], registry, len(originals) * (space.search.repeats - 1), earlier,
+                         space.search.max_failures, echo, task_metrics, repeats=True)
+    try:
+        if wanted:
+            echo(f"repeats: {len(wanted)} trainings with other seeds ({len(front)} front trials, {len(chosen)} references, "
+                 f"{space.search.repeats} seeds each)")
+            _fit(_trainable(dataset, make_trial_plan(plan, references), space), ListSearcher(wanted, stop=lambda: interrupt.draining),
+                 len(wanted), concurrency, logger, f"{studies[None].study_name}-repeats-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                 store, interrupt, space)
+    finally:
+        logger.stop_unfinished()
+        logger.close()
+    return logger.records
 
 
 def _reference_studies(storage: str, study_name: str, plan: Plan, space: Space, concurrency: int) -> dict[str, Any]:

@@ -88,6 +88,7 @@ class SearchSpec:
     early_stopping: str = "none"  # none | asha | median, on the trainer's scalarised ``score``
     max_failures: int | None = None  # failed trials tolerated before the search aborts; None: no limit
     constraints: list[Constraint] = field(default_factory=list)  # thresholds a trial must meet to be on the front
+    repeats: int = 0  # seeds per front trial and reference for the noise of gains (0: off; else at least 2)
 
 
 @dataclass
@@ -256,7 +257,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     with errors.section():
         search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
         with errors.section():
-            _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints"), "search")
+            _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints", "repeats"), "search")
         with errors.section():
             sampler = search_raw.get("sampler", "tpe")
             if sampler not in SAMPLERS:
@@ -270,6 +271,9 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         with errors.section():
             if search_raw.get("max_failures") is not None:
                 search.max_failures = _int(search_raw["max_failures"], "search.max_failures", minimum=0)
+        with errors.section():
+            if search_raw.get("repeats") not in (None, 0, False):
+                search.repeats = _int(search_raw["repeats"], "search.repeats", minimum=2)
         with errors.section():
             search.objectives = _parse_objectives(search_raw.get("objectives", []))
         with errors.section():
@@ -310,6 +314,10 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
             ray.gpus_per_trial = _number(ray_raw.get("gpus_per_trial", 0), "ray.gpus_per_trial", positive=False)
 
     baseline = _parse_baseline(top.get("baseline", {}))
+    with errors.section():
+        if search.repeats and not (baseline.enabled and baseline.mode == "search"):
+            raise SpaceError("search.repeats", "repeats measure the noise of the gains over searched single-task references: "
+                             "they need baseline mode search (the default)")
 
     plugins = top.get("plugins", [])
     with errors.section():

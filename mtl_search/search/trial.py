@@ -90,6 +90,9 @@ def select_device(gpus_per_trial: float, cuda_available: bool) -> str:
     return "cuda"
 
 
+REPEAT_SEED_STRIDE = 1_000_003  # a repeat's seed: the trial's own, moved by this per repeat (no trial number reaches it)
+
+
 class TrialTimeout(TimeoutError):
     """A trial ran past ``training.max_trial_seconds`` (checked after every epoch)."""
 
@@ -108,7 +111,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     torch.set_num_threads(threads)
     device = select_device(plan.gpus_per_trial, torch.cuda.is_available())
     placement = {**(placement or {}), "device": device}
-    seed = plan.seed * 100_003 + parts.number
+    seed = plan.seed * 100_003 + parts.number + REPEAT_SEED_STRIDE * parts.repeat
     seed_everything(seed)
     dataset.problem = plan.problem
 

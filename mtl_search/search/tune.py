@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ray import tune
 from ray.tune.search import Searcher
 
-from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY
+from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, REPEAT_OF_KEY, STRATEGY_KEY
 from ..registry import Registry
 from ..results.constraints import tell_constraints, violations
 from ..results.metrics import (
@@ -174,6 +174,28 @@ class ReferenceSearcher(_Live, Searcher):
         pass
 
 
+class ListSearcher(_Live, Searcher):
+    """Proposes the given configurations in order, then finishes (the repeats of ``search.repeats``: nothing to learn)."""
+
+    def __init__(self, configs: list[dict[str, Any]], stop: Callable[[], bool] = lambda: False):
+        Searcher.__init__(self)
+        self.configs, self.stop = list(configs), stop
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.stop() or not self.configs:
+            return Searcher.FINISHED
+        return dict(self.configs.pop(0))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: a resumed search lists the repeats MLflow has not recorded again."""
+
+    def restore(self, checkpoint_path: str) -> None:  # pragma: no cover - Tune's state is never restored
+        pass
+
+
 class Stopper(_Live, tune.Stopper):
     """Stops every trial once ``stop_all()`` says so (a second Ctrl-C, ``search.max_failures`` exceeded)."""
 
@@ -197,15 +219,18 @@ class TrialLogger(_Live, tune.Callback):
 
     With ``references`` (the task directions) it records single-task reference trials
     instead: runs of role ``reference``, kept off the front and out of the observers' hooks,
-    each line showing its task's best reference so far.
+    each line showing its task's best reference so far. With ``repeats`` it records the
+    repeats of trials with other seeds (``search.repeats``): runs of role ``repeat``, off the
+    front and out of the hooks too.
     """
 
     def __init__(self, tracker: Tracker, parent_id: str, objectives: list[Objective], registry: Registry, total: int,
                  earlier: list[TrialRecord] = (), max_failures: int | None = None, echo: Callable[[str], None] = lambda line: None,
                  task_metrics: dict[str, str] | None = None, epochs: int | None = None, constraints: list[Any] = (),
-                 references: dict[str, str] | None = None):
+                 references: dict[str, str] | None = None, repeats: bool = False):
         self.tracker, self.parent_id, self.objectives = tracker, parent_id, objectives
         self.references = references  # task -> direction, for a reference phase
+        self.repeats = repeats
         self.epochs = epochs  # set: a line per trained epoch too (``epoch k of n``, current val per task)
         self.registry, self.total, self.echo, self.max_failures = registry, total, echo, max_failures
         self.task_metrics = task_metrics or {}  # task -> metric, so the progress lines name it
@@ -227,7 +252,8 @@ class TrialLogger(_Live, tune.Callback):
         config = dict(trial.config)
         strategy = config[STRATEGY_KEY]
         self.run_ids[trial.trial_id] = self.tracker.start_trial(self.parent_id, int(config[NUMBER_KEY]), strategy, config,
-                                                                self._family(strategy), config.get(REFERENCE_TASK_KEY))
+                                                                self._family(strategy), config.get(REFERENCE_TASK_KEY),
+                                                                config.get(REPEAT_OF_KEY), int(config.get(REPEAT_KEY, 0)))
         self.running[trial.trial_id] = trial
         self.echo(f"{trial_label(config)}: started")
         kill_point("trial_started")
@@ -296,10 +322,13 @@ class TrialLogger(_Live, tune.Callback):
             error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
             family=self._family(config[STRATEGY_KEY]),
             placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
-            reference_task=config.get(REFERENCE_TASK_KEY),
+            reference_task=config.get(REFERENCE_TASK_KEY), repeat_of=config.get(REPEAT_OF_KEY), repeat=int(config.get(REPEAT_KEY, 0)),
         )
         self.records.append(record)
         traceback_at = f"error.txt of MLflow run {run_id}" if status == "failed" else None
+        if self.repeats:
+            self.echo(trial_line(record, len(self.records), self.total, None, self.task_metrics, traceback_at))
+            return
         if self.references is not None:
             self.echo(reference_line(record, len(self.records), self.total, self._best_reference(record.reference_task),
                                      self.task_metrics, traceback_at))
