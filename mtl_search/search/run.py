@@ -271,7 +271,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs, objectives),
                                         num_samples=to_run, max_concurrent_trials=concurrency,
                                         # a new actor per trial costs a worker start and torch/mtl_search
                                         # imports (seconds on 2 busy cores); train_trial keeps no state across trials
