@@ -371,3 +371,19 @@ def test_pareto_early_stopping_counts_the_front_members_a_rule_stopped():
     assert rules["asha"]["front_lost"] == [3] and rules["asha"]["hv_final"] < 1.0
     assert rules["pareto"]["front_lost"] == [] and rules["pareto"]["hv_final"] == 1.0
     assert rules["pareto"]["stopped"] >= 1 and rules["pareto"]["epochs"] < 1.0  # it still stops the dominated trials
+
+
+@pytest.mark.slow  # trains 8 trials; replay and measure above are tested on constructed streams in CI
+def test_pareto_early_stopping_quick(tmp_path):
+    from benchmarks.pareto_early_stopping import DATASETS, RULES, main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    result, table = _written(tmp_path, "pareto_early_stopping")
+    for name in DATASETS:
+        for repeat in result["results"][name]:
+            none = repeat["rules"]["none"]
+            assert none["hv_final"] == pytest.approx(1.0) and none["epochs"] == 1.0 and none["front_lost"] == []
+            for rule in RULES:
+                row = repeat["rules"][rule]
+                assert 0 < row["epochs"] <= 1.0 and set(row["front_lost"]) <= set(repeat["front"])
+            assert f"| {name} | pareto |" in table
