@@ -149,3 +149,23 @@ def test_every_epoch_of_a_trial_with_references_reports_its_gains():
         expected = val_gain_metrics(directions, {t: r[f"val/{t}"] for t in directions}, references)
         assert all(math.isfinite(r[k]) for k in expected) and {k: r[k] for k in expected} == pytest.approx(expected)
     assert epochs[0]["delta_m"] != pytest.approx(epochs[1]["delta_m"])
+
+
+@pytest.mark.slow  # a whole search through Ray; the rung rule itself is tested above on constructed values
+def test_a_search_with_pareto_early_stopping_records_its_stopped_trials_as_stopped(ray_session, workdir):
+    from mtl_search.search.run import RunOptions, run_search
+    from mtl_search.search.space import parse_space
+
+    space = parse_space({
+        "data": {"dataset": "synthetic_correlated", "options": {"samples": 600, "seed": 0}},
+        "backbone": {"kind": "mlp", "depth": 1, "width": 8},
+        "strategies": {"hard_sharing": {}},
+        "training": {"epochs": 5, "patience": 5, "batch_size": 128, "lr": {"loguniform": [1e-4, 1e-1]}},
+        "search": {"trials": 6, "sampler": "random", "concurrency": 1, "early_stopping": "pareto", "objectives": ["y1", "y2"],
+                   "seed": 0},
+    })
+    record = run_search(space, RunOptions(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}"))
+    statuses = [t.status for t in record.trials]
+    assert set(statuses) == {"finished", "stopped"} and len(statuses) == 6
+    assert all(not t.pareto and not t.val for t in record.trials if t.status == "stopped")
+    assert any(t.pareto for t in record.trials)
