@@ -213,7 +213,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     bounds = {option: {k: v for text in texts for k, v in parse_assignments(text, option).items()}
               for option, texts in (("--min", args.min), ("--max", args.max))}
     record = load_search(require_store(resolve_tracking_uri(args.tracking_uri)), args.experiment)
-    print(pick_line(pick(record, weights, bounds["--min"], bounds["--max"]), record))
+    print(pick_line(pick(record, weights, bounds["--min"], bounds["--max"]), record, args.tracking_uri))
     return 0
 
 

@@ -125,7 +125,7 @@ def test_the_command_prints_the_knee_with_its_run_id_and_exits_2_on_bad_input(tm
     assert knee.number == 5
     assert main(["pick", "--knee", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"trial 5 hard_sharing (run {knee.run_id})") and f"mtl-search predict {knee.run_id}" in out
+    assert out.startswith(f"trial 5 hard_sharing (run {knee.run_id})") and f"mtl-search predict {knee.run_id} ROWS.csv --tracking-uri {uri}" in out
     assert main(["pick", "--weights", "y1=1,y2=0", "--tracking-uri", uri]) == 0
     assert capsys.readouterr().out.startswith("trial 0 ")
     assert main(["pick", "--max", "y1=0.1", "--min", "y2=0.5", "--tracking-uri", uri]) == 0

@@ -143,10 +143,11 @@ def _within(value: float | None, bound: float, kind: str) -> bool:
     return value >= bound if kind == "min" else value <= bound
 
 
-def pick_line(chosen: Pick, record: SearchRecord) -> str:
-    """The chosen trial as ``pick`` prints it: number, strategy, run id, its objective values and how to predict with it."""
+def pick_line(chosen: Pick, record: SearchRecord, tracking_uri: str | None = None) -> str:
+    """The chosen trial as ``pick`` prints it: number, strategy, run id, its objective values and how to predict with it
+    (naming ``tracking_uri`` when the store is not the default one)."""
     values = ", ".join(f"{metric_label(o.name, record.task_metrics)} {format_value(chosen.trial.value(o.key))}" for o in record.objectives)
     return (f"trial {chosen.trial.number} {chosen.trial.strategy} (run {chosen.trial.run_id}): {values}\n"
             f"chosen by {chosen.rule} among {chosen.candidates} of {len(record.front)} front trials of search run "
             f"{record.search_run_id} (experiment {record.experiment!r})\n"
-            f"predict: mtl-search predict {chosen.trial.run_id} ROWS.csv")
+            f"predict: mtl-search predict {chosen.trial.run_id} ROWS.csv" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
