@@ -103,6 +103,8 @@ def test_malformed_assignments_are_errors_naming_the_option(text):
 
 def _store(tmp_path) -> str:
     """A store holding one search whose front is FRONT (written with MLflow directly: no search is run)."""
+    from mlflow.entities import Metric, RunTag
+
     from mtl_search.results.tracking import PARETO, TASK_METRICS, Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -110,9 +112,7 @@ def _store(tmp_path) -> str:
     parent = tracker.start_search("search-1", OBJECTIVES, {"trials": len(FRONT)}, "", tags={TASK_METRICS: json.dumps({"y1": "mse", "y2": "mse"})})
     for number, (y1, y2) in enumerate(FRONT):
         run = tracker.start_trial(parent, number, "hard_sharing", {"strategy": "hard_sharing"}, "hard_sharing")
-        tracker.client.log_metric(run, "val/y1", y1)
-        tracker.client.log_metric(run, "val/y2", y2)
-        tracker.client.set_tag(run, PARETO, "true")
+        tracker.client.log_batch(run, metrics=[Metric("val/y1", y1, 0, 0), Metric("val/y2", y2, 0, 0)], tags=[RunTag(PARETO, "true")])
         tracker.client.set_terminated(run, "FINISHED")
     tracker.client.set_terminated(parent, "FINISHED")
     return uri
