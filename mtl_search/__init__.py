@@ -31,8 +31,10 @@ _EXPORTS: dict[str, str] = {
                      "conv_layer", "forward_with_intermediate", "make_norm", "make_tower", "mlp_layer"), ".nn.layers"),
     **dict.fromkeys(("MultiTaskModel", "SharingMap", "copy_state", "count_parameters", "task_losses"), ".nn.model"),
     "Objective": ".results.metrics",
+    **dict.fromkeys(("Pick", "pick"), ".results.pick"),
     **dict.fromkeys(("SearchRecord", "TrialRecord"), ".results.records"),
     **dict.fromkeys(("load_model", "predict"), ".results.saved_models"),
+    "load_search": ".results.tracking",
     "Strategy": ".strategy",
     **dict.fromkeys(("Evaluation", "TrainConfig", "Trainer"), ".training.trainer"),
     "Weighting": ".training.weighting",
@@ -85,8 +87,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         task_losses,
     )
     from .results.metrics import Objective  # noqa: F401
+    from .results.pick import Pick, pick  # noqa: F401
     from .results.records import SearchRecord, TrialRecord  # noqa: F401
     from .results.saved_models import load_model, predict  # noqa: F401
+    from .results.tracking import load_search  # noqa: F401
     from .strategy import Strategy  # noqa: F401
     from .training.trainer import Evaluation, TrainConfig, Trainer  # noqa: F401
     from .training.weighting import Weighting  # noqa: F401

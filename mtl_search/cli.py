@@ -1,10 +1,10 @@
-"""The command line: ``mtl-search run | validate | plugins | report | predict | groups | ui``.
+"""The command line: ``mtl-search run | validate | plugins | report | pick | predict | groups | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
 
 This module imports only the standard library: ``--help`` and argument errors answer at
 once, and each command imports what it needs (``validate`` no Ray or MLflow, ``report``
-no torch or Ray). Reading commands (``report``, ``ui``, ``predict``) never create or
+no torch or Ray). Reading commands (``report``, ``pick``, ``ui``, ``predict``) never create or
 migrate a tracking store.
 """
 from __future__ import annotations
@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--family", help="only this strategy family's trials, with the family's own front and hypervolume")
     report.add_argument("--all", action="store_true", help="every trial, not only the front (table and csv; json always lists every trial)")
     report.add_argument("--tracking-uri")
+
+    pick = sub.add_parser("pick", help="choose one trial of the latest search's front: the knee, a weighted sum, within bounds")
+    rule = pick.add_mutually_exclusive_group()
+    rule.add_argument("--knee", action="store_true", help="the front's knee: farthest from the hyperplane through its extremes (default)")
+    rule.add_argument("--weights", metavar="NAME=W,...", help="the best weighted sum of the min-max normalised objectives")
+    pick.add_argument("--min", action="append", default=[], metavar="NAME=V,...", help="only trials with this objective or task's value >= V")
+    pick.add_argument("--max", action="append", default=[], metavar="NAME=V,...", help="only trials with this objective or task's value <= V")
+    pick.add_argument("--experiment", help="experiment name (default: the latest search in the store)")
+    pick.add_argument("--tracking-uri")
 
     predict = sub.add_parser("predict", help="predict with a trial's model (trials on the front carry one)")
     predict.add_argument("run_id", help="the trial's MLflow run id")
@@ -200,6 +209,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pick(args: argparse.Namespace) -> int:
+    from .results.pick import parse_assignments, pick, pick_line
+    from .results.tracking import load_search, require_store, resolve_tracking_uri
+
+    weights = parse_assignments(args.weights, "--weights") if args.weights else None
+    bounds = {option: {k: v for text in texts for k, v in parse_assignments(text, option).items()}
+              for option, texts in (("--min", args.min), ("--max", args.max))}
+    record = load_search(require_store(resolve_tracking_uri(args.tracking_uri)), args.experiment)
+    print(pick_line(pick(record, weights, bounds["--min"], bounds["--max"]), record, args.tracking_uri))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .console import quiet_artifact_downloads
     from .results.review import csv_text
@@ -323,7 +344,7 @@ def _stop_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "groups": cmd_groups, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "pick": cmd_pick, "predict": cmd_predict, "groups": cmd_groups, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

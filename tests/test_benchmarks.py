@@ -327,3 +327,63 @@ def test_driver_cpu_quick(tmp_path):
     report = json.loads((tmp_path / "driver_cpu.json").read_text())
     assert [r["objectives"] for r in report["rows"]] == [2, 12] and all(r["trials"] == 4 for r in report["rows"])
     assert report["ratio"] == pytest.approx(report["rows"][1]["driver_cpu_s"] / report["rows"][0]["driver_cpu_s"])
+
+
+def test_pareto_early_stopping_replays_a_search_on_workers_and_frees_a_worker_at_a_stop():
+    from benchmarks.pareto_early_stopping import Stream, replay
+
+    streams = [Stream(n, [{"epoch": e} for e in (1, 2, 3, 4)], [1.0, 2.0, 3.0, 4.0], {"final": True}, 5.0) for n in range(3)]
+    outcomes, epochs = replay(streams, None, workers=2)
+    assert [(o.number, o.finished, o.end) for o in sorted(outcomes, key=lambda o: o.number)] == [(0, True, 5.0), (1, True, 5.0), (2, True, 10.0)]
+    assert len(epochs) == 12
+
+    class StopTrialOneAtEpochTwo:
+        def on_trial_add(self, controller, trial):
+            pass
+
+        def on_trial_result(self, controller, trial, result):
+            return "STOP" if trial.trial_id == "1" and result["epoch"] == 2 else "CONTINUE"
+
+        def on_trial_complete(self, controller, trial, result):
+            pass
+
+    outcomes, epochs = replay(streams, StopTrialOneAtEpochTwo(), workers=2)
+    ends = {o.number: (o.finished, o.epochs, o.end) for o in outcomes}
+    assert ends == {0: (True, 4, 5.0), 1: (False, 2, 2.0), 2: (True, 4, 7.0)}  # trial 2 starts when trial 1 is stopped
+    assert len(epochs) == 10
+
+
+def test_pareto_early_stopping_counts_the_front_members_a_rule_stopped():
+    from benchmarks.pareto_early_stopping import Stream, measure
+    from mtl_search.results.metrics import Objective
+
+    def stream(number: int, a: float, b: float) -> Stream:
+        # epochs 1..8 at 1 s each; the trainer's score: 1 at epoch 1, then the mean val loss over its first-epoch value
+        reports = [{"epoch": e, "score": 1.0 if e == 1 else (2 - a - b) / 1.8, "val/a": a, "val/b": b} for e in range(1, 9)]
+        return Stream(number, reports, [float(e) for e in range(1, 9)], {"final": True, "val/a": a, "val/b": b}, 9.0)
+
+    # the specialist (best a, worst mean) reaches the epoch-2 rung last
+    streams = [stream(0, 0.8, 0.8), stream(1, 0.75, 0.75), stream(2, 0.7, 0.7), stream(3, 0.95, 0.2)]
+    result = measure(streams, [Objective("a", "val/a", "max"), Objective("b", "val/b", "max")], epochs=8, workers=1)
+    assert result["front"] == [0, 3]
+    rules = result["rules"]
+    assert rules["none"]["hv_final"] == 1.0 and rules["none"]["epochs"] == 1.0 and rules["none"]["front_lost"] == []
+    assert rules["asha"]["front_lost"] == [3] and rules["asha"]["hv_final"] < 1.0
+    assert rules["pareto"]["front_lost"] == [] and rules["pareto"]["hv_final"] == 1.0
+    assert rules["pareto"]["stopped"] >= 1 and rules["pareto"]["epochs"] < 1.0  # it still stops the dominated trials
+
+
+@pytest.mark.slow  # trains 8 trials; replay and measure above are tested on constructed streams in CI
+def test_pareto_early_stopping_quick(tmp_path):
+    from benchmarks.pareto_early_stopping import DATASETS, RULES, main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    result, table = _written(tmp_path, "pareto_early_stopping")
+    for name in DATASETS:
+        for repeat in result["results"][name]:
+            none = repeat["rules"]["none"]
+            assert none["hv_final"] == pytest.approx(1.0) and none["epochs"] == 1.0 and none["front_lost"] == []
+            for rule in RULES:
+                row = repeat["rules"][rule]
+                assert 0 < row["epochs"] <= 1.0 and set(row["front_lost"]) <= set(repeat["front"])
+            assert f"| {name} | pareto |" in table

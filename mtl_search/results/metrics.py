@@ -103,28 +103,32 @@ def _summaries(gains: Mapping[str, float]) -> tuple[float, float]:
     return sum(values) / len(values), min(values)
 
 
+def _split_gains(directions: Mapping[str, str], metrics: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+    return {t: relative_gain(float(metrics.get(t, math.nan)), float(reference.get(t, math.nan)), d) for t, d in directions.items()}
+
+
+def val_gain_metrics(directions: Mapping[str, str], val: Mapping[str, float], references: Mapping[str, Mapping[str, float]],
+                     groups: Mapping[str, Iterable[str]] = {}) -> dict[str, float]:
+    """The validation half of :func:`gain_metrics` (per-task gains, Δm, worst gain, group gains): what every epoch reports."""
+    gains = _split_gains(directions, val, references.get("val", {}))
+    out = {GAIN + t: g for t, g in gains.items()}
+    out[DELTA_M], out[WORST_GAIN] = _summaries(gains)
+    for name, tasks in groups.items():
+        out[group_key(name)] = _summaries({t: gains[t] for t in tasks})[0]
+    return out
+
+
 def gain_metrics(directions: Mapping[str, str], val: Mapping[str, float], test: Mapping[str, float],
                  references: Mapping[str, Mapping[str, float]], groups: Mapping[str, Iterable[str]] = {}) -> dict[str, float]:
     """Per-task gains, Δm, worst gain (val and test) and group mean gains, as result keys.
 
     ``directions`` maps task to ``min``/``max``; ``references`` is ``{"val": {task: metric}, "test": {...}}``.
     """
-    out: dict[str, float] = {}
-    for split, metrics, prefix, delta, worst in (("val", val, GAIN, DELTA_M, WORST_GAIN), ("test", test, TEST_GAIN, TEST_DELTA_M, TEST_WORST_GAIN)):
-        reference = references.get(split, {})
-        gains = {t: relative_gain(float(metrics.get(t, math.nan)), float(reference.get(t, math.nan)), d) for t, d in directions.items()}
-        out.update({prefix + t: g for t, g in gains.items()})
-        out[delta], out[worst] = _summaries(gains)
-        if split == "val":
-            for name, tasks in groups.items():
-                out[group_key(name)] = _summaries({t: gains[t] for t in tasks})[0]
+    out = val_gain_metrics(directions, val, references, groups)
+    gains = _split_gains(directions, test, references.get("test", {}))
+    out.update({TEST_GAIN + t: g for t, g in gains.items()})
+    out[TEST_DELTA_M], out[TEST_WORST_GAIN] = _summaries(gains)
     return out
-
-
-def pending_gain_metrics(tasks: Iterable[str], groups: Iterable[str]) -> dict[str, float]:
-    """Every gain key at NaN: what a trial's per-epoch reports carry (Tune wants every objective in every report)."""
-    keys = [GAIN + t for t in tasks] + list(GAIN_OBJECTIVES) + [group_key(g) for g in groups]
-    return {k: float("nan") for k in keys}
 
 
 def is_gain_key(key: str) -> bool:

@@ -1,11 +1,12 @@
 """What the search samples and how: Optuna's define-by-run space, the grid, samplers, schedulers, and the plan a worker gets."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import DEFAULT_WEIGHTING, NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY, WEIGHTING_KEY, param_name
 from ..errors import SpaceError
 from ..knobs import Fixed, Knob, dependency_order, knob_bounds
+from ..results.metrics import LATENCY, Objective
 from .references import SingleTask
 from .space import Plan, reference_ranges
 from .trial import TrialPlan
@@ -168,22 +169,33 @@ class _TuneGridSampler(_grid_sampler_base()):
 
 SCHEDULER_METRIC = "score"
 EARLY_STOPPING_GRACE_EPOCHS = 2  # the score is 1.0 for every trial at epoch 1 (it is normalised by that epoch)
+EARLY_STOPPING_REDUCTION = 2  # successive halving's η (asha, pareto)
 
 
-def make_scheduler(kind: str, epochs: int) -> Any:
-    """The Tune scheduler of ``search.early_stopping`` (None for ``none``), on the trainer's ``score`` per epoch.
+def make_scheduler(kind: str, epochs: int, objectives: Sequence[Objective] = ()) -> Any:
+    """The Tune scheduler of ``search.early_stopping`` (None for ``none``).
 
-    ``score`` is the mean over tasks of the val loss divided by that task's val loss after the
-    first epoch (lower is better), so tasks on different scales count equally.
+    ``asha`` and ``median`` watch the trainer's ``score`` per epoch: the mean over tasks of
+    the val loss divided by that task's val loss after the first epoch (lower is better), so
+    tasks on different scales count equally. ``pareto`` (:mod:`.pareto_stopping`) ranks
+    the trials at each rung by the search's ``objectives`` as each epoch reports them,
+    leaving out ``latency`` (measured once, after training).
     """
     from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
 
     if kind == "none":
         return None
+    max_t = max(epochs, EARLY_STOPPING_GRACE_EPOCHS)
+    if kind == "pareto":
+        from .pareto_stopping import ParetoSuccessiveHalving
+
+        rung_objectives = [(o.key, o.direction) for o in objectives if o.key != LATENCY]
+        return ParetoSuccessiveHalving(rung_objectives, max_t=max_t, grace_period=EARLY_STOPPING_GRACE_EPOCHS,
+                                       reduction_factor=EARLY_STOPPING_REDUCTION)
     if kind == "asha":
         # stop_last_trials=False: a trial reaching the last epoch must still send its final result.
-        return ASHAScheduler(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", max_t=max(epochs, EARLY_STOPPING_GRACE_EPOCHS),
-                             grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=2, stop_last_trials=False)
+        return ASHAScheduler(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", max_t=max_t,
+                             grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=EARLY_STOPPING_REDUCTION, stop_last_trials=False)
     return MedianStoppingRule(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
                               min_samples_required=2)
 

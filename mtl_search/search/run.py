@@ -297,7 +297,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                 searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
                                           stop=lambda: not going_on(), constraints=space.search.constraints)
                 _fit(_trainable(dataset, make_trial_plan(plan, references), space), searcher, to_run, concurrency, logger,
-                     f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", store, interrupt, space)
+                     f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", store, interrupt,
+                     make_scheduler(space.search.early_stopping, space.epochs, objectives))
             if space.search.repeats and chosen and going_on():
                 mark_front(logger.records, objectives, reference, space.search.constraints)
                 repeats = _run_repeats(plan, dataset, tracker, search_run_id, references, [t for t in logger.records if t.pareto],
@@ -337,13 +338,13 @@ def _trainable(dataset: Any, trial_plan: Any, space: Space) -> Any:
 
 
 def _fit(trainable: Any, searcher: Any, num_samples: int, concurrency: int, logger: TrialLogger, run_name: str, store: Path,
-         interrupt: Interrupt, space: Space) -> None:
+         interrupt: Interrupt, scheduler: Any) -> None:
     """One Tune run (a fresh one on every start or resume): ``num_samples`` trials that ``searcher`` proposes, recorded by ``logger``."""
     from ray import tune
 
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=concurrency,
                                     # a new actor per trial costs a worker start and torch/mtl_search
                                     # imports (seconds on 2 busy cores); train_trial keeps no state across trials
@@ -392,8 +393,10 @@ class _ReferencePhase:
                 self.echo(f"single-task references: {left} of {total} reference trials to run ({', '.join(f'{t} {n}' for t, n in budgets.items())})")
                 searcher = ReferenceSearcher(searchers, budgets, stop=lambda: self.interrupt.draining or logger.abort_reason is not None)
                 name = f"{next(iter(studies.values())).study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                # one objective per reference trial: the Pareto rule's single-objective case is ASHA on the score
+                kind = "asha" if space.search.early_stopping == "pareto" else space.search.early_stopping
                 _fit(_trainable(self.dataset, make_trial_plan(self.plan), space), searcher, left, self.concurrency, logger, name,
-                     self.store, self.interrupt, space)
+                     self.store, self.interrupt, make_scheduler(kind, space.epochs))
         finally:
             logger.stop_unfinished()
             logger.close()
@@ -431,7 +434,7 @@ def _run_repeats(plan: Plan, dataset: Any, tracker: Tracker, search_run_id: str,
                  f"{space.search.repeats} seeds each)")
             _fit(_trainable(dataset, make_trial_plan(plan, references), space), ListSearcher(wanted, stop=lambda: interrupt.draining),
                  len(wanted), concurrency, logger, f"{studies[None].study_name}-repeats-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                 store, interrupt, space)
+                 store, interrupt, None)  # trained in full, as the front trials were
     finally:
         logger.stop_unfinished()
         logger.close()

@@ -35,7 +35,7 @@ from ..results.metrics import (
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
-EARLY_STOPPING = ("none", "asha", "median")
+EARLY_STOPPING = ("none", "asha", "median", "pareto")
 TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
 MAX_TASK_OBJECTIVES = 4  # more tasks than this: the default objectives are delta_m and worst_gain
@@ -85,7 +85,7 @@ class SearchSpec:
     concurrency: int = 1
     seed: int = 0
     reference_point: dict[str, float] = field(default_factory=dict)
-    early_stopping: str = "none"  # none | asha | median, on the trainer's scalarised ``score``
+    early_stopping: str = "none"  # none | asha | median (the trainer's scalarised ``score``) | pareto (the objectives)
     max_failures: int | None = None  # failed trials tolerated before the search aborts; None: no limit
     constraints: list[Constraint] = field(default_factory=list)  # thresholds a trial must meet to be on the front
     repeats: int = 0  # seeds per front trial and reference for the noise of gains (0: off; else at least 2)

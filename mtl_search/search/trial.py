@@ -19,7 +19,7 @@ from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
 from ..nn.create import create_model
 from ..nn.model import MultiTaskModel, SharingMap
-from ..results.metrics import gain_metrics, pending_gain_metrics
+from ..results.metrics import gain_metrics, val_gain_metrics, val_key
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.trainer import TrainConfig, Trainer, seed_everything
@@ -117,15 +117,16 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
 
     model = build_model(plan, parts).to(device)
     weighting = plan.weightings[parts.weighting](plan.problem.task_names, **parts.weighting_params)
-    # Every report must carry every objective Tune's searcher watches; cost objectives are
-    # only final at the end, so epochs carry the parameter count and a NaN latency.
+    # Every report must carry every objective Tune's searcher watches (the Pareto scheduler's
+    # rungs read them): latency is only measured at the end, so epochs carry a NaN latency.
     per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
-    if plan.references is not None:
-        per_epoch.update(pending_gain_metrics(plan.problem.task_names, plan.groups or {}))
+    directions = {t.name: t.direction for t in plan.problem.tasks}
     start = time.perf_counter()
 
     def report_epoch(metrics: dict[str, Any]) -> None:
-        report({**metrics, **per_epoch})
+        gains = {} if plan.references is None else val_gain_metrics(
+            directions, {t: metrics.get(val_key(t), float("nan")) for t in directions}, plan.references, plan.groups or {})
+        report({**metrics, **gains, **per_epoch})
         elapsed = time.perf_counter() - start
         if plan.max_trial_seconds is not None and elapsed > plan.max_trial_seconds:
             raise TrialTimeout(f"trial exceeded training.max_trial_seconds={plan.max_trial_seconds:g}: "
@@ -160,7 +161,6 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     result.update({f"val/{t}": v for t, v in val.metrics.items()})
     result.update({f"test/{t}": v for t, v in test.metrics.items()})
     if plan.references is not None:
-        directions = {t.name: t.direction for t in plan.problem.tasks}
         result.update(gain_metrics(directions, val.metrics, test.metrics, plan.references, plan.groups or {}))
     result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
     if trainer.affinity is not None:
