@@ -8,6 +8,10 @@ with searched references (``baseline: {trials: K}``, the default mode):
   one draw, its references the best of K on validation, so slightly below 0 is expected);
 - **sharing**: the data set's sharing strategies; the best Δm on the front.
 
+The no-sharing search also repeats its front trials and the chosen references with more
+seeds (``search.repeats``): their Δm as mean ± std over seeds shows how much of a single
+trial's Δm is seed noise.
+
 Both searches' trials are also measured against the fixed reference (``baseline: {mode:
 fixed}``, the midpoints of the ranges, trained once per task), which is what Δm used to be
 measured against. The table gives the Δm of the no-sharing trials (median and range) and of
@@ -58,14 +62,15 @@ CASES = {
 }
 
 
-def _space(case: dict[str, Any], name: str, strategies: dict, trials: int, reference_trials: int, epochs: int, quick: bool) -> dict:
+def _space(case: dict[str, Any], name: str, strategies: dict, trials: int, reference_trials: int, epochs: int, quick: bool,
+           repeats: int = 0) -> dict:
     data = copy.deepcopy(case["data"])
     if quick and "options" in data:
         data["options"].update(case["quick"])
     space = {
         "experiment": name, "data": data, "backbone": case["backbone"], "strategies": strategies,
         "training": {"epochs": epochs, "patience": 3, "lr": {"loguniform": [1.0e-3, 1.0e-2]}, **case["training"]},
-        "search": {"trials": trials, "concurrency": 2, "seed": 0},
+        "search": {"trials": trials, "concurrency": 2, "seed": 0, **({"repeats": repeats} if repeats else {})},
         "baseline": {"trials": reference_trials},
     }
     for key in ("tasks", "inputs"):
@@ -89,7 +94,7 @@ def _fixed_references(raw: dict) -> tuple[dict, dict[str, str]]:
     from mtl_search.search.references import train_references
     from mtl_search.search.space import parse_space
 
-    fixed = {**raw, "baseline": {"mode": "fixed"}}
+    fixed = {**raw, "baseline": {"mode": "fixed"}, "search": {k: v for k, v in raw["search"].items() if k != "repeats"}}
     plan, dataset, _ = prepare(parse_space(fixed))
     return train_references(plan, dataset, echo=lambda line: None), {t.name: t.direction for t in plan.problem.tasks}
 
@@ -116,9 +121,9 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run_case(label: str, case: dict, quick: bool, store: str) -> dict[str, Any]:
-    trials, reference_trials, epochs = (3, 2, 2) if quick else (8, 4, 12)
+    trials, reference_trials, epochs, repeats = (3, 2, 2, 2) if quick else (8, 4, 15, 3)
     slug = "".join(c for c in label.split(" (")[0] if c.isalnum())
-    none_raw = _space(case, f"fair-{slug}-none", {"hard_sharing": {"shared_depth": 0}}, trials, reference_trials, epochs, quick)
+    none_raw = _space(case, f"fair-{slug}-none", {"hard_sharing": {"shared_depth": 0}}, trials, reference_trials, epochs, quick, repeats)
     sharing_raw = _space(case, f"fair-{slug}-sharing", case["sharing"], trials, reference_trials, epochs, quick)
     unshared, _, unshared_s = _run(none_raw, store)
     shared, _, shared_s = _run(sharing_raw, store)
@@ -133,28 +138,32 @@ def run_case(label: str, case: dict, quick: bool, store: str) -> dict[str, Any]:
         "best sharing, searched references": best.metrics["delta_m"],
         "best sharing, fixed reference": max(_delta_m(t, fixed, directions) for t in sharing),
         "best sharing trial": f"{best.strategy} (trial {best.number})",
+        "no sharing front over seeds": [{"trial": t.number, **t.noise["delta_m"].to_json()} for t in unshared.front if t.noise],
         "reference share of wall time": {"no sharing": _reference_share(store, unshared), "sharing": _reference_share(store, shared)},
         "seconds": {"no sharing": unshared_s, "sharing": shared_s},
         "references": {"searched": unshared.references, "fixed": fixed},
-        "budget": {"trials": trials, "reference trials per task": reference_trials, "epochs": epochs},
+        "budget": {"trials": trials, "reference trials per task": reference_trials, "epochs": epochs, "repeats": repeats},
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Machine: {result['machine']}.", "",
              "| data set | no-sharing Δm %, searched references: median [min, max] | no-sharing Δm %, fixed reference | "
-             "best sharing Δm %, searched | best sharing Δm %, fixed | references' share of wall time (no sharing / sharing) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "best sharing Δm %, searched | best sharing Δm %, fixed | no-sharing front Δm % over seeds (mean ± std) | "
+             "references' share of wall time (no sharing / sharing) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         tuned, fixed = row["no sharing, searched references"], row["no sharing, fixed reference"]
         share = row["reference share of wall time"]
         lines.append(f"| {row['data set']} | {tuned['median']:+.1f} [{tuned['min']:+.1f}, {tuned['max']:+.1f}] (n={tuned['n']}) | "
                      f"{fixed['median']:+.1f} [{fixed['min']:+.1f}, {fixed['max']:+.1f}] | "
                      f"{row['best sharing, searched references']:+.1f} ({row['best sharing trial']}) | {row['best sharing, fixed reference']:+.1f} | "
-                     f"{share['no sharing']:.0%} / {share['sharing']:.0%} |")
+                     + "; ".join(f"{s['mean']:+.1f} ± {s['std']:.1f}{' *' if s['significant'] else ''}" for s in row["no sharing front over seeds"])
+                     + f" | {share['no sharing']:.0%} / {share['sharing']:.0%} |")
     budget = result["rows"][0]["budget"]
     lines += ["", f"Each search: {budget['trials']} trials, {budget['reference trials per task']} reference trials per task, "
-              f"{budget['epochs']} epochs at most (patience 3), lr searched over [1e-3, 1e-2], concurrency 2."]
+              f"{budget['epochs']} epochs at most (patience 3), lr searched over [1e-3, 1e-2], concurrency 2; the no-sharing "
+              f"front over {budget['repeats']} seeds (* : beyond noise, t-test at 5 %)."]
     return "\n".join(lines) + "\n"
 
 
