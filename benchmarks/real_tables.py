@@ -19,9 +19,11 @@ train on them with early stopping on val. Reported on the test rows: each baseli
 search's trial that is best on validation for that task; the median and the worst trial
 (the worst over the mean predictor, for regression, says whether any trial is far off the
 target's scale); and the one trial with the best mean validation gain over
-HistGradientBoosting (its per-task test metrics: a single model for every task).
+HistGradientBoosting (its per-task test metrics: a single model for every task). The same
+search is run again with every regression target left in its units (``scale: false``),
+for the median and worst trial without standardisation.
 
-    python -m benchmarks.real_tables            # 12 trials per table (a few minutes on 2 cores)
+    python -m benchmarks.real_tables            # 12 trials per table and arm (a few minutes on 2 cores)
     python -m benchmarks.real_tables --quick    # 2 trials of 2 epochs, for a smoke run
 
 Writes ``real_tables.md`` and ``real_tables.json`` to ``--out`` (default benchmarks/results).
@@ -73,14 +75,16 @@ TABLES = {"diabetes": diabetes, "wine": wine}
 STRATIFY = {"wine": "cultivar"}  # a classification task's classes kept in proportion in every split
 
 
-def make_space(folder: Path, name: str, settings: dict[str, int]) -> Any:
-    """The table as a CSV in ``folder`` and the parsed space that searches it."""
+def make_space(folder: Path, name: str, settings: dict[str, int], scaled: bool = True) -> Any:
+    """The table as a CSV in ``folder`` and the parsed space that searches it (``scaled=False``: every regression target in its units)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     from mtl_search.search.space import parse_space
 
     table, tasks = TABLES[name]()
+    if not scaled:
+        tasks = {t: {**spec, "scale": False} if spec["kind"] == "regression" else spec for t, spec in tasks.items()}
     pcsv.write_csv(pa.table(table), folder / f"{name}.csv")
     raw = {
         "experiment": f"real-{name}",
@@ -162,26 +166,32 @@ def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
         plan, dataset, _ = prepare(space)
         baselines = baseline_metrics(dataset)
         trials = common.run_trials_in_process(space)
+        raw_trials = common.run_trials_in_process(make_space(Path(tmp), name, settings, scaled=False))
     tasks = {t.name: t for t in plan.problem.tasks}
     directions = {t.name: t.direction for t in plan.problem.tasks}
-    finished = [t for t in trials if all(math.isfinite(t.result.get(f"val/{n}", math.nan)) for n in tasks)]
+    def done(runs: list) -> list:
+        return [t for t in runs if all(math.isfinite(t.result.get(f"val/{n}", math.nan)) for n in tasks)]
+
+    finished, raw_finished = done(trials), done(raw_trials)
     per_task = {}
     for task_name, task in tasks.items():
         sign = 1 if task.direction == "min" else -1
         best = min(finished, key=lambda t: sign * t.result[f"val/{task_name}"])
         tests = [t.result[f"test/{task_name}"] for t in finished]
         worst = max(tests, key=lambda v: sign * v)
+        raw = [t.result[f"test/{task_name}"] for t in raw_finished]
         per_task[task_name] = {
             "metric": task.metric, "direction": task.direction,
             **{p: baselines[p]["test"][task_name] for p in BASELINES},
             "search_best": best.result[f"test/{task_name}"], "search_best_strategy": best.config["strategy"],
             "search_median": statistics.median(tests), "search_worst": worst,
+            "raw_median": statistics.median(raw), "raw_worst": max(raw, key=lambda v: sign * v),
         }
     one = max(finished, key=lambda t: mean_gain({n: t.result[f"val/{n}"] for n in tasks}, baselines["hgb"]["val"], directions))
     for task_name in tasks:
         per_task[task_name]["one_model"] = one.result[f"test/{task_name}"]
     return {"rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
-            "trials": len(trials), "finished": len(finished), "one_model_strategy": one.config["strategy"],
+            "trials": len(trials), "finished": len(finished), "raw_finished": len(raw_finished), "one_model_strategy": one.config["strategy"],
             "one_model_test_gain_over_hgb": mean_gain({n: one.result[f"test/{n}"] for n in tasks}, baselines["hgb"]["test"], directions),
             "tasks": per_task}
 
@@ -191,18 +201,21 @@ def markdown(data: dict[str, Any]) -> str:
              f"{data['settings']['trials']} trials per table ({', '.join(STRATEGIES)}), up to {data['settings']['epochs']} epochs, "
              "test metrics (MAE in the target's units, accuracy); baselines fit on the training rows; "
              "the search's trials early-stop on val; best: the trial best on val for that task; one model: the trial with the best "
-             "mean validation gain over HistGradientBoosting.", "",
-             "| table | task (metric) | mean / prior | linear / logistic | HistGB | search best (strategy) | search median | search worst | one model |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "mean validation gain over HistGradientBoosting; raw units: the same search with every regression target left in "
+             "its units (`scale: false`).", "",
+             "| table | task (metric) | mean / prior | linear / logistic | HistGB | search best (strategy) | search median | search worst | one model "
+             "| raw units: median | raw units: worst |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for table, result in data["tables"].items():
         for task, row in result["tasks"].items():
             lines.append(f"| {table} | {task} ({row['metric']}) | {row['mean']:.4g} | {row['linear']:.4g} | {row['hgb']:.4g} | "
                          f"{row['search_best']:.4g} ({row['search_best_strategy']}) | {row['search_median']:.4g} | {row['search_worst']:.4g} | "
-                         f"{row['one_model']:.4g} |")
+                         f"{row['one_model']:.4g} | {row['raw_median']:.4g} | {row['raw_worst']:.4g} |")
     lines.append("")
     for table, result in data["tables"].items():
         lines.append(f"- {table}: {result['rows']['train']} / {result['rows']['val']} / {result['rows']['test']} rows "
-                     f"(train / val / test), {result['finished']} of {result['trials']} trials finished; one model: "
+                     f"(train / val / test), {result['finished']} of {result['trials']} trials finished "
+                     f"({result['raw_finished']} in raw units); one model: "
                      f"{result['one_model_strategy']}, mean test gain over HistGB {result['one_model_test_gain_over_hgb']:+.1f} %")
     return "\n".join(lines) + "\n"
 

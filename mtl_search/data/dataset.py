@@ -6,6 +6,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..errors import SpaceError
 from .problem import Problem
 
 
@@ -136,7 +137,7 @@ def target_statistics(split: Split, task: str) -> tuple[float, float]:
     if mask is not None:
         y = y[mask.reshape(-1).bool()]
     if y.numel() == 0:
-        raise ValueError(f"task {task!r} has no labelled rows in the training split")
+        raise SpaceError(f"tasks.{task}", "no labelled rows in the train split, so its target cannot be standardised")
     mean, std = float(y.mean()), float(y.std(correction=0))
     return mean, std if std > 1e-12 * max(1.0, abs(mean)) else 1.0
 
