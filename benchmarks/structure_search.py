@@ -55,7 +55,7 @@ def label_variances(tasks: int, samples: int) -> dict[str, float]:
     from mtl_search.search.run import prepare
 
     _, dataset, _ = prepare(make_space("families", tasks, 0, 1, samples, 1))
-    return {t: float(dataset.val.y[t].var()) for t in dataset.problem.task_names}
+    return {t.name: float(t.to_units(dataset.val.y[t.name]).var()) for t in dataset.problem.tasks}  # in units, as val/<task>
 
 
 def quality(result: dict[str, Any], variances: dict[str, float]) -> float:

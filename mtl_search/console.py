@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 LOG_NAME = "mtl-search.log"
 # loggers whose records go to the log file only: MLflow's database set-up, Alembic's migrations, Tune's trial errors
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "ray.tune.execution.tune_controller", "ray.tune.tune")
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` on standard error: something a user should know that does not stop the command."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def quiet_artifact_downloads() -> None:

@@ -387,3 +387,43 @@ def test_pareto_early_stopping_quick(tmp_path):
                 row = repeat["rules"][rule]
                 assert 0 < row["epochs"] <= 1.0 and set(row["front_lost"]) <= set(repeat["front"])
             assert f"| {name} | pareto |" in table
+
+
+def test_real_tables_scores_a_baseline_with_the_searchs_own_metrics():
+    """A baseline's outputs (units, P(y=1), class probabilities) go through Task.evaluate: equal to scikit-learn's metrics."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, roc_auc_score
+
+    from benchmarks.real_tables import model_scale
+    from mtl_search.data.problem import Task
+
+    rng = np.random.default_rng(0)
+    regression = Task("price", "regression", "mae", target_mean=150.0, target_std=40.0)
+    y, pred = rng.normal(150, 40, 50), rng.normal(150, 40, 50)
+    assert regression.evaluate(model_scale(regression, pred), regression.standardise(torch.tensor(y))) == \
+        pytest.approx(mean_absolute_error(y, pred), rel=1e-5)
+    labels, p = rng.integers(0, 2, 50), rng.uniform(0.05, 0.95, 50)
+    assert Task("b", "binary", "auc").evaluate(model_scale(Task("b", "binary"), p), torch.tensor(labels)) == pytest.approx(roc_auc_score(labels, p))
+    assert Task("b", "binary", "logloss").evaluate(model_scale(Task("b", "binary"), p), torch.tensor(labels)) == \
+        pytest.approx(log_loss(labels, p), rel=1e-5)
+    classes, proba = rng.integers(0, 3, 50), rng.dirichlet(np.ones(3), 50)
+    multiclass = Task("c", "multiclass", "accuracy", 3)
+    assert multiclass.evaluate(model_scale(multiclass, proba), torch.tensor(classes)) == pytest.approx(accuracy_score(classes, proba.argmax(1)))
+
+
+@pytest.mark.slow  # two small searches in this process
+def test_real_tables_quick(tmp_path):
+    from benchmarks.real_tables import BASELINES, TABLES, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result, table = _written(tmp_path, "real_tables")
+    assert set(result["tables"]) == set(TABLES)
+    for name, data in result["tables"].items():
+        assert data["finished"] == data["trials"] == data["raw_finished"] == 2
+        for task, row in data["tasks"].items():
+            assert all(math.isfinite(row[p]) for p in (*BASELINES, "search_best", "search_median", "search_worst", "one_model",
+                                                      "raw_median", "raw_worst"))
+            assert f"| {name} | {task} ({row['metric']}) |" in table
+    progression = result["tables"]["diabetes"]["tasks"]["progression"]
+    assert 40 < progression["mean"] < 80  # the MAE of predicting the training mean, in the target's units (std ≈ 77)

@@ -261,6 +261,12 @@ BAD_DATA = [
      "data.split_column: column 'fold' must hold train, val or test; it holds holdout"),
     ("binary target with three classes", {}, "csv: t.csv", "kind: {kind: binary}", "tasks.kind: a binary target has two classes; 'kind' has 3"),
     ("task without kind", {}, "csv: t.csv", "price: {metric: mae}", "tasks.price.kind: missing; a task of a table needs a kind"),
+    ("infinite target values", {"price": [float("inf"), 1.0, float("-inf")] + [1.0] * 57}, "csv: t.csv", None,
+     "tasks.price: target column 'price' holds 2 non-finite values (inf or -inf; first in data row 1)"),
+    ("infinite feature value", {"b": [1.0] * 9 + [float("inf")] + [1.0] * 50}, "csv: t.csv", None,
+     "data.csv: feature column 'b' holds 1 non-finite value (inf or -inf; first in data row 10)"),
+    ("feature with no values", {"a": [None] * 60}, "csv: t.csv", None,
+     "data.csv: feature column 'a' has no values (all 60 rows are empty); leave it out with data.exclude: [a]"),
     ("inputs without categories", {}, "csv: t.csv\n  features: [a, b]\ninputs: {encoding: onehot}", None,
      "inputs: the data set has no categorical features"),
 ]
@@ -276,6 +282,17 @@ def test_bad_data_exits_2_before_any_trial(tmp_path, capsys, description, change
     assert code == 2, err
     assert fragment in err, err
     assert "Traceback" not in err
+
+
+def test_a_class_with_few_rows_in_a_split_is_warned_about(tmp_path, capsys):
+    _write(tmp_path, {**_table(), "bought": [1] * 57 + [0] * 3})
+    path = _space(tmp_path, "csv: t.csv", "price: {kind: regression}\n  bought: {kind: binary, metric: logloss}")
+    assert main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: tasks.bought: fewer than 5 labelled rows of a class in a split (class 0: 2 in train, 0 in val, 1 in test)" in err, err
+    _write(tmp_path, _table(rows=200))  # about 15 rows of each class in each of val and test
+    assert main(["validate", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_shipped_space_validates_from_another_directory(tmp_path, monkeypatch, capsys):

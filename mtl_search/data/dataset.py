@@ -1,11 +1,12 @@
 """The Dataset type: train/val/test splits of one Problem, with optional per-task label masks and sample weights."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator
 
 import torch
 
+from ..errors import SpaceError
 from .problem import Problem
 
 
@@ -126,6 +127,41 @@ def apply_funnel_masks(dataset: Dataset) -> Dataset:
         for name in problem.funnel_order():
             if problem.task(name).after is not None:
                 split.mask[name] = funnel_mask(problem, split, name)
+    return dataset
+
+
+def target_statistics(split: Split, task: str) -> tuple[float, float]:
+    """The mean and (population) standard deviation of ``task``'s labelled targets in ``split``; a constant target's std is 1."""
+    y = split.y[task].reshape(-1).double()
+    mask = split.labelled(task)
+    if mask is not None:
+        y = y[mask.reshape(-1).bool()]
+    if y.numel() == 0:
+        raise SpaceError(f"tasks.{task}", "no labelled rows in the train split, so its target cannot be standardised")
+    mean, std = float(y.mean()), float(y.std(correction=0))
+    return mean, std if std > 1e-12 * max(1.0, abs(mean)) else 1.0
+
+
+def standardize_targets(dataset: Dataset, keep: Iterable[str] = ()) -> Dataset:
+    """Standardise every regression target not in ``keep`` with its training split's mean and std (in place).
+
+    The statistics come from the labelled training rows only (missing labels, funnel-masked
+    rows included, are left out; sample weights are not applied), so nothing of the
+    validation or test rows leaks into training. Every split's target becomes
+    ``(y - mean) / std`` and the task records ``target_mean``/``target_std``, so models
+    train and compute their loss on that scale while :meth:`Task.evaluate` and
+    ``predict`` give the target's own units. A task already standardised is left as it is.
+    """
+    keep = set(keep)
+    tasks = []
+    for task in dataset.problem.tasks:
+        if task.kind == "regression" and task.name not in keep and not task.standardised:
+            mean, std = target_statistics(dataset.train, task.name)
+            task = replace(task, target_mean=mean, target_std=std)
+            for split in (dataset.train, dataset.val, dataset.test):
+                split.y[task.name] = task.standardise(split.y[task.name])
+        tasks.append(task)
+    dataset.problem = replace(dataset.problem, tasks=tuple(tasks))
     return dataset
 
 

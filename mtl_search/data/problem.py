@@ -130,6 +130,12 @@ class Task:
     task's label is only meaningful where the parent's is positive: the data set masks it
     elsewhere (:func:`mtl_search.data.dataset.apply_funnel_masks`), and the model's prediction
     of it is conditional on the parent (e.g. P(convert | click)).
+
+    ``target_mean``, ``target_std``: a regression target is standardised with them (the
+    training split's mean and standard deviation, :func:`mtl_search.data.dataset.standardize_targets`):
+    the data set's targets, the model's outputs and the training loss are on the scale
+    ``(y - target_mean) / target_std``; :meth:`evaluate` and :meth:`to_units` turn a value of
+    that scale back into the target's own units. The defaults (0, 1) leave a target as it is.
     """
 
     name: str
@@ -137,6 +143,8 @@ class Task:
     metric: str = ""
     classes: int = 0
     after: str | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -150,6 +158,28 @@ class Task:
             )
         if self.kind == "multiclass" and self.classes < 2:
             raise SpaceError(f"tasks.{self.name}.classes", "a multiclass task needs classes >= 2")
+        if not (math.isfinite(self.target_mean) and math.isfinite(self.target_std) and self.target_std > 0):
+            raise ValueError(f"task {self.name!r}: target_mean must be finite and target_std finite and > 0, "
+                             f"got {self.target_mean!r}, {self.target_std!r}")
+        if self.kind != "regression" and (self.target_mean, self.target_std) != (0.0, 1.0):
+            raise ValueError(f"task {self.name!r}: only a regression target is standardised; this one is {self.kind}")
+
+    @property
+    def standardised(self) -> bool:
+        """Whether the target is on a standardised scale (statistics other than 0 and 1)."""
+        return (self.target_mean, self.target_std) != (0.0, 1.0)
+
+    def to_units(self, value: torch.Tensor) -> torch.Tensor:
+        """A regression value of the standardised scale (a prediction, a target) in the target's own units; others unchanged."""
+        if not self.standardised:
+            return value
+        return value.to(torch.float32) * self.target_std + self.target_mean
+
+    def standardise(self, value: torch.Tensor) -> torch.Tensor:
+        """A regression value in the target's units on the standardised scale (the inverse of :meth:`to_units`)."""
+        if not self.standardised:
+            return value
+        return (value.to(torch.float32) - self.target_mean) / self.target_std
 
     @property
     def output_dim(self) -> int:
@@ -182,6 +212,7 @@ class Task:
         Regression: Gaussian with mean ``prediction`` and the given noise ``variance``;
         binary: Bernoulli with probability sigmoid(logit); multiclass: categorical over
         softmax(logits). Computed in log space, so it stays finite for very bad predictions.
+        Values are on the model's scale (a standardised target's), as :meth:`loss`'s.
         """
         if self.kind == "regression":
             variance = torch.as_tensor(variance, dtype=prediction.dtype, device=prediction.device)
@@ -190,7 +221,12 @@ class Task:
         return -self.loss(prediction, target, reduction="none")
 
     def evaluate(self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-        """The task's metric over a whole split (weighted by ``weight`` per row when given; see :class:`Metric`)."""
+        """The task's metric over a whole split (weighted by ``weight`` per row when given; see :class:`Metric`).
+
+        ``prediction`` and ``target`` are on the model's scale (as a Split holds the target);
+        a standardised regression target's metric is computed in its own units.
+        """
+        prediction, target = self.to_units(prediction), self.to_units(target)
         if weight is None:
             return METRICS[self.kind][self.metric].fn(prediction, target)
         return METRICS[self.kind][self.metric].fn(prediction, target, weight)

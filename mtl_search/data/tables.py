@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtlSearchError, SpaceError
+from ..errors import ErrorCollector, MtlSearchError, SpaceError
 from .dataset import Dataset, Split, apply_funnel_masks
 from .features import (
     CategoricalFeature,
@@ -78,6 +78,7 @@ def load_table(spec: TableSpec, tasks: dict[str, dict[str, Any]]) -> Dataset:
     if table.num_rows < 3:
         raise SpaceError(key, f"{spec.path} has {table.num_rows} rows; at least 3 are needed for train/val/test")
 
+    _check_features(table, feature_names, key)
     labels = {name: _labels(name, t, table.column(name)) for name, t in tasks.items()}
     rows = _split_rows(spec, table, labels)
     for name, (_, mask, _) in labels.items():
@@ -185,9 +186,35 @@ def _present(column: Any) -> np.ndarray:
     return present
 
 
+def _infinite(name: str, column: Any) -> str | None:
+    """What is wrong with a numeric column holding inf or -inf (a count of rows and the first one), or None."""
+    if not _is_numeric(column.type):
+        return None
+    bad = np.flatnonzero(np.isinf(as_float(column)))
+    if not bad.size:
+        return None
+    return (f"column {name!r} holds {bad.size} non-finite value{'s' if bad.size > 1 else ''} (inf or -inf; first in data row "
+            f"{int(bad[0]) + 1}); replace them with numbers, or leave the cells blank to mark them missing")
+
+
+def _check_features(table: Any, names: list[str], key: str) -> None:
+    """Refuse feature columns with no value at all, or numbers that are not finite; every bad column is named."""
+    errors = ErrorCollector()
+    for name in names:
+        column = table.column(name)
+        if not _present(column).any():
+            errors.add(SpaceError(key, f"feature column {name!r} has no values (all {table.num_rows} rows are empty); "
+                                       f"leave it out with data.exclude: [{name}]"))
+        elif (problem := _infinite(name, column)) is not None:
+            errors.add(SpaceError(key, f"feature {problem}"))
+    errors.raise_if_any()
+
+
 def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor, np.ndarray, Task]:
     """The target tensor, the mask of labelled rows and the Task (classes inferred) of one target column."""
     kind = task["kind"]
+    if (problem := _infinite(name, column)) is not None:
+        raise SpaceError(f"tasks.{name}", f"target {problem}")
     present = _present(column)
     if not present.any():
         raise SpaceError(f"tasks.{name}", f"column {name!r} has no labels (every value is empty)")

@@ -4,12 +4,15 @@ A model directory (a trial's checkpoint; the ``model/`` artifact of a trial on t
 
 - ``model.pt``: the state dict, for ``torch.load(path, weights_only=True)``;
 - ``config.json``: the trial's exact sampled configuration (strategy, backbone, knobs, training);
-- ``problem.json``: the problem (input shape, tasks, a table's features) and the backbone kind.
+- ``problem.json``: the problem (input shape, tasks with a standardised regression target's
+  training mean and std, a table's features) and the backbone kind.
 
 Rebuilding goes through the same factory as the trial (:func:`mtl_search.nn.create.create_model`)
 with the recorded problem and configuration, so the plugin that provides the strategy (and
 backbone kind) must be installed. A model trained on a table holds its input layer, whose
 statistics and vocabularies travel in the state dict: it predicts from the raw columns.
+A standardised regression target's statistics travel in ``problem.json``: :func:`predict`
+gives the target's own units.
 """
 from __future__ import annotations
 
@@ -37,10 +40,11 @@ MODEL_ARTIFACT = "model"  # the artifact folder of a trial run
 
 
 def problem_to_json(problem: Problem) -> dict[str, Any]:
-    """The problem as JSON: input shape, tasks, and a table's feature description (the model's input layer depends on it)."""
+    """The problem as JSON: input shape, tasks (with a standardised target's statistics), and a table's feature description."""
     return {"input_shape": list(problem.input_shape),
             "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes,
-                       **({"after": t.after} if t.after is not None else {})} for t in problem.tasks],
+                       **({"after": t.after} if t.after is not None else {}),
+                       **({"target_mean": t.target_mean, "target_std": t.target_std} if t.standardised else {})} for t in problem.tasks],
             "features": problem.features.to_dict() if problem.features is not None else None}
 
 
@@ -119,7 +123,7 @@ def load_model(source: str | Path, tracking_uri: str | None = None, registry: An
 
 @torch.no_grad()
 def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-task predictions in the task's own terms: a value (regression), P(y=1) (binary), class probabilities (multiclass).
+    """Per-task predictions in the task's own terms: a value in the target's units (regression), P(y=1) (binary), class probabilities (multiclass).
 
     A binary funnel task (``Task.after``) is predicted conditionally on its parent (P(convert |
     click)); ``<task>.joint`` is added for it: the probability that it and every task above it
@@ -137,7 +141,7 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
         elif task.kind == "multiclass":
             predictions[task.name] = torch.softmax(out, dim=1)
         else:
-            predictions[task.name] = out.reshape(-1)
+            predictions[task.name] = task.to_units(out.reshape(-1))
     for task in model.problem.tasks:
         chain = [task.name, *model.problem.ancestors(task.name)]
         if task.after is not None and all(model.problem.task(n).kind == "binary" for n in chain):

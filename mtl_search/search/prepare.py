@@ -6,11 +6,16 @@ checks what only the data and the plugins' code can tell:
 
 - every binary task whose metric is AUC has both classes labelled in its validation and
   test splits (else its AUC is undefined, no trial reaches the front and the search ends
-  with an empty front);
+  with an empty front); a class with fewer than ``FEW_ROWS`` labelled rows in a split is
+  printed as a warning (its metric there rests on a handful of rows);
 - every strategy builds, at the smallest configuration its ranges allow, on the space's
   backbone and data, and one forward pass on a few rows gives a prediction per task
   (a broken plugin, or a combination of ranges no trial could build, is named here rather
   than failing every trial).
+
+It also standardises every regression target with its training split's statistics
+(unless the space says ``tasks.<name>.scale: false``), so every trial, reference and
+strategy trains on the same scale (:func:`~mtl_search.data.dataset.standardize_targets`).
 
 Independent errors are reported together (:class:`~mtl_search.errors.SpaceErrors`).
 This module imports neither Ray nor MLflow.
@@ -20,14 +25,16 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from ..data.dataset import Dataset, apply_funnel_masks
+from ..console import warn
+from ..data.dataset import Dataset, apply_funnel_masks, standardize_targets
 from ..data.tables import load_table
 from ..errors import ErrorCollector, SpaceError, did_you_mean
 from ..registry import Registry, load_registry
-from .space import Plan, Space, resolve
+from .space import Plan, Space, resolve, unscaled_tasks
 
 PREFLIGHT_ROWS = 4  # rows of the training split the build check runs its forward pass on
 NEEDS_BOTH_CLASSES = ("auc",)  # binary metrics undefined on a split holding one class
+FEW_ROWS = 5  # a class with fewer labelled rows than this in a split is warned about
 
 
 def build_dataset(space: Space, registry: Registry) -> Dataset:
@@ -58,6 +65,9 @@ def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Datas
     plan = resolve(space, registry, dataset.problem)
     dataset.problem = plan.problem
     apply_funnel_masks(dataset)  # a funnel task's label is masked where its parent is negative, for every strategy
+    standardize_targets(dataset, unscaled_tasks(space))  # after the funnel masks: statistics of the labelled rows only
+    plan.problem = dataset.problem
+    warn_few_rows(plan, dataset)
     with errors.section():
         check_class_counts(plan, dataset)
     with errors.section():
@@ -84,6 +94,20 @@ def class_counts(dataset: Dataset, task: str) -> dict[str, dict[int, int]]:
         values, n = torch.unique(y.long(), return_counts=True)
         counts[name] = {int(v): int(c) for v, c in zip(values, n)}
     return counts
+
+
+def warn_few_rows(plan: Plan, dataset: Dataset) -> None:
+    """Print a warning for each class of a binary or multiclass task with fewer than ``FEW_ROWS`` labelled rows in some split."""
+    for task in plan.problem.tasks:
+        if task.kind == "regression":
+            continue
+        counts = class_counts(dataset, task.name)
+        classes = range(task.classes if task.kind == "multiclass" else 2)
+        few = [c for c in classes if any(counts[s].get(c, 0) < FEW_ROWS for s in counts)]
+        if few:
+            shown = "; ".join(f"class {c}: " + ", ".join(f"{counts[s].get(c, 0)} in {s}" for s in counts) for c in few)
+            warn(f"tasks.{task.name}: fewer than {FEW_ROWS} labelled rows of a class in a split ({shown}); "
+                 "its metric on that split rests on a handful of rows")
 
 
 def check_class_counts(plan: Plan, dataset: Dataset) -> None:

@@ -36,7 +36,7 @@ from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median", "pareto")
-TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column")
+TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column", "scale")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
 MAX_TASK_OBJECTIVES = 4  # more tasks than this: the default objectives are delta_m and worst_gain
 
@@ -191,6 +191,10 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
                 for key in ("after", "weight_column"):
                     if key in spec and (not isinstance(spec[key], str) or not spec[key]):
                         raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
+                if "scale" in spec and not isinstance(spec["scale"], bool):
+                    raise SpaceError(f"tasks.{name}.scale", f"expected true or false, got {spec['scale']!r}")
+                if "scale" in spec and spec.get("kind", "regression") != "regression":
+                    raise SpaceError(f"tasks.{name}.scale", f"only a regression target is standardised; {name!r} is {spec['kind']}")
                 if table is None and "weight_column" in spec:
                     raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
                                      "this space's data is a registered data set (data.dataset), not csv:/parquet:")
@@ -426,9 +430,17 @@ def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> 
     for task in problem.tasks:
         spec = tasks.get(task.name, {})
         kind = spec.get("kind", task.kind)
+        if "scale" in spec and kind != "regression":
+            raise SpaceError(f"tasks.{task.name}.scale", f"only a regression target is standardised; {task.name!r} is {kind}")
         metric = spec.get("metric", task.metric if kind == task.kind else "")
-        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes)), spec.get("after", task.after)))
+        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes)), spec.get("after", task.after),
+                              *((task.target_mean, task.target_std) if kind == task.kind else ())))
     return replace(problem, tasks=tuple(new_tasks))
+
+
+def unscaled_tasks(space: Space) -> list[str]:
+    """The tasks whose regression target the space keeps in its own units (``tasks.<name>.scale: false``)."""
+    return [name for name, spec in space.tasks.items() if spec.get("scale") is False]
 
 
 def resolve(space: Space, registry: Any, problem: Problem) -> Plan:

@@ -140,7 +140,7 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
-        """Predictions per task over a whole split, in eval mode."""
+        """The model's outputs per task over a whole split, in eval mode (a standardised target's on its standardised scale)."""
         model.eval()
         parts: dict[str, list[torch.Tensor]] = {t: [] for t in self.problem.task_names}
         for batch in split.batches(EVAL_BATCH):
@@ -149,7 +149,11 @@ class Trainer:
         return {t: torch.cat(p) for t, p in parts.items()}
 
     def evaluate(self, model: nn.Module, split: Split) -> Evaluation:
-        """Each task's metric and mean loss over the rows where it has a label (both weighted by the task's sample weights, if any)."""
+        """Each task's metric and mean loss over the rows where it has a label (both weighted by the task's sample weights, if any).
+
+        The metric is in the target's own units; the loss is the training loss, on the scale
+        the model trains on (a standardised regression target's: see ``Task.target_std``).
+        """
         predictions = self.predict(model, split)
         metrics, losses = {}, {}
         for task in self.problem.tasks:
