@@ -37,6 +37,7 @@ from ..results.tracking import (
     store_lock,
 )
 from .faults import kill_point
+from .gbdt import search_gbdt
 from .plan import DefineByRun, make_sampler, make_scheduler, make_trial_plan
 from .prepare import prepare
 from .references import search_references
@@ -260,6 +261,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             ensure_ray(options.address or space.ray.address)
         finally:
             tracker, search_run_id, study, resumption, references = setup.result()
+        # the GBDT comparison row (search/gbdt.py, baseline.gbdt): fitted once per search, or read back on resume
+        gbdt = search_gbdt(plan, dataset, tracker, search_run_id, options.resume, echo)
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
@@ -298,7 +301,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.stop_unfinished()
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
-                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references)
+                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
+                                  gbdt=gbdt)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)

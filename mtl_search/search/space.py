@@ -56,7 +56,8 @@ class BaselineSpec:
 
     ``backbone``, ``training``, ``inputs`` fix knob values; a knob left out takes its range's
     midpoint (:func:`midpoint`). ``tower_width`` is the width of the
-    reference's one hidden tower layer.
+    reference's one hidden tower layer. ``gbdt``: fit the GBDT comparison row on a table
+    (:mod:`mtl_search.search.gbdt`).
     """
 
     enabled: bool = True
@@ -64,6 +65,7 @@ class BaselineSpec:
     training: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)
     tower_width: int = 16
+    gbdt: bool = False
 
 @dataclass
 class SearchSpec:
@@ -362,7 +364,7 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
     if raw is False:
         return BaselineSpec(enabled=False)
     raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {backbone: {width: 64}, training: {lr: 0.001}}")
-    _known_keys(raw, ("backbone", "training", "inputs", "tower_width"), "baseline")
+    _known_keys(raw, ("backbone", "training", "inputs", "tower_width", "gbdt"), "baseline")
     sections = {}
     for key in ("backbone", "training", "inputs"):
         section = _mapping(raw.get(key, {}), f"baseline.{key}", "expected a mapping of knob name to one value")
@@ -371,7 +373,10 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
                 raise SpaceError(f"baseline.{key}.{name}", f"expected one value (the references are not searched), got {value!r}")
         sections[key] = {str(k): v for k, v in section.items()}
     tower_width = _int(raw.get("tower_width", BaselineSpec.tower_width), "baseline.tower_width", minimum=1)
-    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width)
+    gbdt = raw.get("gbdt", False)
+    if not isinstance(gbdt, bool):
+        raise SpaceError("baseline.gbdt", f"expected true or false, got {gbdt!r}")
+    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width, gbdt=gbdt)
 
 
 @dataclass
@@ -495,6 +500,8 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 inputs if has_categories(problem) else {})
     if space.baseline.enabled:
         reference_settings(plan)  # a baseline: key naming no knob is an error before anything runs
+    if space.baseline.gbdt and problem.features is None:
+        raise SpaceError("baseline.gbdt", f"the GBDT comparison fits a table; data set {space.dataset!r} is not one (data: {{csv: ...}} or {{parquet: ...}})")
     return plan
 
 
