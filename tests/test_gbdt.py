@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
-import math
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from mtl_search.cli import main
-from mtl_search.results.metrics import relative_gain
 from mtl_search.search import gbdt as gbdt_module
 from mtl_search.search.gbdt import GBDT_SETTINGS, train_gbdt
 from mtl_search.search.prepare import prepare
@@ -128,44 +125,44 @@ def test_gbdt_on_a_data_set_that_is_not_a_table_is_refused(tmp_path, capsys):
     assert "baseline.gbdt" in err and "not one" in err and "Traceback" not in err
 
 
-def test_gbdt_row_in_the_search_record_report_json_and_mlflow(ray_session, workdir, capsys, monkeypatch):
-    from mlflow.tracking import MlflowClient
+def test_each_trial_gains_over_the_gbdt_row_in_json_tables_and_summary():
+    from mtl_search.results.metrics import Objective
+    from mtl_search.results.records import SearchRecord, TrialRecord, final_summary, format_table, gbdt_row, trial_table
 
-    from mtl_search.results.records import final_summary
-    from mtl_search.results.tracking import default_tracking_uri, open_tracker
-    from mtl_search.search.run import RunOptions, run_search
+    trial = TrialRecord(0, "run0", "mmoe", {}, "finished", val={"r": 0.5, "b": 0.9}, test={"r": 0.8, "b": 0.6}, pareto=True)
+    failed = TrialRecord(1, "run1", "mmoe", {}, "failed")
+    row = {"val": {"r": 0.4, "b": 0.75}, "test": {"r": 1.0, "b": 0.8}, "seconds": 0.1}
+    record = SearchRecord("e", "s", [Objective("r", "val/r", "min"), Objective("b", "val/b", "max")], [trial, failed],
+                          task_metrics={"r": "mse", "b": "auc"}, gbdt=row)
+    data = record.to_json()
+    assert data["gbdt"] == row and "gbdt_gains" not in data["trials"][1]
+    assert data["trials"][0]["gbdt_gains"] == pytest.approx({"r": -25.0, "b": 20.0})  # mse 0.5 vs 0.4: 25 % worse
+    assert data["trials"][0]["gbdt_test_gains"] == pytest.approx({"r": 20.0, "b": -25.0})
+    assert trial_table(record)[0]["gbdt_gain/b"] == pytest.approx(20.0)
+    table = format_table(trial_table(record) + gbdt_row(record), task_metrics=record.task_metrics)
+    assert "b vs gbdt %" in table and "hist_gradient_boosting" in table
+    summary = final_summary(record)
+    assert "hist_gradient_boosting" in summary and "r vs gbdt %" in summary and "-25.00" in summary
 
-    # without the funnel task: the search's own use of funnels is tested with the funnel spaces
-    text = SPACE.replace("  c: {kind: binary, metric: auc, after: b}\n", "").replace("split_column: part\n", "split_column: part\n  exclude: [c]\n")
-    space = load_space(_write_space(workdir, text))
-    record = run_search(space, RunOptions())
-    assert record.gbdt is not None and set(record.gbdt["val"]) == {"r", "b", "m"}
-    assert "hist_gradient_boosting" in final_summary(record) and "r vs gbdt %" in final_summary(record)
 
-    metrics = MlflowClient(default_tracking_uri()).get_run(record.search_run_id).data.metrics
-    for split in ("val", "test"):
-        for task, value in record.gbdt[split].items():
-            assert metrics[f"gbdt/{split}/{task}"] == pytest.approx(value)
+def test_on_resume_the_recorded_row_is_read_back_not_fitted_again(tmp_path, monkeypatch):
+    plan, dataset, _ = prepare(load_space(_write_space(tmp_path)))
+    recorded = {"val": {t: 0.5 for t in plan.problem.task_names}, "test": {t: 0.25 for t in plan.problem.task_names}, "seconds": 1.0}
 
-    assert main(["report", "--format", "json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["gbdt"]["val"] == pytest.approx(record.gbdt["val"]) and report["gbdt"]["test"] == pytest.approx(record.gbdt["test"])
-    (trial,) = report["trials"]
-    assert trial["status"] == "finished"
-    directions = {"r": "min", "b": "max", "m": "max"}
-    for task, direction in directions.items():
-        gain = relative_gain(trial["val"][task], report["gbdt"]["val"][task], direction)
-        assert math.isclose(trial["gbdt_gains"][task], gain, rel_tol=1e-9) or (math.isnan(gain) and math.isnan(trial["gbdt_gains"][task]))
-        assert math.isclose(trial["gbdt_test_gains"][task], relative_gain(trial["test"][task], report["gbdt"]["test"][task], direction),
-                            rel_tol=1e-9)
-    assert main(["report"]) == 0
-    assert "hist_gradient_boosting" in capsys.readouterr().out
+    class Tracker:
+        logged: list = []
+
+        def load_gbdt(self, run_id):
+            return recorded if run_id == "search" else None
+
+        def log_gbdt(self, run_id, row):
+            self.logged.append(row)
 
     def refit(*args, **kwargs):
-        raise AssertionError("on resume the GBDT row is read back, not fitted again")
+        raise AssertionError("fitted again")
 
     monkeypatch.setattr(gbdt_module, "train_gbdt", refit)
-    plan, dataset, _ = prepare(space)
-    tracker = open_tracker(default_tracking_uri(), space.experiment, "tracking.uri")
-    again = gbdt_module.search_gbdt(plan, dataset, tracker, record.search_run_id, True, lambda line: None)
-    assert again["val"] == pytest.approx(record.gbdt["val"]) and again["test"] == pytest.approx(record.gbdt["test"])
+    assert gbdt_module.search_gbdt(plan, dataset, Tracker(), "search", True, lambda line: None) is recorded
+    assert Tracker.logged == []
+    with pytest.raises(AssertionError, match="fitted again"):  # a search run without the row: fitted (and recorded)
+        gbdt_module.search_gbdt(plan, dataset, Tracker(), "other", True, lambda line: None)

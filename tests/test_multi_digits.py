@@ -67,12 +67,6 @@ def test_bad_options_are_refused(options, message):
         multi_digits(**{**defaults, **options})
 
 
-def test_digits_space_validates(capsys):
-    assert main(["validate", "search_spaces/digits.yaml"]) == 0
-    out = capsys.readouterr().out
-    assert "strategies hard_sharing, cross_stitch, mtan, l2_soft, mrn, mmoe" in out and "tasks left, right" in out
-
-
 def _reduced_digits_space(root, directory):
     """digits.yaml with tiny data, small channels and one epoch."""
     import yaml

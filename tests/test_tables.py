@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -321,20 +320,6 @@ def test_a_trial_on_the_shipped_table_samples_the_encoding():
     result = train_trial(config, data, trial_plan, lambda metrics, checkpoint_dir=None: reports.append(metrics))
     assert all(np.isfinite(result[f"val/{t}"]) for t in ("revenue", "clicked", "segment"))
     assert result["params"] > 0 and reports[-1]["final"]
-
-
-@pytest.mark.slow
-def test_search_on_the_shipped_table(ray_session, workdir):
-    from mtl_search.search.run import RunOptions, run_search
-
-    shutil.copytree(REPO / "search_spaces", workdir / "spaces")
-    path = workdir / "spaces" / "tabular_csv.yaml"
-    path.write_text(path.read_text().replace("epochs: 15", "epochs: 1"))
-    record = run_search(load_space(path), RunOptions(trials=2))
-    assert [t.status for t in record.trials] == ["finished", "finished"]
-    for trial in record.trials:
-        assert set(trial.val) == {"revenue", "clicked", "segment"} and all(np.isfinite(v) for v in trial.val.values())
-        assert trial.params["inputs.encoding"] in ("onehot", "embedding")
 
 
 def test_loading_benchmark_quick_mode(tmp_path):
