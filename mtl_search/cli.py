@@ -180,6 +180,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         family_record,
         format_table,
         format_value,
+        gbdt_row,
         reference_table,
         trial_table,
     )
@@ -200,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     hv = format_value(float(record.hypervolume)) if record.hypervolume is not None else "n/a"
     print(f"experiment {record.experiment!r}, search run {record.search_run_id}, {scope}"
           f"{'every trial' if args.all else 'Pareto front'} ({len(record.front)} of {len(record.trials)} trials on the front), hypervolume {hv}")
-    print(format_table(rows, task_metrics=record.task_metrics))
+    print(format_table(rows + gbdt_row(record), task_metrics=record.task_metrics))
     if record.references:
         print("\nSingle-task references (Δm is measured against them):")
         print(format_table(reference_table(record)))

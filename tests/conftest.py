@@ -44,6 +44,17 @@ def tiny_space(tmp_path: Path, strategies: str = "  hard_sharing: {}\n  mmoe: {e
     return path
 
 
+def one_reference_trial(space: Path, folder: Path) -> Path:
+    """A copy of a shipped space in ``folder`` with one single-task reference trial per task (its tests' budget)."""
+    import yaml
+
+    raw = yaml.safe_load(space.read_text())
+    raw["baseline"] = {**(raw.get("baseline") or {}), "trials": 1}
+    copy = folder / space.name
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return copy
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every test that runs a search."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_space
+from conftest import one_reference_trial, tiny_space
 from mtl_search_plugins.adashare import AdaShare
 
 from mtl_search import (
@@ -245,7 +245,7 @@ def test_adashare_space_runs_against_hard_sharing(ray_session, workdir, capsys):
 
     from mtl_search.results.tracking import default_tracking_uri
 
-    space = Path(__file__).resolve().parents[1] / "search_spaces" / "adashare.yaml"
+    space = one_reference_trial(Path(__file__).resolve().parents[1] / "search_spaces" / "adashare.yaml", workdir)
     assert main(["run", str(space)]) == 0
     capsys.readouterr()
     assert main(["report", "--format", "json"]) == 0

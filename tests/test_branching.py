@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_space
+from conftest import one_reference_trial, tiny_space
 from mtl_search_plugins.branching import (
     Branching,
     BranchingModel,
@@ -230,7 +230,7 @@ def test_branching_space_runs_and_records_trees_and_affinity(ray_session, workdi
 
     from mtl_search.results.tracking import default_tracking_uri
 
-    space = Path(__file__).resolve().parents[1] / "search_spaces" / "branching.yaml"
+    space = one_reference_trial(Path(__file__).resolve().parents[1] / "search_spaces" / "branching.yaml", workdir)
     assert main(["run", str(space), "--trials", "5"]) == 0
     capsys.readouterr()
     assert main(["report", "--format", "json"]) == 0

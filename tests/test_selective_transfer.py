@@ -280,33 +280,6 @@ def test_default_groups_follow_the_backbone_depth(tmp_path, capsys):
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
 
 
-def test_reduced_lasem_space_runs(ray_session, workdir, capsys):
-    import yaml
-    from mlflow.tracking import MlflowClient
-
-    from mtl_search.results.tracking import default_tracking_uri
-
-    space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "lasem.yaml").read_text())
-    space["data"]["options"].update(samples=300, input_dim=8)
-    space["training"].update(epochs=2, batch_size=64)
-    space["search"].update(trials=2, concurrency=2)
-    space["strategies"] = {"lasem": space["strategies"]["lasem"]}  # every trial a lasem one
-    path = workdir / "lasem.yaml"
-    path.write_text(yaml.safe_dump(space))
-    assert main(["run", str(path)]) == 0
-    capsys.readouterr()
-    assert main(["report", "--format", "json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert [t["status"] for t in report["trials"]] == ["finished", "finished"]
-    client = MlflowClient(default_tracking_uri())
-    runs = client.search_runs([client.get_experiment_by_name(space["experiment"]).experiment_id], "tags.`mtl_search.role` = 'trial'")
-    for run in runs:
-        tasks = [f"y{i + 1}" for i in range(space["data"]["options"]["tasks"])]
-        assert all(f"model/lasem/{t}/configuration_mass" in run.data.metrics for t in tasks)
-        smap = json.loads(open(client.download_artifacts(run.info.run_id, "sharing_map.json", str(workdir))).read())
-        assert set(smap) == {"p_shared", "configuration"}
-
-
 def test_cost_benchmark_quick_mode_writes_its_table(tmp_path):
     import subprocess
     import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -340,20 +339,6 @@ def test_a_trial_on_the_shipped_table_samples_the_encoding():
     assert result["params"] > 0 and reports[-1]["final"]
 
 
-@pytest.mark.slow
-def test_search_on_the_shipped_table(ray_session, workdir):
-    from mtl_search.search.run import RunOptions, run_search
-
-    shutil.copytree(REPO / "search_spaces", workdir / "spaces")
-    path = workdir / "spaces" / "tabular_csv.yaml"
-    path.write_text(path.read_text().replace("epochs: 15", "epochs: 1"))
-    record = run_search(load_space(path), RunOptions(trials=2))
-    assert [t.status for t in record.trials] == ["finished", "finished"]
-    for trial in record.trials:
-        assert set(trial.val) == {"revenue", "clicked", "segment"} and all(np.isfinite(v) for v in trial.val.values())
-        assert trial.params["inputs.encoding"] in ("onehot", "embedding")
-
-
 def test_loading_benchmark_quick_mode(tmp_path):
     from benchmarks.table_loading import main as benchmark
 
@@ -394,7 +379,7 @@ def test_a_table_model_reloads_and_predicts_from_the_raw_columns(ray_session, wo
         "experiment: table\ndata: {csv: contract_table.csv}\n"
         "tasks: {reg: {kind: regression}, bin: {kind: binary}, cls: {kind: multiclass}}\n"
         "backbone: {kind: mlp, depth: 2, width: 8}\nstrategies: {hard_sharing: {shared_depth: 1}}\n"
-        "training: {epochs: 1, batch_size: 32}\nsearch: {trials: 2, concurrency: 1}\n")
+        "training: {epochs: 1, batch_size: 32}\nsearch: {trials: 2, concurrency: 1}\nbaseline: {mode: fixed}\n")
     assert main(["run", "space.yaml"]) == 0
     capsys.readouterr()
     assert main(["report", "--format", "json"]) == 0

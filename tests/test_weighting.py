@@ -363,12 +363,3 @@ def test_overhead_benchmark_quick_run_writes_its_table(tmp_path):
     assert result["ratio_to_equal"]["equal"] == 1.0
     table = (tmp_path / "weighting_overhead_quick.md").read_text()
     assert "| upgrad |" in table
-
-
-def test_the_ready_weighting_space_validates(capsys):
-    from pathlib import Path
-
-    from mtl_search.cli import main
-
-    assert main(["validate", str(Path(__file__).parents[1] / "search_spaces" / "weighting.yaml")]) == 0
-    assert "ok" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpaceError, did_you_mean
+from ..results.metrics import METRIC_DIRECTIONS
 from .features import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")
@@ -25,8 +26,12 @@ class Metric:
     """
 
     name: str
-    direction: str  # "min" or "max"
     fn: Callable[..., float]
+
+    @property
+    def direction(self) -> str:
+        """``min`` or ``max`` (:data:`mtl_search.results.metrics.METRIC_DIRECTIONS`)."""
+        return METRIC_DIRECTIONS[self.name]
 
 
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -104,17 +109,17 @@ def _multiclass_accuracy(logits: torch.Tensor, y: torch.Tensor, weight: torch.Te
 
 METRICS: dict[str, dict[str, Metric]] = {
     "regression": {
-        "mse": Metric("mse", "min", _mse),
-        "mae": Metric("mae", "min", _mae),
+        "mse": Metric("mse", _mse),
+        "mae": Metric("mae", _mae),
     },
     "binary": {
-        "auc": Metric("auc", "max", binary_auc),
-        "logloss": Metric("logloss", "min", _binary_logloss),
-        "accuracy": Metric("accuracy", "max", _binary_accuracy),
+        "auc": Metric("auc", binary_auc),
+        "logloss": Metric("logloss", _binary_logloss),
+        "accuracy": Metric("accuracy", _binary_accuracy),
     },
     "multiclass": {
-        "accuracy": Metric("accuracy", "max", _multiclass_accuracy),
-        "logloss": Metric("logloss", "min", _multiclass_logloss),
+        "accuracy": Metric("accuracy", _multiclass_accuracy),
+        "logloss": Metric("logloss", _multiclass_logloss),
     },
 }
 DEFAULT_METRIC = {"regression": "mse", "binary": "auc", "multiclass": "accuracy"}

@@ -47,6 +47,9 @@ GAIN_SUMMARIES = (DELTA_M, WORST_GAIN, TEST_DELTA_M, TEST_WORST_GAIN)
 GAIN_OBJECTIVES = (DELTA_M, WORST_GAIN)
 REFERENCE = "reference/"  # the search run's reference metrics: reference/val/<task>, reference/test/<task>
 NEGATIVE_TRANSFER_TAG = "mtl_search.negative_transfer"
+GBDT = "gbdt/"  # the search run's GBDT comparison row: gbdt/val/<task>, gbdt/test/<task>, gbdt/seconds
+GBDT_GAIN = "gbdt_gain/"  # a trial's validation gain over the GBDT row, percent, per task (report columns)
+METRIC_DIRECTIONS = {"mse": "min", "mae": "min", "logloss": "min", "auc": "max", "accuracy": "max"}  # every task metric's direction
 
 
 def val_key(task: str) -> str:

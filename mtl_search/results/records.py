@@ -12,7 +12,9 @@ from .metrics import (
     COST_METRICS,
     DELTA_M,
     GAIN,
+    GBDT_GAIN,
     GROUP,
+    METRIC_DIRECTIONS,
     TEST,
     TEST_GAIN,
     VAL,
@@ -21,6 +23,7 @@ from .metrics import (
     Objective,
     Spread,
     negative_transfer,
+    relative_gain,
     repeat_gains,
     spread,
 )
@@ -42,10 +45,12 @@ def metric_label(name: str, task_metrics: dict[str, str] | None = None) -> str:
 
 
 def column_label(column: str, task_metrics: dict[str, str] | None = None) -> str:
-    """A table column as printed: ``val/y1`` -> ``val y1 mse``; other columns unchanged."""
+    """A table column as printed: ``val/y1`` -> ``val y1 mse``, ``gbdt_gain/y1`` -> ``y1 vs gbdt %``; other columns unchanged."""
     split, _, task = column.partition("/")
     if split in ("val", "test") and task:
         return f"{split} {metric_label(task, task_metrics)}"
+    if column.startswith(GBDT_GAIN):
+        return f"{task} vs gbdt %"
     return column
 
 
@@ -143,10 +148,19 @@ class SearchRecord:
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
     reference_trials: list[TrialRecord] = field(default_factory=list)  # the searched references' trials (baseline mode search)
     repeats: list[TrialRecord] = field(default_factory=list)  # the front trials and chosen references trained again (search.repeats)
+    gbdt: dict[str, Any] | None = None  # the GBDT comparison row (search/gbdt.py): {"val": {task: m}, "test": {...}, "seconds": s}
 
     @property
     def front(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.pareto]
+
+    def gbdt_gains(self, trial: TrialRecord, split: str = "val") -> dict[str, float]:
+        """Per task, ``trial``'s gain over the GBDT row on ``split`` (percent, :func:`relative_gain`); empty without the row."""
+        if not self.gbdt:
+            return {}
+        values = trial.val if split == "val" else trial.test
+        return {task: relative_gain(float(values.get(task, math.nan)), float(reference), METRIC_DIRECTIONS[self.task_metrics[task]])
+                for task, reference in self.gbdt[split].items() if task in self.task_metrics}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,8 +172,15 @@ class SearchRecord:
             **({"references": self.references} if self.references else {}),
             **({"reference_trials": [t.to_json() | {"task": t.reference_task} for t in self.reference_trials]} if self.reference_trials else {}),
             **({"repeats": [t.to_json() | {"repeat_of": t.repeat_of, "repeat": t.repeat} for t in self.repeats]} if self.repeats else {}),
-            "trials": [t.to_json() for t in sorted(self.trials, key=lambda t: t.number)],
+            **({"gbdt": self.gbdt} if self.gbdt else {}),
+            "trials": [self._trial_json(t) for t in sorted(self.trials, key=lambda t: t.number)],
         }
+
+    def _trial_json(self, trial: TrialRecord) -> dict[str, Any]:
+        data = trial.to_json()
+        if self.gbdt and trial.status == "finished":
+            data.update({"gbdt_gains": self.gbdt_gains(trial), "gbdt_test_gains": self.gbdt_gains(trial, "test")})
+        return data
 
 
 def mark_front(trials: list[TrialRecord], objectives: list[Objective], reference: list[float] | None = None,
@@ -246,14 +267,15 @@ def family_record(record: SearchRecord, family: str) -> SearchRecord:
         raise MtlSearchError(f"no trial of family {family!r} in this search; families: {', '.join(families) or 'none'}")
     trials = [replace(t) for t in record.trials if t.family == family]
     subset = SearchRecord(record.experiment, record.search_run_id, record.objectives, trials, reference_point=record.reference_point,
-                          task_metrics=record.task_metrics, references=record.references)
+                          task_metrics=record.task_metrics, references=record.references, gbdt=record.gbdt)
     subset.hypervolume, _ = mark_front(trials, record.objectives, record.reference_point)
     return subset
 
 
 def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool = False) -> list[dict[str, Any]]:
     """Flat rows: number, run id (what ``predict`` takes), strategy, family, status, pareto, val/test per task, Δm,
-    worst gain and negative transfer (when the search has single-task references), the strategy's knobs.
+    worst gain and negative transfer (when the search has single-task references), the per-task validation
+    gain over the GBDT row (``gbdt_gain/<task>``, with ``baseline.gbdt``), the strategy's knobs.
 
     ``detailed`` (the table artifacts) adds the run name, cost figures, per-task gains, error and
     every sampled parameter as a ``config/<name>`` column.
@@ -274,6 +296,8 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
             row.update({o.key: t.metrics.get(o.key) for o in record.objectives if o.key.startswith(GROUP)})
         if any(u.noise for u in record.trials):  # search.repeats: the spread over seeds of the front trials
             row.update(noise_columns(t))
+        if record.gbdt:
+            row.update({GBDT_GAIN + k: v for k, v in record.gbdt_gains(t).items()} if t.status == "finished" else {})
         row["knobs"] = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in t.params.items() if k.startswith(t.strategy + "."))
         if detailed:
             row.update({"run_name": t.run_name, "run_id": t.run_id})
@@ -316,6 +340,14 @@ def repeat_noise(trial: TrialRecord, repeats: list[TrialRecord], chosen: dict[st
         noise.update({prefix + task: spread(values) for task, values in gains.items() if task != DELTA_M})
         noise[summary] = spread(gains[DELTA_M])
     return noise
+
+
+def gbdt_row(record: SearchRecord) -> list[dict[str, Any]]:
+    """The GBDT comparison as a table row beside the trials' (``number`` gbdt), or no row without one."""
+    if not record.gbdt:
+        return []
+    return [{"number": "gbdt", "strategy": "hist_gradient_boosting",
+             **{f"val/{k}": v for k, v in record.gbdt["val"].items()}, **{f"test/{k}": v for k, v in record.gbdt["test"].items()}}]
 
 
 def _short(value: Any) -> str:
@@ -387,7 +419,8 @@ def final_summary(record: SearchRecord) -> str:
     """What ``mtl-search run`` prints when the search ends.
 
     The front (validation objectives, cost objectives, test values of every task; each
-    column names its metric; the run ids ``predict`` takes), the best value of each
+    column names its metric; the run ids ``predict`` takes; with ``baseline.gbdt`` each
+    trial's per-task gain over the GBDT row, and that row below the trials), the best value of each
     objective per strategy below it, then the counts line (trials, failures, front size,
     hypervolume) and where to look next.
     """
@@ -398,9 +431,12 @@ def final_summary(record: SearchRecord) -> str:
         columns += [DELTA_M, WORST_GAIN, "neg_transfer"]
     if any(t.noise for t in record.front):
         columns += list(noise_columns(record.front[0]))
+    if record.gbdt:
+        columns += [GBDT_GAIN + t for t in _tasks(record)]
     front = trial_table(record, only_front=True)
     for row, trial in zip(front, sorted(record.front, key=lambda t: t.number)):
         row.update({name: trial.metrics.get(name) for name in costs})
+    front += gbdt_row(record)
     hv = format_value(float(record.hypervolume)) if record.hypervolume is not None else "n/a"
     counts = {s: sum(t.status == s for t in record.trials) for s in ("failed", "stopped")}
     lines = []

@@ -20,6 +20,7 @@ from .metrics import (
     COST_METRICS,
     DELTA_M,
     GAIN,
+    GBDT,
     NEGATIVE_TRANSFER_TAG,
     REFERENCE,
     TEST,
@@ -250,6 +251,19 @@ class Tracker:
         """The references a search run recorded (``log_references``), or None."""
         return _references(self.client.get_run(run_id).data.metrics)
 
+    def log_gbdt(self, run_id: str, comparison: dict[str, Any]) -> None:
+        """The GBDT comparison row on the search run: ``gbdt/val/<task>``, ``gbdt/test/<task>``, ``gbdt/seconds``."""
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        metrics = [Metric(f"{GBDT}{split}/{task}", float(v), now, 0) for split in ("val", "test")
+                   for task, v in comparison[split].items() if _finite(v)]
+        self.client.log_batch(run_id, metrics=[*metrics, Metric(f"{GBDT}seconds", float(comparison["seconds"]), now, 0)])
+
+    def load_gbdt(self, run_id: str) -> dict[str, Any] | None:
+        """The GBDT row a search run recorded (``log_gbdt``), or None."""
+        return _gbdt(self.client.get_run(run_id).data.metrics)
+
     def children(self, parent_id: str, role: str | None = "trial") -> list[Any]:
         """The trial runs of a search run (``role="reference"``: its single-task reference trials; None: both)."""
         return _children(self.client, [self.experiment_id], parent_id, role)
@@ -459,7 +473,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
-                        references=_references(parent.data.metrics),
+                        references=_references(parent.data.metrics), gbdt=_gbdt(parent.data.metrics),
                         reference_trials=sorted((t for t in records if t.reference_task is not None and t.repeat_of is None),
                                                 key=lambda t: (t.reference_task, t.number)),
                         repeats=sorted((t for t in records if t.repeat_of is not None), key=lambda t: (t.repeat_of, t.repeat)))
@@ -483,6 +497,17 @@ def _references(metrics: dict[str, float]) -> dict[str, dict[str, float]] | None
             split, task = key[len(REFERENCE):].split("/", 1)
             found.setdefault(split, {})[task] = value
     return found or None
+
+
+def _gbdt(metrics: dict[str, float]) -> dict[str, Any] | None:
+    if f"{GBDT}seconds" not in metrics:  # logged last, with the row
+        return None
+    found: dict[str, Any] = {"val": {}, "test": {}, "seconds": metrics[f"{GBDT}seconds"]}
+    for key, value in metrics.items():
+        split, _, task = key[len(GBDT):].partition("/") if key.startswith(GBDT) else ("", "", "")
+        if split in ("val", "test") and task:
+            found[split][task] = value
+    return found
 
 
 def _trial_record(run: Any) -> TrialRecord:
@@ -558,6 +583,15 @@ def summary_markdown(record: SearchRecord) -> str:
         if gains:
             cells += [_number(t.metrics.get(DELTA_M)), _number(t.metrics.get(WORST_GAIN)), "yes" if t.negative_transfer else "no"]
         lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(cells) + " |")
+    if record.gbdt:
+        tasks = list(record.gbdt["val"])
+        lines += ["", "### GBDT comparison (HistGradientBoosting per task; gains of the front's trials over it, validation %)", "",
+                  "| | " + " | ".join(f"{t} {record.task_metrics.get(t, '')}".strip() for t in tasks) + " |", "|---|" + "---|" * len(tasks),
+                  "| gbdt val | " + " | ".join(f"{record.gbdt['val'][t]:.4g}" for t in tasks) + " |",
+                  "| gbdt test | " + " | ".join(f"{record.gbdt['test'].get(t, math.nan):.4g}" for t in tasks) + " |"]
+        for t in sorted(record.front, key=lambda t: t.number):
+            gains = record.gbdt_gains(t)
+            lines.append(f"| {t.run_name} | " + " | ".join(_number(gains.get(task)) for task in tasks) + " |")
     return "\n".join(lines)
 
 

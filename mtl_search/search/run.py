@@ -46,6 +46,7 @@ from ..results.tracking import (
     store_lock,
 )
 from .faults import kill_point
+from .gbdt import search_gbdt
 from .plan import DefineByRun, ReferenceSpace, make_sampler, make_scheduler, make_trial_plan
 from .prepare import prepare
 from .references import References, best_references, fixed_references
@@ -277,6 +278,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             ensure_ray(options.address or space.ray.address)
         finally:
             tracker, search_run_id, study, resumption, earlier, reference_studies, references = setup.result()
+        # the GBDT comparison row (search/gbdt.py, baseline.gbdt): fitted once per search, or read back on resume
+        gbdt = search_gbdt(plan, dataset, tracker, search_run_id, options.resume, echo)
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
@@ -316,7 +319,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
                                   interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
-                                  reference_trials=reference_trials, repeats=repeats)
+                                  reference_trials=reference_trials, repeats=repeats, gbdt=gbdt)
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             if repeats and chosen:
                 directions = {t.name: t.direction for t in plan.problem.tasks}

@@ -65,7 +65,8 @@ class BaselineSpec:
     knob left out at its range's midpoint (:func:`midpoint`). In both modes ``backbone``,
     ``training`` and ``inputs`` pin knob values, and ``tower_width`` pins the width of the
     reference's one hidden tower layer (searched over its default range, or
-    ``FIXED_TOWER_WIDTH`` in fixed mode, when left out).
+    ``FIXED_TOWER_WIDTH`` in fixed mode, when left out). ``gbdt``: fit the GBDT
+    comparison row on a table (:mod:`mtl_search.search.gbdt`).
     """
 
     enabled: bool = True
@@ -75,6 +76,7 @@ class BaselineSpec:
     tower_width: int | None = None
     mode: str = "search"
     trials: int = REFERENCE_TRIALS
+    gbdt: bool = False
 
 
 @dataclass
@@ -386,7 +388,7 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
     if raw is False:
         return BaselineSpec(enabled=False)
     raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {trials: 4, training: {lr: 0.001}}")
-    _known_keys(raw, ("mode", "trials", "backbone", "training", "inputs", "tower_width"), "baseline")
+    _known_keys(raw, ("mode", "trials", "backbone", "training", "inputs", "tower_width", "gbdt"), "baseline")
     mode = raw.get("mode", BaselineSpec.mode)
     if mode not in BASELINE_MODES:
         raise SpaceError("baseline.mode", f"expected one of {', '.join(BASELINE_MODES)}, got {mode!r}")
@@ -401,7 +403,10 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
                 raise SpaceError(f"baseline.{key}.{name}", f"expected one value (it pins the references' {key} knob), got {value!r}")
         sections[key] = {str(k): v for k, v in section.items()}
     tower_width = _int(raw["tower_width"], "baseline.tower_width", minimum=1) if "tower_width" in raw else None
-    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width, mode, trials)
+    gbdt = raw.get("gbdt", False)
+    if not isinstance(gbdt, bool):
+        raise SpaceError("baseline.gbdt", f"expected true or false, got {gbdt!r}")
+    return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width, mode, trials, gbdt)
 
 
 @dataclass
@@ -533,6 +538,8 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
                 inputs if has_categories(problem) else {})
     if space.baseline.enabled:
         _baseline_sections(plan)  # a baseline: key naming no knob is an error before anything runs
+    if space.baseline.gbdt and problem.features is None:
+        raise SpaceError("baseline.gbdt", f"the GBDT comparison fits a table; data set {space.dataset!r} is not one (data: {{csv: ...}} or {{parquet: ...}})")
     return plan
 
 
