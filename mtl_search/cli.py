@@ -225,23 +225,22 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .results.review import review_url
     from .results.tracking import (
-        latest_search_experiment,
+        latest_search_run,
         require_store,
         resolve_tracking_uri,
     )
+    from .results.ui_server import APP_NAME
 
     uri = require_store(resolve_tracking_uri(args.tracking_uri))
     check_port_free(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
-    experiment_id = latest_search_experiment(uri)
     print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
-    if experiment_id is not None:
-        from .results.review import experiment_url
-
-        print(f"latest search: {experiment_url(base, experiment_id)}", flush=True)
+    if latest_search_run(uri) is not None:
+        print(f"latest search: {review_url(base)}", flush=True)
     return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
-                  "--workers", str(args.workers)])
+                  "--workers", str(args.workers), "--app-name", APP_NAME])
 
 
 def check_port_free(host: str, port: int) -> None:
