@@ -23,6 +23,7 @@ from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
+UI_PORT = 5000  # `mtl-search ui`'s default port (the link `run` prints names it)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
-    ui.add_argument("--port", type=_positive, default=5000)
+    ui.add_argument("--port", type=_positive, default=UI_PORT)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--workers", type=_positive, default=1, help="server worker processes (MLflow's default of 4 is slow to start on a laptop)")
     ui.add_argument("--tracking-uri")
@@ -101,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     quiet_ray_auth_notice(connecting=bool(args.address or space.ray.address))
     from .results.records import final_summary
+    from .results.review import review_url
     from .results.tracking import resolve_tracking_uri
     from .search.run import RunOptions, run_search, state_dir
 
@@ -109,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          epoch_progress=sys.stdout.isatty())  # on a terminal, a line per trained epoch too
     record = run_search(space, options, progress=print)
     print("\n" + final_summary(record))
+    print(f"review: mtl-search ui, then {review_url(f'http://127.0.0.1:{UI_PORT}')}   |   mtl-search report   |   "
+          "mtl-search predict RUN_ID ROWS.csv")
     if log.exists():
         print(f"notices of Ray, Tune and MLflow: {log}")
     return EXIT_ABORTED if record.aborted else 0

@@ -317,7 +317,7 @@ def final_summary(record: SearchRecord) -> str:
     The front (validation objectives, cost objectives, test values of every task; each
     column names its metric; the run ids ``predict`` takes), the best value of each
     objective per strategy below it, then the counts line (trials, failures, front size,
-    hypervolume) and where to look next.
+    hypervolume); ``mtl-search run`` adds where to look next.
     """
     costs = [o.name for o in record.objectives if o.name in COST_METRICS]
     columns = ["number", "run_id", "strategy", *[o.key for o in record.objectives if o.key.startswith(VAL)],
@@ -337,7 +337,6 @@ def final_summary(record: SearchRecord) -> str:
         lines.append(f"ABORTED: {record.aborted}")
     if record.interrupted:
         lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
-    lines.append("review: mtl-search ui   |   mtl-search report   |   mtl-search predict RUN_ID ROWS.csv")
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 REVIEW_PATH = "/mtl-search/latest"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens such an experiment on its runs table, not the GenAI overview
-HEADER_CHAR_WIDTH, HEADER_PADDING = 8, 40  # pixels: a tag column wide enough for its whole name in MLflow's header font
+HEADER_CHAR_WIDTH, HEADER_PADDING = 7, 40  # pixels: a tag column wide enough for its whole name in MLflow's header font
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
