@@ -125,12 +125,12 @@ def test_summary_names_best_trial_per_objective_and_family():
     assert "| moe | 3 | 0 | 2 (trial-002-mmoe) | 2.5 (trial-002-mmoe) |" in text
 
 
-def test_runs_table_view_lists_the_searchs_trials_front_first_with_strategy_pareto_objectives_params_then_knobs():
+def test_runs_table_view_lists_the_searchs_trials_front_first_with_pareto_objectives_params_strategy_then_knobs():
     record = _record(POINTS)
     record.trials[0].params = {"strategy": "hard_sharing", "trial_number": 0, "hard_sharing.shared_depth": 1, "backbone.width": 32}
     view = runs_table_view(record)
     columns = view["selectedColumns"]
-    assert columns[:5] == ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/a`", "metrics.`val/b`", "metrics.`params`"]
+    assert columns[:5] == ["tags.`mtl_search.pareto`", "metrics.`val/a`", "metrics.`val/b`", "metrics.`params`", "tags.`mtl_search.strategy`"]
     assert columns[5:7] == ["params.`backbone.width`", "params.`hard_sharing.shared_depth`"]  # the searched knobs, not strategy/number
     assert {"metrics.`train_seconds`", "tags.`mtl_search.family`"} <= set(columns[7:])
     assert len(columns) == len(set(columns)) and view["columnOrder"] == columns
@@ -403,16 +403,16 @@ def test_mlflow_ui_link_opens_the_latest_searchs_trials_front_first_beside_a_gro
         assert f"{len(children)} matching runs" in body
         assert "shared view" not in body.lower()
         assert "Ask questions about your experiments" not in body  # MLflow's assistant panel stays closed
-        # a per-task metric with a number in it, on the first screen, for every trial
-        for task in ("val/y1", "val/y2"):
-            cells = [r["cells"].get(f"metrics.`{task}`") for r in rows]
-            assert all(c is not None and _number(c[0]) is not None and c[1] <= width for c in cells), (task, cells)
+        # the per-task metrics, Δm and the worst gain: a number for every trial, on the first screen
+        for metric in ("val/y1", "val/y2", "delta_m", "worst_gain"):
+            cells = [r["cells"].get(f"metrics.`{metric}`") for r in rows]
+            assert all(c is not None and _number(c[0]) is not None and c[1] <= width for c in cells), (metric, cells)
         # the front first
         front = [r["cells"]["tags.`mtl_search.pareto`"][0] for r in rows]
         assert "true" in front and front == sorted(front, reverse=True), front
-        # the stored view's order (strategy, pareto, objectives, parameter count, knobs) and whole header names
-        view = ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/y1`", "metrics.`val/y2`", "metrics.`params`",
-                "params.`backbone.activation`"]
+        # the stored view's order (pareto, objectives, Δm, worst gain, parameter count, strategy, knobs) and whole header names
+        view = ["tags.`mtl_search.pareto`", "metrics.`val/y1`", "metrics.`val/y2`", "metrics.`delta_m`", "metrics.`worst_gain`",
+                "metrics.`params`", "tags.`mtl_search.strategy`", "params.`backbone.activation`"]
         assert [headers[c][2] for c in view] == sorted(headers[c][2] for c in view), headers
         for column in ("tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`"):
             assert headers[column][0] == column[len("tags.`"):-1] and not headers[column][1], headers[column]

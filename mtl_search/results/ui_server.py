@@ -10,6 +10,7 @@ entry point ``mtl-search`` (``mlflow ui --app-name mtl-search``).
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 from typing import Any
@@ -50,7 +51,7 @@ def review_page(uri: str) -> str | None:
         return None
     experiment = MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id)
     view = json.loads(experiment.tags.get(VIEW_TAG, "{}"))
-    return PAGE.format(experiment=experiment.name.replace("&", "&amp;").replace("<", "&lt;"),
+    return PAGE.format(experiment=html.escape(experiment.name),
                        storage_key=_script_value(VIEW_STORAGE_KEY.format(experiment_id=experiment.experiment_id)),
                        view=_script_value(view), assistant_key=_script_value(ASSISTANT_OPENED_KEY),
                        target=_script_value(experiment_url("", experiment.experiment_id, view)))
