@@ -136,7 +136,7 @@ def test_runs_table_view_lists_the_searchs_trials_front_first_with_pareto_object
     assert len(columns) == len(set(columns)) and view["columnOrder"] == columns
     # this search's trials only (a filter on their parent: MLflow lists them unnested), the front ("true") first
     assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'parent'"
-    assert (view["orderByKey"], view["orderByAsc"]) == ("tags.`mtl_search.pareto`", False)
+    assert (view["orderByKey"], view["orderByAsc"], view["groupBy"]) == ("tags.`mtl_search.pareto`", False, None)
     widths = view["columnWidths"]  # each tag column as wide as its name needs (the browser test sees the headers whole)
     assert set(widths) == {c for c in columns if c.startswith("tags.")}
     assert widths["tags.`mtl_search.strategy`"] > widths["tags.`mtl_search.pareto`"]
@@ -160,7 +160,7 @@ def test_review_page_saves_the_latest_searchs_view_in_the_browser_and_opens_its_
     target = json.loads(re.search(r"location.replace\((.*)\);", script).group(1))
     assert key == f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment.experiment_id}"]-ReactComponentState'
     assert view == json.loads(experiment.tags["mlflow.sharedViewState.mtl_search"])
-    assert target.startswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&")
+    assert target.startswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=TABLE&")
     assert parent.info.run_id in urllib.parse.unquote(target)
     monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, f"sqlite:///{tmp_path / 'empty.db'}")
     assert flask_app.test_client().get(REVIEW_PATH).headers["Location"] == "/"  # no search yet: MLflow's home page

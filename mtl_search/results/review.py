@@ -127,6 +127,7 @@ def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(rest) if f"metrics.`{key}`" not in columns]
     return {"selectedColumns": columns, "columnOrder": columns,
             "columnWidths": {f"tags.`{key}`": HEADER_PADDING + HEADER_CHAR_WIDTH * len(key) for key in tags},
+            "groupBy": None,  # rows of their own, whatever grouping the browser had
             "searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{record.search_run_id}'",
             "orderByKey": "tags.`mtl_search.pareto`", "orderByAsc": False}
 
@@ -142,7 +143,7 @@ def review_url(base: str) -> str:
 
 
 def experiment_url(base: str, experiment_id: str, view: dict[str, Any]) -> str:
-    """The experiment's runs table in the MLflow UI, filtered and sorted as ``view`` says.
+    """The experiment's runs table (not its charts) in the MLflow UI, filtered and sorted as ``view`` says.
 
     MLflow 3.17's UI picks GenAI or model-training pages from a global switch (the
     ``workflowType`` URL parameter, else the browser's last choice, else GenAI), so the link
@@ -152,5 +153,5 @@ def experiment_url(base: str, experiment_id: str, view: dict[str, Any]) -> str:
 
     facets = {"searchFilter": view.get("searchFilter", ""), "orderByKey": view.get("orderByKey", "attributes.start_time"),
               "orderByAsc": str(view.get("orderByAsc", False)).lower()}
-    query = urlencode({"workflowType": "machine_learning", **facets}, quote_via=quote)
+    query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", **facets}, quote_via=quote)
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
