@@ -142,8 +142,8 @@ def review_url(base: str) -> str:
     return base.rstrip("/") + REVIEW_PATH
 
 
-def experiment_url(base: str, experiment_id: str, view: dict[str, Any]) -> str:
-    """The experiment's runs table (not its charts) in the MLflow UI, filtered and sorted as ``view`` says.
+def runs_table_path(experiment_id: str, view: dict[str, Any]) -> str:
+    """The experiment's runs table (not its charts) in the MLflow UI, filtered and sorted as ``view`` says; from the server's root.
 
     MLflow 3.17's UI picks GenAI or model-training pages from a global switch (the
     ``workflowType`` URL parameter, else the browser's last choice, else GenAI), so the link
@@ -154,4 +154,4 @@ def experiment_url(base: str, experiment_id: str, view: dict[str, Any]) -> str:
     facets = {"searchFilter": view.get("searchFilter", ""), "orderByKey": view.get("orderByKey", "attributes.start_time"),
               "orderByAsc": str(view.get("orderByAsc", False)).lower()}
     query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", **facets}, quote_via=quote)
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    return f"/#/experiments/{experiment_id}/runs?{query}"

@@ -43,7 +43,7 @@ def review_page(uri: str) -> str | None:
     """The page that opens the store's latest search in the runs table; None when the store holds no search."""
     from mlflow.tracking import MlflowClient
 
-    from .review import VIEW_TAG, experiment_url
+    from .review import VIEW_TAG, runs_table_path
     from .tracking import latest_search_run
 
     run = latest_search_run(uri)
@@ -54,7 +54,7 @@ def review_page(uri: str) -> str | None:
     return PAGE.format(experiment=html.escape(experiment.name),
                        storage_key=_script_value(VIEW_STORAGE_KEY.format(experiment_id=experiment.experiment_id)),
                        view=_script_value(view), assistant_key=_script_value(ASSISTANT_OPENED_KEY),
-                       target=_script_value(experiment_url("", experiment.experiment_id, view)))
+                       target=_script_value(runs_table_path(experiment.experiment_id, view)))
 
 
 def create_app() -> Any:
