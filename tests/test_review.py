@@ -137,6 +137,12 @@ def test_runs_table_view_lists_the_searchs_trials_front_first_with_pareto_object
     # this search's trials only (a filter on their parent: MLflow lists them unnested), the front ("true") first
     assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'parent'"
     assert (view["orderByKey"], view["orderByAsc"], view["groupBy"]) == ("tags.`mtl_search.pareto`", False, None)
+    # more than four tasks: Δm, worst gain and params are the objectives; every task's val value follows them
+    many = _record(POINTS, [Objective(n, n, d) for n, d in (("delta_m", "max"), ("worst_gain", "max"), ("params", "min"))])
+    many.references = {"val": {"a": 1.0, "b": 1.0}, "test": {"a": 1.0, "b": 1.0}}
+    assert runs_table_view(many)["selectedColumns"][:7] == [
+        "tags.`mtl_search.pareto`", "metrics.`delta_m`", "metrics.`worst_gain`", "metrics.`params`", "metrics.`val/a`",
+        "metrics.`val/b`", "tags.`mtl_search.strategy`"]
     widths = view["columnWidths"]  # each tag column as wide as its name needs (the browser test sees the headers whole)
     assert set(widths) == {c for c in columns if c.startswith("tags.")}
     assert widths["tags.`mtl_search.strategy`"] > widths["tags.`mtl_search.pareto`"]

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from . import pareto
-from .metrics import COST_METRICS, DELTA_M, TEST, TEST_DELTA_M, VAL, WORST_GAIN
+from .metrics import COST_METRICS, DELTA_M, PARAMS, TEST, TEST_DELTA_M, VAL, WORST_GAIN
 from .records import SearchRecord, format_value, metric_label, trial_table
 
 # The runs table's view of a search, stored on its experiment as MLflow 3 stores a shared view
@@ -101,11 +101,12 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     """The runs table's stored view for a search: its trials, front first, left to right after the run name.
 
-    The pareto tag, the objectives, Δm and the worst gain (with single-task references), the
-    parameter count, the strategy tag (the run name names it too: it comes after the metrics,
-    so that five tasks' metrics fit a 1600-pixel screen), the searched knobs, then the family
-    and negative-transfer tags, per-task val/test, the test Δm and the other costs. MLflow
-    orders columns by ``columnOrder``; ``columnWidths`` fits each tag column to its name.
+    The pareto tag, the objectives, Δm and the worst gain (with single-task references), every
+    task's validation value (objectives or not: with more than four tasks they are not), the
+    parameter count (unless an objective), the strategy tag (the run name names it too: it comes after the metrics,
+    so that the metrics of six tasks fit a 1600-pixel screen), the searched knobs, then the
+    family and negative-transfer tags, per-task test values, the test Δm and the other costs.
+    MLflow orders columns by ``columnOrder``; ``columnWidths`` fits each tag column to its name.
     The filter lists this search's trials as rows of their own (a filter that leaves out
     their parent run shows them unnested), so a ``groups`` run or an earlier search in the
     experiment does not hide them; the front (``mtl_search.pareto`` = ``true``) sorts first.
@@ -119,11 +120,10 @@ def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
     knobs = sorted({name for t in record.trials for name in t.params if "." in name})
     tags = ["mtl_search.pareto", "mtl_search.strategy", "mtl_search.family"] + ([NEGATIVE_TRANSFER_TAG] if record.references else [])
-    first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + ["params"]
-    columns = [f"tags.`{tags[0]}`"] + [f"metrics.`{key}`" for key in dict.fromkeys(first)] + [f"tags.`{tags[1]}`"]
+    first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + [VAL + t for t in tasks]
+    columns = [f"tags.`{tags[0]}`"] + [f"metrics.`{key}`" for key in dict.fromkeys(first + [PARAMS])] + [f"tags.`{tags[1]}`"]
     columns += [f"params.`{name}`" for name in knobs] + [f"tags.`{key}`" for key in tags[2:]]
-    rest = [VAL + t for t in tasks] + [TEST + t for t in tasks] + ([TEST_DELTA_M] if record.references else [])
-    rest += list(COST_METRICS)
+    rest = [TEST + t for t in tasks] + ([TEST_DELTA_M] if record.references else []) + list(COST_METRICS)
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(rest) if f"metrics.`{key}`" not in columns]
     return {"selectedColumns": columns, "columnOrder": columns,
             "columnWidths": {f"tags.`{key}`": HEADER_PADDING + HEADER_CHAR_WIDTH * len(key) for key in tags},
