@@ -23,6 +23,7 @@ from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
+UI_PORT = 5000  # `mtl-search ui`'s default port (the link `run` prints names it)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
-    ui.add_argument("--port", type=_positive, default=5000)
+    ui.add_argument("--port", type=_positive, default=UI_PORT)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--workers", type=_positive, default=1, help="server worker processes (MLflow's default of 4 is slow to start on a laptop)")
     ui.add_argument("--tracking-uri")
@@ -110,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     quiet_ray_auth_notice(connecting=bool(args.address or space.ray.address))
     from .results.records import final_summary
+    from .results.review import review_url
     from .results.tracking import resolve_tracking_uri
     from .search.run import RunOptions, run_search, state_dir
 
@@ -118,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          epoch_progress=sys.stdout.isatty())  # on a terminal, a line per trained epoch too
     record = run_search(space, options, progress=print)
     print("\n" + final_summary(record))
+    print(f"review: mtl-search ui, then {review_url(f'http://127.0.0.1:{UI_PORT}')}   |   mtl-search report   |   "
+          "mtl-search predict RUN_ID ROWS.csv")
     if log.exists():
         print(f"notices of Ray, Tune and MLflow: {log}")
     return EXIT_ABORTED if record.aborted else 0
@@ -251,23 +255,22 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .results.review import review_url
     from .results.tracking import (
-        latest_search_experiment,
+        latest_search_run,
         require_store,
         resolve_tracking_uri,
     )
+    from .results.ui_server import APP_NAME
 
     uri = require_store(resolve_tracking_uri(args.tracking_uri))
     check_port_free(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
-    experiment_id = latest_search_experiment(uri)
     print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
-    if experiment_id is not None:
-        from .results.review import experiment_url
-
-        print(f"latest search: {experiment_url(base, experiment_id)}", flush=True)
+    if latest_search_run(uri) is not None:
+        print(f"latest search: {review_url(base)}", flush=True)
     return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
-                  "--workers", str(args.workers)])
+                  "--workers", str(args.workers), "--app-name", APP_NAME])
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -6,12 +6,14 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -123,16 +125,51 @@ def test_summary_names_best_trial_per_objective_and_family():
     assert "| moe | 3 | 0 | 2 (trial-002-mmoe) | 2.5 (trial-002-mmoe) |" in text
 
 
-def test_runs_table_view_lists_strategy_pareto_objectives_params_then_knobs_and_expands_the_search():
+def test_runs_table_view_lists_the_searchs_trials_front_first_with_pareto_objectives_params_strategy_then_knobs():
     record = _record(POINTS)
     record.trials[0].params = {"strategy": "hard_sharing", "trial_number": 0, "hard_sharing.shared_depth": 1, "backbone.width": 32}
     view = runs_table_view(record)
     columns = view["selectedColumns"]
-    assert columns[:5] == ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/a`", "metrics.`val/b`", "metrics.`params`"]
+    assert columns[:5] == ["tags.`mtl_search.pareto`", "metrics.`val/a`", "metrics.`val/b`", "metrics.`params`", "tags.`mtl_search.strategy`"]
     assert columns[5:7] == ["params.`backbone.width`", "params.`hard_sharing.shared_depth`"]  # the searched knobs, not strategy/number
-    assert {"metrics.`train_seconds`", "metrics.`hypervolume`", "metrics.`front_size`", "tags.`mtl_search.family`"} <= set(columns[7:])
+    assert {"metrics.`train_seconds`", "tags.`mtl_search.family`"} <= set(columns[7:])
     assert len(columns) == len(set(columns)) and view["columnOrder"] == columns
-    assert view["runsExpanded"] == {"parent": True}
+    # this search's trials only (a filter on their parent: MLflow lists them unnested), the front ("true") first
+    assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'parent'"
+    assert (view["orderByKey"], view["orderByAsc"], view["groupBy"]) == ("tags.`mtl_search.pareto`", False, None)
+    # more than four tasks: Δm, worst gain and params are the objectives; every task's val value follows them
+    many = _record(POINTS, [Objective(n, n, d) for n, d in (("delta_m", "max"), ("worst_gain", "max"), ("params", "min"))])
+    many.references = {"val": {"a": 1.0, "b": 1.0}, "test": {"a": 1.0, "b": 1.0}}
+    assert runs_table_view(many)["selectedColumns"][:7] == [
+        "tags.`mtl_search.pareto`", "metrics.`delta_m`", "metrics.`worst_gain`", "metrics.`params`", "metrics.`val/a`",
+        "metrics.`val/b`", "tags.`mtl_search.strategy`"]
+    widths = view["columnWidths"]  # each tag column as wide as its name needs (the browser test sees the headers whole)
+    assert set(widths) == {c for c in columns if c.startswith("tags.")}
+    assert widths["tags.`mtl_search.strategy`"] > widths["tags.`mtl_search.pareto`"]
+
+
+def test_review_page_saves_the_latest_searchs_view_in_the_browser_and_opens_its_trials(searched, tmp_path, monkeypatch):
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+    from mlflow.server import app as flask_app
+
+    from mtl_search.results.review import REVIEW_PATH
+    from mtl_search.results.ui_server import create_app
+
+    _, uri, _, experiment, parent, _ = searched
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, uri)  # as `mlflow ui --backend-store-uri` sets it for its server
+    create_app()
+    create_app()  # a second app in the process adds nothing
+    page = flask_app.test_client().get(REVIEW_PATH)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    script = page.get_data(as_text=True)
+    key, view = (json.loads(v) for v in re.search(r"const key = (.*), view = (.*);\n", script).groups())
+    target = json.loads(re.search(r"location.replace\((.*)\);", script).group(1))
+    assert key == f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment.experiment_id}"]-ReactComponentState'
+    assert view == json.loads(experiment.tags["mlflow.sharedViewState.mtl_search"])
+    assert target.startswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=TABLE&")
+    assert parent.info.run_id in urllib.parse.unquote(target)
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, f"sqlite:///{tmp_path / 'empty.db'}")
+    assert flask_app.test_client().get(REVIEW_PATH).headers["Location"] == "/"  # no search yet: MLflow's home page
 
 
 def _tiny_model():
@@ -291,24 +328,60 @@ def _wait_for(url: str, seconds: float) -> None:
 SCREENSHOTS = Path(os.environ.get("MTL_SEARCH_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 
 
+# what the page shows of each trial row: its run name (pinned on the left) and its cells by column, with their right edges
+ROWS_SCRIPT = """
+const name = Object.fromEntries(Array.from(document.querySelectorAll('.ag-pinned-left-cols-container .ag-row'))
+    .map(r => [r.getAttribute('row-index'), r.innerText]));
+return Array.from(document.querySelectorAll('.ag-center-cols-container .ag-row'))
+    .sort((a, b) => a.getAttribute('row-index') - b.getAttribute('row-index'))
+    .map(r => ({name: name[r.getAttribute('row-index')] || '', cells: Object.fromEntries(Array.from(r.querySelectorAll('.ag-cell'))
+        .map(c => [c.getAttribute('col-id'), [c.innerText, c.getBoundingClientRect().right]]))}));
+"""
+# each header's name as shown: the text, and whether the header cuts it short
+HEADERS_SCRIPT = """
+return Object.fromEntries(Array.from(document.querySelectorAll('.ag-header-cell[col-id]')).map(h => {
+    const text = Array.from(h.querySelectorAll('span')).find(e => e.children.length === 0 && e.textContent);
+    return [h.getAttribute('col-id'), [text ? text.textContent : '', text ? text.scrollWidth > text.clientWidth : false,
+                                       h.getBoundingClientRect().left]];
+}));
+"""
+
+
+def _listed(rows: list[dict]) -> set[str]:
+    """The trial run names the rows show (a row's name cell also holds its colour and its age)."""
+    return {line for r in rows for line in r["name"].splitlines() if line.startswith("trial-")}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
-def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path):
+def test_mlflow_ui_link_opens_the_latest_searchs_trials_front_first_beside_a_groups_run(searched, tmp_path):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    root, uri, _, experiment, parent, children = searched
+    root, uri, client, experiment, parent, children = searched
+    # a `groups` run beside the search, in the same experiment: a run of its own at the top of the table
+    assert main(["groups", str(root / "space.yaml"), "--tracking-uri", uri]) == 0
+    assert len(client.search_runs([experiment.experiment_id])) == len(children) + 2
     port = _free_port()
     log = (tmp_path / "ui.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "mtl_search.cli", "ui", "--port", str(port), "--tracking-uri", uri],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1600,1000",
+                 f"--user-data-dir={tmp_path / 'chromium'}"):  # a fresh profile: a first visit, nothing saved in the browser
         options.add_argument(flag)
     browser = None
     try:
@@ -318,26 +391,39 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
         assert artifact.status == 200 and artifact.read(8) == b"\x89PNG\r\n\x1a\n"
         printed = (tmp_path / "ui.log").read_text()
         url = next(line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("latest search: "))
-        assert url.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs")
+        assert url == f"{base}/mtl-search/latest"
 
         browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         browser.get(url)
-        wait = WebDriverWait(browser, 90)
-        wait.until(lambda b: parent.info.run_name in b.find_element(By.TAG_NAME, "body").text)
-        # the stored view: strategy, pareto, the objectives and the parameter count first, then the searched knobs
-        view = ["tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`", "metrics.`val/y1`", "metrics.`val/y2`", "metrics.`params`",
-                "params.`backbone.activation`"]
-        script = "return Object.fromEntries(Array.from(document.querySelectorAll('.ag-header-cell[col-id]'))" \
-                 ".map(e => [e.getAttribute('col-id'), e.getBoundingClientRect().left]))"
-        wait.until(lambda b: all(c in b.execute_script(script) for c in view))
-        left = browser.execute_script(script)
-        assert [left[c] for c in view] == sorted(left[c] for c in view), left
-        # child runs are nested under the search: expanded, every trial is listed (names may be cut short: their numbers)
-        numbers = [c.info.run_name[: len("trial-000")] for c in children]
-        if not all(n in browser.find_element(By.TAG_NAME, "body").text for n in numbers):
-            browser.find_element(By.CSS_SELECTOR, "button[data-component-id*=runnamecellrenderer]").click()
-        wait.until(lambda b: all(n in b.find_element(By.TAG_NAME, "body").text for n in numbers))
+        names = {c.info.run_name for c in children}
+        try:  # every trial listed, no other run: the search's trials, unnested
+            WebDriverWait(browser, 90).until(lambda b: _listed(b.execute_script(ROWS_SCRIPT)) == names)
+            time.sleep(2)  # the grid settles its column widths
+        except TimeoutException:
+            pass  # judged below, on the screenshot's state
         browser.save_screenshot(str(SCREENSHOTS / "mlflow_runs_view.png"))
+        rows, headers = browser.execute_script(ROWS_SCRIPT), browser.execute_script(HEADERS_SCRIPT)
+        body = browser.find_element(By.TAG_NAME, "body").text
+        width = browser.execute_script("return Math.min(window.innerWidth, "  # the right edge of the table's visible part
+                                       "document.querySelector('.ag-center-cols-viewport').getBoundingClientRect().right)")
+
+        assert _listed(rows) == names and len(rows) == len(children), rows
+        assert f"{len(children)} matching runs" in body
+        assert "shared view" not in body.lower()
+        assert "Ask questions about your experiments" not in body  # MLflow's assistant panel stays closed
+        # the per-task metrics, Δm and the worst gain: a number for every trial, on the first screen
+        for metric in ("val/y1", "val/y2", "delta_m", "worst_gain"):
+            cells = [r["cells"].get(f"metrics.`{metric}`") for r in rows]
+            assert all(c is not None and _number(c[0]) is not None and c[1] <= width for c in cells), (metric, cells)
+        # the front first
+        front = [r["cells"]["tags.`mtl_search.pareto`"][0] for r in rows]
+        assert "true" in front and front == sorted(front, reverse=True), front
+        # the stored view's order (pareto, objectives, Δm, worst gain, parameter count, strategy, knobs) and whole header names
+        view = ["tags.`mtl_search.pareto`", "metrics.`val/y1`", "metrics.`val/y2`", "metrics.`delta_m`", "metrics.`worst_gain`",
+                "metrics.`params`", "tags.`mtl_search.strategy`", "params.`backbone.activation`"]
+        assert [headers[c][2] for c in view] == sorted(headers[c][2] for c in view), headers
+        for column in ("tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`"):
+            assert headers[column][0] == column[len("tags.`"):-1] and not headers[column][1], headers[column]
     finally:
         if browser is not None:
             browser.save_screenshot(str(tmp_path / "last.png"))

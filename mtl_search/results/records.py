@@ -422,7 +422,7 @@ def final_summary(record: SearchRecord) -> str:
     column names its metric; the run ids ``predict`` takes; with ``baseline.gbdt`` each
     trial's per-task gain over the GBDT row, and that row below the trials), the best value of each
     objective per strategy below it, then the counts line (trials, failures, front size,
-    hypervolume) and where to look next.
+    hypervolume); ``mtl-search run`` adds where to look next.
     """
     costs = [o.name for o in record.objectives if o.name in COST_METRICS]
     columns = ["number", "run_id", "strategy", *[o.key for o in record.objectives if o.key.startswith(VAL)],
@@ -450,7 +450,6 @@ def final_summary(record: SearchRecord) -> str:
         lines.append(f"ABORTED: {record.aborted}")
     if record.interrupted:
         lines.append("interrupted: `mtl-search run SPACE --resume` continues the search")
-    lines.append("review: mtl-search ui   |   mtl-search report   |   mtl-search predict RUN_ID ROWS.csv")
     return "\n".join(lines)
 
 

@@ -11,15 +11,18 @@ import json
 from typing import Any
 
 from . import pareto
-from .metrics import COST_METRICS, DELTA_M, TEST, TEST_DELTA_M, VAL, WORST_GAIN
+from .metrics import COST_METRICS, DELTA_M, PARAMS, TEST, TEST_DELTA_M, VAL, WORST_GAIN
 from .records import SearchRecord, format_value, metric_label, trial_table
 
-# The runs table's view that ``mtl-search ui`` links to: MLflow 3 loads a view state stored
-# as the experiment tag ``mlflow.sharedViewState.<key>`` when the page URL names the key.
+# The runs table's view of a search, stored on its experiment as MLflow 3 stores a shared view
+# (``#/experiments/ID/runs?viewStateShareKey=mtl_search`` opens it as one); the page at
+# ``REVIEW_PATH`` on ``mtl-search ui``'s server opens it as the browser's own view (``ui_server``).
 VIEW_KEY = "mtl_search"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+REVIEW_PATH = "/mtl-search/latest"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens such an experiment on its runs table, not the GenAI overview
+HEADER_CHAR_WIDTH, HEADER_PADDING = 7, 40  # pixels: a tag column wide enough for its whole name in MLflow's header font
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
@@ -96,42 +99,59 @@ def log_search_review(client: Any, run_id: str, record: SearchRecord, history: l
 
 
 def runs_table_view(record: SearchRecord) -> dict[str, Any]:
-    """The runs table's stored view for a search, left to right after the run name.
+    """The runs table's stored view for a search: its trials, front first, left to right after the run name.
 
-    Strategy and pareto tags, the objectives, Δm and the worst gain (with single-task
-    references), the parameter count, the searched knobs, then the family, per-task val/test,
-    the test Δm, the other costs, and the search run's hypervolume and front size (on its own
-    row). MLflow keeps the column groups (tags, metrics, params) but orders columns by the
-    stored ``columnOrder``; ``runsExpanded`` asks for the search row open on its trials.
+    The pareto tag, the objectives, Δm and the worst gain (with single-task references), every
+    task's validation value (objectives or not: with more than four tasks they are not), the
+    parameter count (unless an objective), the strategy tag (the run name names it too: it comes after the metrics,
+    so that the metrics of six tasks fit a 1600-pixel screen), the searched knobs, then the
+    family and negative-transfer tags, per-task test values, the test Δm and the other costs.
+    MLflow orders columns by ``columnOrder``; ``columnWidths`` fits each tag column to its name.
+    The filter lists this search's trials as rows of their own (a filter that leaves out
+    their parent run shows them unnested), so a ``groups`` run or an earlier search in the
+    experiment does not hide them; the front (``mtl_search.pareto`` = ``true``) sorts first.
     Per-task gains (``gain/<task>``) are logged but not default columns: they would push the
     per-task metrics off-screen.
     """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     from .metrics import NEGATIVE_TRANSFER_TAG
 
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
     knobs = sorted({name for t in record.trials for name in t.params if "." in name})
-    columns = [f"tags.`{key}`" for key in ("mtl_search.strategy", "mtl_search.pareto")]
-    first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + ["params"]
-    columns += [f"metrics.`{key}`" for key in dict.fromkeys(first)]
-    columns += [f"params.`{name}`" for name in knobs]
-    columns += ["tags.`mtl_search.family`"] + ([f"tags.`{NEGATIVE_TRANSFER_TAG}`"] if record.references else [])
-    rest = [VAL + t for t in tasks] + [TEST + t for t in tasks] + ([TEST_DELTA_M] if record.references else [])
-    rest += list(COST_METRICS) + ["hypervolume", "front_size"]
+    tags = ["mtl_search.pareto", "mtl_search.strategy", "mtl_search.family"] + ([NEGATIVE_TRANSFER_TAG] if record.references else [])
+    first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + [VAL + t for t in tasks]
+    columns = [f"tags.`{tags[0]}`"] + [f"metrics.`{key}`" for key in dict.fromkeys(first + [PARAMS])] + [f"tags.`{tags[1]}`"]
+    columns += [f"params.`{name}`" for name in knobs] + [f"tags.`{key}`" for key in tags[2:]]
+    rest = [TEST + t for t in tasks] + ([TEST_DELTA_M] if record.references else []) + list(COST_METRICS)
     columns += [f"metrics.`{key}`" for key in dict.fromkeys(rest) if f"metrics.`{key}`" not in columns]
-    return {"selectedColumns": columns, "columnOrder": columns, "orderByKey": "attributes.start_time", "orderByAsc": False,
-            "runsExpanded": {record.search_run_id: True}}
+    return {"selectedColumns": columns, "columnOrder": columns,
+            "columnWidths": {f"tags.`{key}`": HEADER_PADDING + HEADER_CHAR_WIDTH * len(key) for key in tags},
+            "groupBy": None,  # rows of their own, whatever grouping the browser had
+            "searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{record.search_run_id}'",
+            "orderByKey": "tags.`mtl_search.pareto`", "orderByAsc": False}
 
 
 def set_review_view(client: Any, experiment_id: str, record: SearchRecord) -> None:
-    """Store the runs table view of ``record`` on its experiment (``experiment_url`` opens it)."""
+    """Store the runs table view of ``record`` on its experiment (the page at ``REVIEW_PATH`` opens it)."""
     client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_table_view(record)))
 
 
-def experiment_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI with mtl-search's columns.
+def review_url(base: str) -> str:
+    """The link ``mtl-search ui`` prints: its server's page that opens the store's latest search (``ui_server``)."""
+    return base.rstrip("/") + REVIEW_PATH
+
+
+def runs_table_path(experiment_id: str, view: dict[str, Any]) -> str:
+    """The experiment's runs table (not its charts) in the MLflow UI, filtered and sorted as ``view`` says; from the server's root.
 
     MLflow 3.17's UI picks GenAI or model-training pages from a global switch (the
     ``workflowType`` URL parameter, else the browser's last choice, else GenAI), so the link
     names it; the ``mlflow.experimentKind`` tag covers the UIs that read the tag instead.
     """
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    from urllib.parse import quote, urlencode
+
+    facets = {"searchFilter": view.get("searchFilter", ""), "orderByKey": view.get("orderByKey", "attributes.start_time"),
+              "orderByAsc": str(view.get("orderByAsc", False)).lower()}
+    query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", **facets}, quote_via=quote)
+    return f"/#/experiments/{experiment_id}/runs?{query}"

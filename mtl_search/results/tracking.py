@@ -444,12 +444,12 @@ def _latest_search_runs(client: Any, uri: str, experiment: str | None) -> list:
     return client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'search'", order_by=["attributes.start_time DESC"], max_results=1) if experiment_ids else []
 
 
-def latest_search_experiment(uri: str) -> str | None:
-    """The id of the experiment holding the store's latest search, or None when there is none."""
+def latest_search_run(uri: str) -> Any:
+    """The store's latest search run (an MLflow ``Run``), or None when there is none."""
     from mlflow.tracking import MlflowClient
 
     runs = _latest_search_runs(MlflowClient(tracking_uri=uri), uri, None)
-    return runs[0].info.experiment_id if runs else None
+    return runs[0] if runs else None
 
 
 def load_search(uri: str, experiment: str | None) -> SearchRecord:
