@@ -1,7 +1,8 @@
 """Is Δm fair? No-sharing trials against searched and fixed single-task references, on three data sets.
 
 For each data set two real searches run (Ray Tune, Optuna, MLflow in a scratch store), each
-with searched references (``baseline: {trials: K}``, the default mode):
+with searched references (the default: each task's reference trials get one strategy's
+budget, ⌈trials / strategies⌉):
 
 - **no sharing**: only ``hard_sharing: {shared_depth: 0}`` — every task its own network, the
   same recipe as the references. A fair yardstick puts these trials' Δm around 0 (a trial is
@@ -62,8 +63,7 @@ CASES = {
 }
 
 
-def _space(case: dict[str, Any], name: str, strategies: dict, trials: int, reference_trials: int, epochs: int, quick: bool,
-           repeats: int = 0) -> dict:
+def _space(case: dict[str, Any], name: str, strategies: dict, trials: int, epochs: int, quick: bool, repeats: int = 0) -> dict:
     data = copy.deepcopy(case["data"])
     if quick and "options" in data:
         data["options"].update(case["quick"])
@@ -71,7 +71,6 @@ def _space(case: dict[str, Any], name: str, strategies: dict, trials: int, refer
         "experiment": name, "data": data, "backbone": case["backbone"], "strategies": strategies,
         "training": {"epochs": epochs, "patience": 3, "lr": {"loguniform": [1.0e-3, 1.0e-2]}, **case["training"]},
         "search": {"trials": trials, "concurrency": 2, "seed": 0, **({"repeats": repeats} if repeats else {})},
-        "baseline": {"trials": reference_trials},
     }
     for key in ("tasks", "inputs"):
         if key in case:
@@ -121,10 +120,10 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run_case(label: str, case: dict, quick: bool, store: str) -> dict[str, Any]:
-    trials, reference_trials, epochs, repeats = (3, 2, 2, 2) if quick else (8, 4, 15, 3)
+    trials, epochs, repeats = (3, 2, 2) if quick else (8, 15, 3)
     slug = "".join(c for c in label.split(" (")[0] if c.isalnum())
-    none_raw = _space(case, f"fair-{slug}-none", {"hard_sharing": {"shared_depth": 0}}, trials, reference_trials, epochs, quick, repeats)
-    sharing_raw = _space(case, f"fair-{slug}-sharing", case["sharing"], trials, reference_trials, epochs, quick)
+    none_raw = _space(case, f"fair-{slug}-none", {"hard_sharing": {"shared_depth": 0}}, trials, epochs, quick, repeats)
+    sharing_raw = _space(case, f"fair-{slug}-sharing", case["sharing"], trials, epochs, quick)
     unshared, _, unshared_s = _run(none_raw, store)
     shared, _, shared_s = _run(sharing_raw, store)
     fixed, directions = _fixed_references(none_raw)
@@ -142,7 +141,9 @@ def run_case(label: str, case: dict, quick: bool, store: str) -> dict[str, Any]:
         "reference share of wall time": {"no sharing": _reference_share(store, unshared), "sharing": _reference_share(store, shared)},
         "seconds": {"no sharing": unshared_s, "sharing": shared_s},
         "references": {"searched": unshared.references, "fixed": fixed},
-        "budget": {"trials": trials, "reference trials per task": reference_trials, "epochs": epochs, "repeats": repeats},
+        "budget": {"trials": trials, "reference trials per task": {"no sharing": len(unshared.reference_trials) // len(directions),
+                                                                   "sharing": len(shared.reference_trials) // len(directions)},
+                   "epochs": epochs, "repeats": repeats},
     }
 
 
@@ -161,7 +162,9 @@ def markdown(result: dict[str, Any]) -> str:
                      + "; ".join(f"{s['mean']:+.1f} ± {s['std']:.1f}{' *' if s['significant'] else ''}" for s in row["no sharing front over seeds"])
                      + f" | {share['no sharing']:.0%} / {share['sharing']:.0%} |")
     budget = result["rows"][0]["budget"]
-    lines += ["", f"Each search: {budget['trials']} trials, {budget['reference trials per task']} reference trials per task, "
+    per_task = budget["reference trials per task"]
+    lines += ["", f"Each search: {budget['trials']} trials; reference trials per task (one strategy's budget): {per_task['no sharing']} "
+              f"(no sharing, one strategy), {per_task['sharing']} (sharing, two strategies); "
               f"{budget['epochs']} epochs at most (patience 3), lr searched over [1e-3, 1e-2], concurrency 2; the no-sharing "
               f"front over {budget['repeats']} seeds (* : beyond noise, t-test at 5 %)."]
     return "\n".join(lines) + "\n"

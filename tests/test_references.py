@@ -17,7 +17,7 @@ from mtl_search.data.problem import Problem, Task
 from mtl_search.errors import MtlSearchError, SpaceError
 from mtl_search.results.records import TrialRecord
 from mtl_search.search.references import best_references, task_dataset
-from mtl_search.search.space import REFERENCE_TRIALS, parse_space
+from mtl_search.search.space import parse_space
 from mtl_search.search.tune import ReferenceSearcher
 
 
@@ -25,12 +25,13 @@ def _space(baseline: str):
     return parse_space(yaml.safe_load(f"data: {{dataset: synthetic_correlated}}\nstrategies: {{hard_sharing: {{}}}}\n{baseline}"))
 
 
-def test_the_baseline_defaults_to_searched_references_and_fixed_stays_available():
+def test_the_references_are_searched_by_default_with_one_strategys_budget_and_fixed_stays_available():
     default = _space("").baseline
-    assert default.enabled and default.mode == "search" and default.trials == REFERENCE_TRIALS
+    assert default.enabled and default.mode == "search" and default.trials is None
+    assert default.reference_trials(12, 2) == 6 and default.reference_trials(13, 2) == 7 and default.reference_trials(4, 1) == 4
     fixed = _space("baseline: {mode: fixed, training: {lr: 0.01}}").baseline
     assert fixed.mode == "fixed" and fixed.training == {"lr": 0.01}
-    assert _space("baseline: {trials: 7, tower_width: 8}").baseline.trials == 7
+    assert _space("baseline: {trials: 7, tower_width: 8}").baseline.reference_trials(12, 2) == 7
     with pytest.raises(SpaceError, match="baseline.mode"):
         _space("baseline: {mode: tuned}")
     with pytest.raises(SpaceError, match="baseline.trials"):

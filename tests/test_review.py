@@ -135,7 +135,7 @@ def test_runs_table_view_lists_the_searchs_trials_front_first_with_pareto_object
     assert {"metrics.`train_seconds`", "tags.`mtl_search.family`"} <= set(columns[7:])
     assert len(columns) == len(set(columns)) and view["columnOrder"] == columns
     # this search's trials only (a filter on their parent: MLflow lists them unnested), the front ("true") first
-    assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'parent'"
+    assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'parent' and tags.`mtl_search.role` = 'trial'"
     assert (view["orderByKey"], view["orderByAsc"], view["groupBy"]) == ("tags.`mtl_search.pareto`", False, None)
     # more than four tasks: Δm, worst gain and params are the objectives; every task's val value follows them
     many = _record(POINTS, [Objective(n, n, d) for n, d in (("delta_m", "max"), ("worst_gain", "max"), ("params", "min"))])

@@ -128,7 +128,8 @@ def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     return {"selectedColumns": columns, "columnOrder": columns,
             "columnWidths": {f"tags.`{key}`": HEADER_PADDING + HEADER_CHAR_WIDTH * len(key) for key in tags},
             "groupBy": None,  # rows of their own, whatever grouping the browser had
-            "searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{record.search_run_id}'",
+            # its multi-task trials: the single-task reference trials and the repeats (roles reference, repeat) are left out
+            "searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{record.search_run_id}' and tags.`mtl_search.role` = 'trial'",
             "orderByKey": "tags.`mtl_search.pareto`", "orderByAsc": False}
 
 

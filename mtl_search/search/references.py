@@ -8,7 +8,8 @@ task (``after:``) is trained and evaluated on the rows its parent selects, as in
 ``baseline:`` in space.yaml (``baseline: false`` turns references and gains off):
 
 - ``mode: search`` (the default). The references are searched with the trials' protocol:
-  ``baseline.trials`` (default 4) reference trials per task sample the space's backbone,
+  ``baseline.trials`` reference trials per task (by default the budget one strategy gets:
+  ⌈search.trials / number of strategies⌉) sample the space's backbone,
   input and training ranges and the tower width (``baseline:`` may pin any of them), each
   trained like a trial (the same epochs, patience, early stopping and seeds rule) as a Ray
   Tune trial proposed by the search's sampler on a study of its own per task, and recorded

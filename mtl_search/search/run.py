@@ -291,7 +291,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         try:
             if searched_references:
                 phase = _ReferencePhase(plan, dataset, tracker, search_run_id, reference_trials, interrupt, echo, store, concurrency,
-                                        task_metrics, options.epoch_progress)
+                                        task_metrics, options.epoch_progress, trials)
                 reference_trials, references = phase.run(reference_studies, registry)
                 chosen = phase.chosen
                 if phase.abort_reason:
@@ -362,14 +362,16 @@ def _fit(trainable: Any, searcher: Any, num_samples: int, concurrency: int, logg
 
 
 class _ReferencePhase:
-    """The searched single-task references: ``baseline.trials`` reference trials per task on Ray Tune, then the best per task.
+    """The searched single-task references: the reference trials of each task on Ray Tune, then the best per task.
 
     ``earlier`` are the reference trials a resumed search recorded; each task's study is
     reconciled with them like the trials' study (no reference trial lost or run twice).
     """
 
     def __init__(self, plan: Plan, dataset: Any, tracker: Tracker, search_run_id: str, earlier: list[TrialRecord], interrupt: Interrupt,
-                 echo: Callable[[str], None], store: Path, concurrency: int, task_metrics: dict[str, str], epoch_progress: bool):
+                 echo: Callable[[str], None], store: Path, concurrency: int, task_metrics: dict[str, str], epoch_progress: bool,
+                 trials: int):
+        self.trials = trials  # the search's trials: the references' default budget is one strategy's share
         self.plan, self.dataset, self.tracker, self.search_run_id, self.earlier = plan, dataset, tracker, search_run_id, earlier
         self.interrupt, self.echo, self.store, self.concurrency = interrupt, echo, store, concurrency
         self.task_metrics, self.epoch_progress = task_metrics, epoch_progress
@@ -382,7 +384,8 @@ class _ReferencePhase:
         searchers, budgets, total = {}, {}, 0
         for task, study in studies.items():
             task_space = ReferenceSpace(self.plan, task)
-            budget = space.baseline.trials if task_space.searched() else 1  # nothing searched: one trial says all
+            # nothing searched: one trial says all
+            budget = space.baseline.reference_trials(self.trials, len(self.plan.strategies)) if task_space.searched() else 1
             resumption = reconcile(study, [t for t in self.earlier if t.reference_task == task])
             budgets[task] = max(0, budget - len(resumption.done))
             searchers[task] = OptunaSearcher(study, task_space, [val_key(task)], resumption.reruns[:budgets[task]])

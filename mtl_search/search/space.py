@@ -51,7 +51,6 @@ class GroupObjective:
 
 
 BASELINE_MODES = ("search", "fixed")
-REFERENCE_TRIALS = 4  # single-task reference trials per task (``baseline.trials``)
 FIXED_TOWER_WIDTH = 16  # the fixed reference's tower width (``baseline: {mode: fixed}``)
 
 
@@ -59,9 +58,9 @@ FIXED_TOWER_WIDTH = 16  # the fixed reference's tower width (``baseline: {mode: 
 class BaselineSpec:
     """``baseline:``: the single-task references' configuration (``false``: no references, no gains).
 
-    ``mode: search`` (the default): ``trials`` reference trials per task, sampled from the
-    space's backbone, input and training ranges and run as trials; the best on validation is
-    the task's reference. ``mode: fixed``: one reference per task at one configuration, each
+    ``mode: search`` (the default): ``trials`` reference trials per task (None: the budget of
+    one strategy, :meth:`reference_trials`), sampled from the space's backbone, input and
+    training ranges and run as trials; the best on validation is the task's reference. ``mode: fixed``: one reference per task at one configuration, each
     knob left out at its range's midpoint (:func:`midpoint`). In both modes ``backbone``,
     ``training`` and ``inputs`` pin knob values, and ``tower_width`` pins the width of the
     reference's one hidden tower layer (searched over its default range, or
@@ -75,8 +74,12 @@ class BaselineSpec:
     inputs: dict[str, Any] = field(default_factory=dict)
     tower_width: int | None = None
     mode: str = "search"
-    trials: int = REFERENCE_TRIALS
+    trials: int | None = None
     gbdt: bool = False
+
+    def reference_trials(self, trials: int, strategies: int) -> int:
+        """Reference trials per task: ``trials`` as given, else the budget one strategy gets, ⌈search trials / strategies⌉."""
+        return self.trials if self.trials is not None else -(-trials // max(1, strategies))
 
 
 @dataclass
@@ -394,7 +397,7 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
         raise SpaceError("baseline.mode", f"expected one of {', '.join(BASELINE_MODES)}, got {mode!r}")
     if mode == "fixed" and "trials" in raw:
         raise SpaceError("baseline.trials", "a fixed reference is one configuration trained once per task; remove trials: or use mode: search")
-    trials = _int(raw.get("trials", REFERENCE_TRIALS), "baseline.trials", minimum=1)
+    trials = _int(raw["trials"], "baseline.trials", minimum=1) if "trials" in raw else None
     sections = {}
     for key in ("backbone", "training", "inputs"):
         section = _mapping(raw.get(key, {}), f"baseline.{key}", "expected a mapping of knob name to one value")
