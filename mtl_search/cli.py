@@ -23,6 +23,7 @@ from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
+EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM): what finished is recorded; `run --resume` continues a search
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n" + final_summary(record))
     if log.exists():
         print(f"notices of Ray, Tune and MLflow: {log}")
-    return EXIT_ABORTED if record.aborted else 0
+    return EXIT_ABORTED if record.aborted else EXIT_INTERRUPTED if record.interrupted else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -331,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -215,3 +215,16 @@ def test_sigterm_to_mtl_search_ui_leaves_no_mlflow_process(tmp_path):
     finally:
         if ui.poll() is None:
             ui.kill()
+
+
+def test_run_on_an_unreachable_ray_address_exits_2_naming_it_before_recording_anything(workdir, capsys):
+    from conftest import tiny_space
+
+    space = tiny_space(workdir, trials=1)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert main(["run", str(space), "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to the Ray cluster at '127.0.0.1:{port}'" in err and "Traceback" not in err
+    assert not (workdir / "mlflow" / "mlflow.db").exists()  # refused before the search run was created

@@ -206,7 +206,7 @@ def test_parent_run_carries_plots_tables_and_description(searched):
     front = {a.path for a in client.list_artifacts(parent.info.run_id, "front")}
     assert {"front/front.png", "front/front_by_family.png", "front/front.html", "front/hypervolume.png",
             "front/search.json", "front/front.json", "front/trials.csv", "front/front.csv"} <= front
-    assert len(json.loads(parent.data.params["reference_point"])) == 2
+    assert len(json.loads(parent.data.tags["mtl_search.reference_point"])) == 2 and not parent.data.params.get("reference_point")
     assert "### Best per family" in parent.data.tags["mlflow.note.content"]
     root = Path(client.download_artifacts(parent.info.run_id, "front", str(searched[0] / "dl")))
     rows = list(csv.DictReader(io.StringIO((root / "trials.csv").read_text())))

@@ -51,6 +51,7 @@ STATUS = "mtl_search.status"  # set to "stopped" on a trial the scheduler (or a 
 PLACEMENT_TAGS = {"device": "mtl_search.device", "node_id": "mtl_search.node_id"}
 CHECKPOINT = "mtl_search.checkpoint"  # the folder of a finished trial's saved model (a Tune checkpoint)
 STUDY = "mtl_search.study"  # the search's Optuna study (in optuna.db next to the tracking store)
+REFERENCE_POINT = "mtl_search.reference_point"  # JSON list: the hypervolume's reference point (a tag: it moves as trials finish, a param may not change)
 INTERRUPTED = "mtl_search.interrupted"  # set on a search stopped by Ctrl-C (its run ends KILLED; --resume continues it)
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
@@ -269,7 +270,7 @@ class Tracker:
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         if record.reference_point is not None:
-            self.client.log_param(run_id, "reference_point", json.dumps([round(v, 6) for v in record.reference_point]))
+            self.client.set_tag(run_id, REFERENCE_POINT, json.dumps([round(v, 6) for v in record.reference_point]))
         log_search_review(self.client, run_id, record, history)
         set_review_view(self.client, self.experiment_id, record)
         self.client.set_tag(run_id, NOTE, summary_markdown(record))
@@ -422,7 +423,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
-                        reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
+                        reference_point=json.loads(parent.data.tags[REFERENCE_POINT]) if REFERENCE_POINT in parent.data.tags else None,
                         references=_references(parent.data.metrics))
 
 

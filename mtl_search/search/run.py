@@ -45,6 +45,7 @@ from .trial import tune_trainable
 from .tune import (
     CONFIG_ATTR,
     RERUN_ATTR,
+    DrainingScheduler,
     Interrupt,
     OptunaSearcher,
     Rerun,
@@ -74,6 +75,7 @@ def ensure_ray(address: str | None) -> None:
         return
     # Trials' own output (checkpoint notices, shutdown noise) stays in Ray's logs; a failing
     # trial's traceback reaches the user through Tune's error file and MLflow.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -81,6 +83,25 @@ def ensure_ray(address: str | None) -> None:
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)  # ray.init sets its own (exit at once); the search's stops it in order
+
+
+RAY_CONNECT_SECONDS = 10  # how long a Ray address has to accept a connection (ray.init itself would wait for ever)
+
+
+def check_ray_address(address: str | None) -> None:
+    """MtlSearchError naming ``address`` when nothing accepts a connection there (``auto``, or none: Ray's to find or start)."""
+    import socket
+
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {reason}") from None
 
 
 class Background:
@@ -173,7 +194,7 @@ def process_settings(interrupt: Interrupt) -> Iterator[None]:
     """The process-wide settings a search needs, set for its duration and restored after.
 
     Optuna and Tune's console output (a config box, per-trial notices, experimental-feature
-    warnings) is off: the search reports its own progress. Ctrl-C is the search's
+    warnings) is off: the search reports its own progress. Ctrl-C and SIGTERM are the search's
     (:class:`Interrupt`): Tune's own handler would stop running trials at once.
     """
     import optuna
@@ -188,14 +209,15 @@ def process_settings(interrupt: Interrupt) -> Iterator[None]:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
-    previous_handler = signal.signal(signal.SIGINT, interrupt) if in_main_thread else None
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, interrupt), (signal.SIGTERM, interrupt.terminate))} \
+        if in_main_thread else {}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             yield
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         optuna.logging.set_verbosity(verbosity)
         for key, value in saved_env.items():
             if value is None:
@@ -224,6 +246,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
     uri = check_tracking_store(options.tracking_uri or space.tracking_uri, source)  # before anything is created or started
+    check_ray_address(options.address or space.ray.address)
     store = state_dir(uri)
     storage = f"sqlite:///{store / 'optuna.db'}"
 
@@ -263,15 +286,18 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         to_run = max(0, trials - len(resumption.done))
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
+        def draining() -> bool:  # no new trial: Ctrl-C, or search.max_failures exceeded
+            return interrupt.draining or logger.abort_reason is not None
+
         searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
-                                  stop=lambda: interrupt.draining or logger.abort_reason is not None,
-                                  constraints=space.search.constraints)
+                                  stop=draining, constraints=space.search.constraints)
         resources = {"cpu": space.ray.cpus_per_trial, "gpu": space.ray.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, dataset=dataset, plan=make_trial_plan(plan, references)), resources)
         run_name = f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # a fresh Tune run on every (re)start
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space.search.early_stopping, space.epochs),
+            tune_config=tune.TuneConfig(search_alg=searcher,
+                                        scheduler=DrainingScheduler(make_scheduler(space.search.early_stopping, space.epochs), draining),
                                         num_samples=to_run, max_concurrent_trials=concurrency,
                                         # a new actor per trial costs a worker start and torch/mtl_search
                                         # imports (seconds on 2 busy cores); train_trial keeps no state across trials
