@@ -316,7 +316,9 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
         _wait_for(base + "/health", 240)
         artifact = urllib.request.urlopen(f"{base}/get-artifact?path=front/front.png&run_uuid={parent.info.run_id}", timeout=30)
         assert artifact.status == 200 and artifact.read(8) == b"\x89PNG\r\n\x1a\n"
-        printed = (tmp_path / "ui.log").read_text()
+        deadline = time.monotonic() + 30  # the link is printed once the server answers (polled every half second)
+        while "latest search: " not in (printed := (tmp_path / "ui.log").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         url = next(line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("latest search: "))
         assert url.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs")
 

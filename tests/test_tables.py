@@ -260,6 +260,8 @@ BAD_DATA = [
     ("bad split column value", {"fold": ["train"] * 50 + ["holdout"] * 10}, "csv: t.csv\n  split_column: fold", None,
      "data.split_column: column 'fold' must hold train, val or test; it holds holdout"),
     ("binary target with three classes", {}, "csv: t.csv", "kind: {kind: binary}", "tasks.kind: a binary target has two classes; 'kind' has 3"),
+    ("regression target with inf", {"price": [float("inf")] + [1.5] * 58 + [float("-inf")]}, "csv: t.csv", None,
+     "tasks.price: a regression target needs finite numbers; column 'price' holds inf in 2 rows (the first: row 1)"),
     ("task without kind", {}, "csv: t.csv", "price: {metric: mae}", "tasks.price.kind: missing; a task of a table needs a kind"),
     ("inputs without categories", {}, "csv: t.csv\n  features: [a, b]\ninputs: {encoding: onehot}", None,
      "inputs: the data set has no categorical features"),
@@ -276,6 +278,14 @@ def test_bad_data_exits_2_before_any_trial(tmp_path, capsys, description, change
     assert code == 2, err
     assert fragment in err, err
     assert "Traceback" not in err
+
+
+def test_a_csv_starting_with_a_byte_order_mark_loads_its_first_column_by_name(tmp_path):
+    plain = _write(tmp_path, _table(), "plain.csv")
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as spreadsheet programs save "CSV UTF-8"
+    dataset = load_table(_spec(marked, exclude=[], features=["id", "a"]), TASKS)
+    assert dataset.problem.features.names == load_table(_spec(plain, exclude=[], features=["id", "a"]), TASKS).problem.features.names
 
 
 def test_shipped_space_validates_from_another_directory(tmp_path, monkeypatch, capsys):
@@ -392,6 +402,9 @@ def test_a_table_model_reloads_and_predicts_from_the_raw_columns(ray_session, wo
     assert len(rows) == 3
     for row, reg, p in zip(rows, expected["reg"], expected["bin"]):
         assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin"] == pytest.approx(float(p), abs=1e-5)
+    assert main(["predict", run_id, str(new_rows), "--output", "/proc/nope/out.csv"]) == 2  # a folder that cannot be written
+    err = capsys.readouterr().err
+    assert "--output /proc/nope/out.csv: cannot write the predictions there" in err and "Traceback" not in err
     (workdir / "bad.csv").write_text("a,colour\n1,red\n")
     assert main(["predict", run_id, str(workdir / "bad.csv")]) == 2
     assert "lacks" in capsys.readouterr().err and "b" in path.read_text().splitlines()[0]

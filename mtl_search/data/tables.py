@@ -111,7 +111,7 @@ def _column_names(spec: TableSpec, key: str) -> list[str]:
             return list(pq.read_schema(spec.path).names)
         import csv
 
-        with open(spec.path, newline="") as fh:
+        with open(spec.path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is not part of the first name
             header = next(csv.reader(fh), None)
     except Exception as exc:  # a corrupt file: say which and why
         raise SpaceError(key, f"cannot read {spec.path} as {spec.format}: {exc}") from None
@@ -195,7 +195,12 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         if not _is_numeric(column.type):
             example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
             raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
-        values = np.nan_to_num(as_float(column), nan=0.0)
+        values = as_float(column)
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:
+            raise SpaceError(f"tasks.{name}", f"a regression target needs finite numbers; column {name!r} holds {values[infinite[0]]} "
+                             f"in {infinite.size} rows (the first: row {int(infinite[0]) + 1}); blank them to leave those rows unlabelled")
+        values = np.nan_to_num(values, nan=0.0)
         return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""), after=task.get("after"))
     classes = _vocabulary(column)
     if len(classes) < 2:
@@ -356,7 +361,7 @@ def read_feature_columns(path: Path, features: TableFeatures) -> torch.Tensor:
         else:
             import csv
 
-            with open(path, newline="") as fh:
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # pyarrow skips a byte-order mark too
                 columns = next(csv.reader(fh), [])
         missing = [n for n in features.names if n not in columns]
         if missing:

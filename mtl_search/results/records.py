@@ -121,6 +121,7 @@ class SearchRecord:
     interrupted: bool = False  # stopped by Ctrl-C: --resume continues it
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
+    strategies: list[str] = field(default_factory=list)  # the space's strategies, those that got no trial too
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -284,14 +285,15 @@ def _tasks(record: SearchRecord) -> list[str]:
 
 
 def best_per_strategy(record: SearchRecord) -> list[dict[str, Any]]:
-    """One row per strategy: its trials, how many finished and reached the front, and its best value of each objective.
+    """One row per strategy (of the space too, when it got no trial): its trials, how many finished and reached the front,
+    and its best value of each objective.
 
     The best value of an objective is taken over the strategy's finished trials (in the
     objective's direction), with the number of the trial reaching it. With several
     objectives no single trial is best, so each objective's best is shown.
     """
     rows = []
-    for strategy in sorted({t.strategy for t in record.trials}):
+    for strategy in sorted({t.strategy for t in record.trials} | set(record.strategies)):
         members = [t for t in record.trials if t.strategy == strategy]
         row: dict[str, Any] = {"strategy": strategy, "trials": len(members),
                                "finished": sum(t.status == "finished" for t in members),

@@ -424,7 +424,7 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.tags[REFERENCE_POINT]) if REFERENCE_POINT in parent.data.tags else None,
-                        references=_references(parent.data.metrics))
+                        references=_references(parent.data.metrics), strategies=_typed(parent.data.params.get("strategies", "[]")))
 
 
 def _references(metrics: dict[str, float]) -> dict[str, dict[str, float]] | None:

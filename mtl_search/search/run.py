@@ -324,7 +324,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.stop_unfinished()
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
-                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references)
+                                  interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
+                                  strategies=list(plan.strategies))
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)

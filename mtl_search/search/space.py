@@ -118,6 +118,22 @@ class Space:
         return self.path.parent if self.path else Path.cwd()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, with a key given twice in one mapping an error (the safe loader keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by the keys beside it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (first at line {first_line[key]}); keep one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_space(path: str | Path) -> Space:
     """Read and check the structure of a space file (plugins are checked by ``resolve``)."""
     path = Path(path)
@@ -126,7 +142,7 @@ def load_space(path: str | Path) -> Space:
     except OSError as exc:
         raise SpaceError("", f"cannot read space file {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
