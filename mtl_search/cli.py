@@ -134,6 +134,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     counts = dataset.labelled_counts()
     print("labelled rows per task: " + "; ".join(
         f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
+    if dataset.problem.features is not None:  # a table: what each column in use became
+        from .data.tables import describe_columns
+
+        print("columns:\n" + "\n".join(f"  {line}" for line in describe_columns(plan.problem)))
     print(f"each strategy built and run on {PREFLIGHT_ROWS} rows at the smallest configuration of its ranges")
     return 0
 
@@ -212,7 +216,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     quiet_artifact_downloads()
     model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
-    x = read_inputs(args.data, model.problem)
+    x = read_inputs(args.data, model.problem, warn=lambda line: print(line, file=sys.stderr))
     text = csv_text(prediction_rows(model, x))
     if args.output:
         try:

@@ -288,6 +288,21 @@ def test_a_csv_starting_with_a_byte_order_mark_loads_its_first_column_by_name(tm
     assert dataset.problem.features.names == load_table(_spec(plain, exclude=[], features=["id", "a"]), TASKS).problem.features.names
 
 
+def test_the_positive_class_is_the_last_value_or_the_one_the_space_names_and_validate_shows_it(tmp_path, capsys):
+    path = _write(tmp_path, _table())
+    default = load_table(_spec(path), TASKS)
+    named = load_table(_spec(path), {**TASKS, "bought": {"kind": "binary", "positive": 0}})
+    assert default.problem.task("bought").labels == ("0", "1") and named.problem.task("bought").labels == ("1", "0")
+    assert torch.equal(named.train.y["bought"], 1 - default.train.y["bought"])  # class 1 is the named one
+    assert main(["validate", str(_space(tmp_path, "csv: t.csv\n  exclude: [id]", "price: {kind: regression}\n  bought: {kind: binary, positive: 0}"))]) == 0
+    out = capsys.readouterr().out
+    assert "bought: target, binary (auc); positive class (1): '0', negative (0): '1'" in out
+    assert "level: feature, categorical (4 values: '0', '1', '2', '3'); data.numeric: [level] reads it as a number" in out
+    assert "b: feature, numeric" in out and "colour: feature, categorical (3 values: 'blue', 'green', 'red')" in out
+    assert main(["validate", str(_space(tmp_path, "csv: t.csv", "bought: {kind: binary, positive: maybe}"))]) == 2
+    assert "tasks.bought.positive: 'maybe' is not a value of column 'bought'; its values: 0, 1" in capsys.readouterr().err
+
+
 def test_shipped_space_validates_from_another_directory(tmp_path, monkeypatch, capsys):
     """Relative paths in a space are resolved against the space file, not the working directory."""
     monkeypatch.chdir(tmp_path)
@@ -396,12 +411,16 @@ def test_a_table_model_reloads_and_predicts_from_the_raw_columns(ray_session, wo
     new_rows = workdir / "new.csv"
     new_rows.write_text("colour,b,a,unused\nred,0.5,,x\n,1.0,2.0,y\npurple,-1,0.1,z\n")  # columns reordered, blanks, an unseen category
     assert main(["predict", run_id, str(new_rows), "--output", "out.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: column 'colour': 1 blank and 1 unseen ('purple') of 3 rows get the unknown category" in err, err
     rows = pcsv.read_csv(workdir / "out.csv").to_pylist()
+    assert set(rows[0]) == {"reg", "bin:1", "cls", "cls:h", "cls:l", "cls:m"}  # each probability names its class
+    assert all(row["cls"] in ("h", "l", "m") for row in rows)
     model = load_model(run_id)
     expected = predict(model, read_feature_columns(new_rows, model.problem.features))
     assert len(rows) == 3
     for row, reg, p in zip(rows, expected["reg"], expected["bin"]):
-        assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin"] == pytest.approx(float(p), abs=1e-5)
+        assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin:1"] == pytest.approx(float(p), abs=1e-5)
     assert main(["predict", run_id, str(new_rows), "--output", "/proc/nope/out.csv"]) == 2  # a folder that cannot be written
     err = capsys.readouterr().err
     assert "--output /proc/nope/out.csv: cannot write the predictions there" in err and "Traceback" not in err

@@ -36,7 +36,7 @@ from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median")
-TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column")
+TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column", "positive")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
 MAX_TASK_OBJECTIVES = 4  # more tasks than this: the default objectives are delta_m and worst_gain
 
@@ -197,6 +197,9 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
                 if table is None and "weight_column" in spec:
                     raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
                                      "this space's data is a registered data set (data.dataset), not csv:/parquet:")
+                if "positive" in spec and (table is None or spec.get("kind") != "binary"):
+                    raise SpaceError(f"tasks.{name}.positive", "names the positive class of a binary target column of a table "
+                                     "(kind: binary, data: csv:/parquet:)")
                 tasks[str(name)] = spec
 
     inputs: dict[str, Knob] = {}
@@ -417,7 +420,7 @@ def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> 
         spec = tasks.get(task.name, {})
         kind = spec.get("kind", task.kind)
         metric = spec.get("metric", task.metric if kind == task.kind else "")
-        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes)), spec.get("after", task.after)))
+        new_tasks.append(replace(task, kind=kind, metric=metric, classes=int(spec.get("classes", task.classes)), after=spec.get("after", task.after)))
     return replace(problem, tasks=tuple(new_tasks))
 
 
