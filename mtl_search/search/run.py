@@ -48,6 +48,7 @@ from .tune import (
     DrainingScheduler,
     Interrupt,
     OptunaSearcher,
+    QuietProgress,
     Rerun,
     Stopper,
     TrialLogger,
@@ -303,7 +304,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                                         # imports (seconds on 2 busy cores); train_trial keeps no state across trials
                                         reuse_actors=True, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger],
+                name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger, QuietProgress()],
                 stop=Stopper(lambda: interrupt.cancelled or logger.abort_reason is not None),
                 verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),

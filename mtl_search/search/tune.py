@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -192,6 +193,23 @@ class DrainingScheduler(_Live, TrialScheduler):
 
     def debug_string(self) -> str:
         return self.inner.debug_string()
+
+
+class QuietProgress(TrialProgressCallback):
+    """Tune's per-trial console lines, off (Tune adds its own unless one is given): the search prints its progress.
+
+    Even at ``verbose=0`` Tune's prints "Trial ... completed. Last result:" for a trial that
+    ended without a result (a pending trial stopped by :class:`DrainingScheduler`).
+    """
+
+    def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_trial_error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_trial_complete(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 class Stopper(_Live, tune.Stopper):
