@@ -137,7 +137,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if dataset.problem.features is not None:  # a table: what each column in use became
         from .data.tables import describe_columns
 
-        print("columns:\n" + "\n".join(f"  {line}" for line in describe_columns(plan.problem)))
+        print("columns:\n" + "\n".join(f"  {line}" for line in describe_columns(plan.problem, dataset.train.x)))
     print(f"each strategy built and run on {PREFLIGHT_ROWS} rows at the smallest configuration of its ranges")
     return 0
 

@@ -289,7 +289,7 @@ def test_a_csv_starting_with_a_byte_order_mark_loads_its_first_column_by_name(tm
 
 
 def test_the_positive_class_is_the_last_value_or_the_one_the_space_names_and_validate_shows_it(tmp_path, capsys):
-    path = _write(tmp_path, _table())
+    path = _write(tmp_path, {**_table(), "b": [3.5] * 60})
     default = load_table(_spec(path), TASKS)
     named = load_table(_spec(path), {**TASKS, "bought": {"kind": "binary", "positive": 0}})
     assert default.problem.task("bought").labels == ("0", "1") and named.problem.task("bought").labels == ("1", "0")
@@ -298,7 +298,8 @@ def test_the_positive_class_is_the_last_value_or_the_one_the_space_names_and_val
     out = capsys.readouterr().out
     assert "bought: target, binary (auc); positive class (1): '0', negative (0): '1'" in out
     assert "level: feature, categorical (4 values: '0', '1', '2', '3'); data.numeric: [level] reads it as a number" in out
-    assert "b: feature, numeric" in out and "colour: feature, categorical (3 values: 'blue', 'green', 'red')" in out
+    assert "b: feature, numeric; warning: constant in the training rows, it carries no information (data.exclude: [b] leaves it out)" in out
+    assert "a: feature, numeric\n" in out and "colour: feature, categorical (3 values: 'blue', 'green', 'red')" in out
     assert main(["validate", str(_space(tmp_path, "csv: t.csv", "bought: {kind: binary, positive: maybe}"))]) == 2
     assert "tasks.bought.positive: 'maybe' is not a value of column 'bought'; its values: 0, 1" in capsys.readouterr().err
 

@@ -347,15 +347,24 @@ def _check_nonempty(rows: tuple[np.ndarray, ...], path: str, hint: str = "") -> 
             raise SpaceError(path, f"the {split} split is empty{hint}")
 
 
-def describe_columns(problem: Problem) -> list[str]:
-    """One line per column in use: its role (feature or target) and the type inferred or set (what ``validate`` prints)."""
+def describe_columns(problem: Problem, train_x: torch.Tensor | None = None) -> list[str]:
+    """One line per column in use: its role (feature or target) and the type inferred or set (what ``validate`` prints).
+
+    With the training split's ``x``, a feature holding one value there (blanks aside) is flagged constant.
+    """
     lines = []
     if problem.features is not None:
-        lines += [f"{f.name}: feature, numeric" for f in problem.features.numeric]
-        for f in problem.features.categorical:
+        features = problem.features
+        described = [f"{f.name}: feature, numeric" for f in features.numeric]
+        for f in features.categorical:
             numbers = all(_parses_as_number(c) for c in f.categories)  # an integer column with few levels
-            lines.append(f"{f.name}: feature, categorical ({len(f.categories)} values: {_listed(f.categories)})"
-                         + (f"; data.numeric: [{f.name}] reads it as a number" if numbers else ""))
+            described.append(f"{f.name}: feature, categorical ({len(f.categories)} values: {_listed(f.categories)})"
+                             + (f"; data.numeric: [{f.name}] reads it as a number" if numbers else ""))
+        for j, (name, line) in enumerate(zip(features.names, described)):
+            values = train_x[:, j][~torch.isnan(train_x[:, j])] if train_x is not None else None
+            constant = values is not None and len(torch.unique(values)) <= 1
+            lines.append(line + (f"; warning: constant in the training rows, it carries no information "
+                                 f"(data.exclude: [{name}] leaves it out)" if constant else ""))
     for task in problem.tasks:
         line = f"{task.name}: target, {task.kind} ({task.metric})"
         if task.kind == "binary" and task.labels:
