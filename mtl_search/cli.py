@@ -17,13 +17,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import MtlSearchError
 
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 1  # search.max_failures exceeded; the front of what finished is still written
 UI_PORT = 5000  # `mtl-search ui`'s default port (the link `run` prints names it)
+EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM): what finished is recorded; `run --resume` continues a search
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
-    ui.add_argument("--port", type=_positive, default=UI_PORT)
+    ui.add_argument("--port", type=_port, default=UI_PORT)
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--workers", type=_positive, default=1, help="server worker processes (MLflow's default of 4 is slow to start on a laptop)")
     ui.add_argument("--tracking-uri")
@@ -101,6 +102,13 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {text!r}")
     return value
 
 
@@ -124,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           "mtl-search predict RUN_ID ROWS.csv")
     if log.exists():
         print(f"notices of Ray, Tune and MLflow: {log}")
-    return EXIT_ABORTED if record.aborted else 0
+    return EXIT_ABORTED if record.aborted else EXIT_INTERRUPTED if record.interrupted else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -139,6 +147,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     counts = dataset.labelled_counts()
     print("labelled rows per task: " + "; ".join(
         f"{task} {'/'.join(str(counts[split][task]) for split in counts)}" for task in plan.problem.task_names) + " (train/val/test)")
+    if dataset.problem.features is not None:  # a table: what each column in use became
+        from .data.tables import describe_columns
+
+        print("columns:\n" + "\n".join(f"  {line}" for line in describe_columns(plan.problem, dataset.train.x)))
     print(f"each strategy built and run on {PREFLIGHT_ROWS} rows at the smallest configuration of its ranges")
     return 0
 
@@ -234,10 +246,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     quiet_artifact_downloads()
     model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
-    x = read_inputs(args.data, model.problem)
+    x = read_inputs(args.data, model.problem, warn=lambda line: print(line, file=sys.stderr))
     text = csv_text(prediction_rows(model, x))
     if args.output:
-        args.output.write_text(text)
+        try:
+            args.output.write_text(text)
+        except OSError as exc:
+            raise MtlSearchError(f"--output {args.output}: cannot write the predictions there: {exc.strerror or exc}") from None
         print(f"{len(x)} predictions written to {args.output}")
     else:
         print(text, end="")
@@ -266,11 +281,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = require_store(resolve_tracking_uri(args.tracking_uri))
     check_port_free(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
-    if latest_search_run(uri) is not None:
-        print(f"latest search: {review_url(base)}", flush=True)
+    has_search = latest_search_run(uri) is not None
+    print(f"starting the MLflow UI on {base} (store {uri}) ...", flush=True)
+
+    def answering() -> None:  # the links, once a browser can open them
+        print(f"MLflow UI on {base}; Ctrl-C to stop", flush=True)
+        if has_search:
+            print(f"latest search: {review_url(base)}", flush=True)
+
     return serve([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
-                  "--workers", str(args.workers), "--app-name", APP_NAME])
+                  "--workers", str(args.workers), "--app-name", APP_NAME], (args.host, args.port), answering)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -292,14 +312,17 @@ def check_port_free(host: str, port: int) -> None:
 STOP_GRACE_SECONDS = 10  # after SIGTERM, how long the server's process group has before SIGKILL
 
 
-def serve(command: list[str]) -> int:
+def serve(command: list[str], address: tuple[str, int] | None = None, answering: Callable[[], None] = lambda: None) -> int:
     """Run a server in a process group of its own until it exits, or until SIGTERM / SIGINT stops the whole group.
 
     The MLflow UI is a server with worker processes of its own: signalling only the first
-    process would leave the workers serving. Returns the server's exit status (0 when stopped here).
+    process would leave the workers serving. ``answering()`` is called once the server accepts
+    connections at ``address``. Returns 0 when stopped here, 2 when the server exited by itself
+    with an error (before it answered: it could not listen there).
     """
     process = subprocess.Popen(command, start_new_session=True)
     stopping: list[int] = []
+    answered = address is None
 
     def stop(signum: int, frame: object) -> None:
         stopping.append(signum)
@@ -312,18 +335,29 @@ def serve(command: list[str]) -> int:
                 code = process.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
-                continue
+                if not answered and not stopping and _answers(*address):
+                    answered = True
+                    answering()
         if stopping:
             _stop_group(process.pid)
             return 0
         _stop_group(process.pid)  # the server died: leave none of its workers behind
         if code != 0:
-            print(f"error: the MLflow server exited with status {code}", file=sys.stderr)
+            where = "" if answered else f" before it listened on {address[0]}:{address[1]}"
+            print(f"error: the MLflow server exited with status {code}{where}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -360,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from pathlib import Path
 
 LOG_NAME = "mtl-search.log"
 # loggers whose records go to the log file only: MLflow's database set-up, Alembic's migrations, Tune's trial errors
-QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "ray.tune.execution.tune_controller", "ray.tune.tune")
+QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "ray.tune.execution.tune_controller", "ray.tune.tune",
+                 "ray.tune.analysis.experiment_analysis")  # "failed to fetch metrics" of trials stopped before they ran
 
 
 def warn(message: str) -> None:

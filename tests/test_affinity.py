@@ -130,3 +130,12 @@ def test_groups_with_two_groups_returns_the_two_clusters_and_logs_a_run(tmp_path
     assert run.data.tags["mtl_search.role"] == "groups" and "affinity/y1/y2" in run.data.metrics
     assert main(["groups", str(space), "--groups", "5", "--tracking-uri", uri]) == 2
     assert "[1, 4]" in capsys.readouterr().err
+
+
+def test_the_groups_table_keeps_small_affinities_readable():
+    from mtl_search.search.grouping import format_groups
+
+    result = {"tasks": ["a", "b"], "steps": 3, "strategy": "hard_sharing", "affinity": [[0.0, 1.234e-06], [-5.678e-07, 0.0]],
+              "partitions": [{"groups": [["a", "b"]], "score": 3.21e-06}]}
+    text = format_groups(result)
+    assert "1.234e-06" in text and "-5.678e-07" in text and "3.21e-06" in text  # not rounded to 0.0000

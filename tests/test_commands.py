@@ -147,6 +147,31 @@ def test_ui_on_a_port_in_use_exits_2_with_the_message(tmp_path, capsys):
     assert "MLflow UI on" not in captured.out  # no URL printed for a server that will not run
 
 
+def test_ui_refuses_a_port_out_of_range_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ui", "--port", "99999"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "a port is 1 to 65535, got '99999'" in err and "Traceback" not in err
+
+
+def test_serve_prints_the_link_only_once_the_server_answers_and_fails_when_it_cannot_listen(tmp_path, capsys):
+    from mtl_search.cli import serve
+
+    port = _free_port()
+    answered: list[bool] = []
+
+    def answering() -> None:  # the server is listening now
+        with socket.socket() as probe:
+            answered.append(probe.connect_ex(("127.0.0.1", port)) == 0)
+
+    listens = (f"import socket, time; s = socket.socket(); time.sleep(1); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(2)")
+    assert serve([sys.executable, "-c", listens], ("127.0.0.1", port), answering) == 0
+    assert answered == [True]  # once, and only when connections were accepted
+    dies = "import sys; sys.exit('OverflowError: bind(): port must be 0-65535')"
+    assert serve([sys.executable, "-c", dies], ("127.0.0.1", _free_port()), lambda: answered.append(False)) == 2
+    assert answered == [True] and "exited with status 1 before it listened on 127.0.0.1" in capsys.readouterr().err
+
+
 SERVER_WITH_WORKERS = """
 import subprocess, sys, time
 # a stand-in for the MLflow server: it starts workers (as uvicorn/gunicorn do), which ignore nothing
@@ -215,3 +240,16 @@ def test_sigterm_to_mtl_search_ui_leaves_no_mlflow_process(tmp_path):
     finally:
         if ui.poll() is None:
             ui.kill()
+
+
+def test_run_on_an_unreachable_ray_address_exits_2_naming_it_before_recording_anything(workdir, capsys):
+    from conftest import tiny_space
+
+    space = tiny_space(workdir, trials=1)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert main(["run", str(space), "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to the Ray cluster at '127.0.0.1:{port}'" in err and "Traceback" not in err
+    assert not (workdir / "mlflow" / "mlflow.db").exists()  # refused before the search run was created

@@ -56,6 +56,13 @@ def test_best_per_strategy_takes_each_objective_in_its_direction():
     assert rows["hard_sharing"]["best y1 mse"] == "0.4500 (trial 3)" and rows["hard_sharing"]["best y2 auc"] == "0.8000 (trial 3)"
 
 
+def test_a_strategy_of_the_space_with_no_trials_is_listed_with_0_trials():
+    record = _record()
+    record.strategies = ["branching", "hard_sharing", "mmoe"]
+    rows = {r["strategy"]: r for r in best_per_strategy(record)}
+    assert rows["branching"]["trials"] == 0 and rows["branching"]["best y1 mse"] == "n/a" and rows["mmoe"]["trials"] == 3
+
+
 def test_final_summary_has_the_front_with_run_ids_the_best_per_strategy_and_the_counts():
     record = _record()
     text = final_summary(record)

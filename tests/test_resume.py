@@ -1,8 +1,10 @@
-"""Resume after the driver is killed at chosen moments: every requested trial runs, each number once, nothing left RUNNING.
+"""Resume after the driver is killed (or Ctrl-C'd) at chosen moments: every requested trial runs, each number once, nothing left RUNNING.
 
 The kill comes from the driver itself (``MTL_SEARCH_KILL_AT``, mtl_search.search.faults), so each
 moment is hit exactly: before the first trial, as a trial starts, while it trains, as its result
-arrives, between MLflow recording it and Optuna being told, and after Optuna was told.
+arrives, between MLflow recording it and Optuna being told, and after Optuna was told. With
+``MTL_SEARCH_KILL_SIGNAL=INT`` the driver sends SIGINT to its process group instead, as Ctrl-C
+in a terminal does: the search drains, ends KILLED with exit status 130, and ``--resume`` finishes it.
 """
 from __future__ import annotations
 
@@ -24,14 +26,17 @@ from mtl_search.results.tracking import default_tracking_uri
 TRIALS = 4
 
 
-def _killed_run(space: Path, workdir: Path, point: str, concurrency: int) -> None:
+def _killed_run(space: Path, workdir: Path, point: str, concurrency: int, ctrl_c: bool = False) -> subprocess.CompletedProcess:
     import ray
 
     address = ray.get_runtime_context().gcs_address  # the killed driver joins this session's Ray, which outlives it
     command = [sys.executable, "-m", "mtl_search.cli", "run", str(space), "--address", address, "--concurrency", str(concurrency)]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MTL_SEARCH_KILL_AT": point}
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == -signal.SIGKILL, f"the driver was not killed at {point}: {result.returncode}\n{result.stderr[-2000:]}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "MTL_SEARCH_KILL_AT": point, "MTL_SEARCH_KILL_SIGNAL": "INT" if ctrl_c else ""}
+    # a process group of its own, as a terminal gives a command: the SIGINT reaches the driver and nothing of the test's
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env, timeout=600, start_new_session=True)
+    expected = 130 if ctrl_c else -signal.SIGKILL
+    assert result.returncode == expected, f"the driver was not stopped at {point}: {result.returncode}\n{result.stderr[-2000:]}"
+    return result
 
 
 @pytest.mark.parametrize("point,concurrency", [
@@ -42,6 +47,26 @@ def test_resume_after_a_kill_runs_every_trial_once(ray_session, workdir, capsys,
     space = tiny_space(workdir, trials=TRIALS)
     _killed_run(space, workdir, point, concurrency)
 
+    _assert_resumed_once(workdir, capsys, concurrency)
+
+
+@pytest.mark.parametrize("point,concurrency,started", [("search_started", 1, 0), ("trial_started:1", 2, 1), ("trial_ended:2", 1, 2)])
+def test_resume_after_ctrl_c_runs_every_trial_once(ray_session, workdir, capsys, point, concurrency, started):
+    space = tiny_space(workdir, trials=TRIALS)
+    result = _killed_run(space, workdir, point, concurrency, ctrl_c=True)
+    assert "Traceback" not in result.stderr and not result.stderr.strip(), result.stderr[-2000:]
+    assert "Last result" not in result.stdout  # no Tune line for a trial stopped before it ran
+    client = MlflowClient(default_tracking_uri())
+    parent = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`mtl_search.role` = 'search'")[0]
+    assert parent.info.status == "KILLED" and parent.data.tags["mtl_search.interrupted"] == "true"
+    # after the Ctrl-C no new trial started, not even one Tune had already waiting for a slot
+    assert result.stdout.count(": started") == started, result.stdout
+    _assert_resumed_once(workdir, capsys, 2)
+
+
+def _assert_resumed_once(workdir: Path, capsys, concurrency: int) -> None:
+    """``--resume`` finishes the search: each trial once in MLflow and Optuna alike, nothing RUNNING."""
+    space = workdir / "space.yaml"
     assert main(["run", str(space), "--resume", "--concurrency", str(concurrency)]) == 0
     capsys.readouterr()
     assert main(["report", "--format", "json"]) == 0

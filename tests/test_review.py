@@ -243,7 +243,7 @@ def test_parent_run_carries_plots_tables_and_description(searched):
     front = {a.path for a in client.list_artifacts(parent.info.run_id, "front")}
     assert {"front/front.png", "front/front_by_family.png", "front/front.html", "front/hypervolume.png",
             "front/search.json", "front/front.json", "front/trials.csv", "front/front.csv"} <= front
-    assert len(json.loads(parent.data.params["reference_point"])) == 2
+    assert len(json.loads(parent.data.tags["mtl_search.reference_point"])) == 2 and not parent.data.params.get("reference_point")
     assert "### Best per family" in parent.data.tags["mlflow.note.content"]
     root = Path(client.download_artifacts(parent.info.run_id, "front", str(searched[0] / "dl")))
     rows = list(csv.DictReader(io.StringIO((root / "trials.csv").read_text())))
@@ -389,7 +389,9 @@ def test_mlflow_ui_link_opens_the_latest_searchs_trials_front_first_beside_a_gro
         _wait_for(base + "/health", 240)
         artifact = urllib.request.urlopen(f"{base}/get-artifact?path=front/front.png&run_uuid={parent.info.run_id}", timeout=30)
         assert artifact.status == 200 and artifact.read(8) == b"\x89PNG\r\n\x1a\n"
-        printed = (tmp_path / "ui.log").read_text()
+        deadline = time.monotonic() + 30  # the link is printed once the server answers (polled every half second)
+        while "latest search: " not in (printed := (tmp_path / "ui.log").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         url = next(line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("latest search: "))
         assert url == f"{base}/mtl-search/latest"
 

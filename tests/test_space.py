@@ -19,6 +19,8 @@ def _validate(path, capsys):
 BAD_SPACES = [
     # (description, space text, expected fragment of the message)
     ("bad YAML", "experiment: x\ndata: {dataset: [unclosed\n", "not valid YAML"),
+    ("duplicate key", "data: {dataset: synthetic_correlated}\nstrategies:\n  mmoe: {}\n  mmoe: {experts: 2}\n",
+     "not valid YAML at line 4, column 3: key 'mmoe' is given twice in one mapping (first at line 3); keep one"),
     ("not a mapping", "- just\n- a list\n", "must be a mapping"),
     ("unknown top-level key", "experiment: x\ndata: {dataset: synthetic_correlated}\nstrategies: {hard_sharing: {}}\nsearh: {}\n", "searh: unknown key"),
     ("missing data", "experiment: x\nstrategies: {hard_sharing: {}}\n", "data: missing"),

@@ -259,6 +259,8 @@ BAD_DATA = [
     ("bad split column value", {"fold": ["train"] * 50 + ["holdout"] * 10}, "csv: t.csv\n  split_column: fold", None,
      "data.split_column: column 'fold' must hold train, val or test; it holds holdout"),
     ("binary target with three classes", {}, "csv: t.csv", "kind: {kind: binary}", "tasks.kind: a binary target has two classes; 'kind' has 3"),
+    ("regression target with inf", {"price": [float("inf")] + [1.5] * 58 + [float("-inf")]}, "csv: t.csv", None,
+     "tasks.price: a regression target needs finite numbers; column 'price' holds inf in 2 rows (the first: row 1)"),
     ("task without kind", {}, "csv: t.csv", "price: {metric: mae}", "tasks.price.kind: missing; a task of a table needs a kind"),
     ("infinite target values", {"price": [float("inf"), 1.0, float("-inf")] + [1.0] * 57}, "csv: t.csv", None,
      "tasks.price: target column 'price' holds 2 non-finite values (inf or -inf; first in data row 1)"),
@@ -292,6 +294,30 @@ def test_a_class_with_few_rows_in_a_split_is_warned_about(tmp_path, capsys):
     _write(tmp_path, _table(rows=200))  # about 15 rows of each class in each of val and test
     assert main(["validate", str(path)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_csv_starting_with_a_byte_order_mark_loads_its_first_column_by_name(tmp_path):
+    plain = _write(tmp_path, _table(), "plain.csv")
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as spreadsheet programs save "CSV UTF-8"
+    dataset = load_table(_spec(marked, exclude=[], features=["id", "a"]), TASKS)
+    assert dataset.problem.features.names == load_table(_spec(plain, exclude=[], features=["id", "a"]), TASKS).problem.features.names
+
+
+def test_the_positive_class_is_the_last_value_or_the_one_the_space_names_and_validate_shows_it(tmp_path, capsys):
+    path = _write(tmp_path, {**_table(), "b": [3.5] * 60})
+    default = load_table(_spec(path), TASKS)
+    named = load_table(_spec(path), {**TASKS, "bought": {"kind": "binary", "positive": 0}})
+    assert default.problem.task("bought").labels == ("0", "1") and named.problem.task("bought").labels == ("1", "0")
+    assert torch.equal(named.train.y["bought"], 1 - default.train.y["bought"])  # class 1 is the named one
+    assert main(["validate", str(_space(tmp_path, "csv: t.csv\n  exclude: [id]", "price: {kind: regression}\n  bought: {kind: binary, positive: 0}"))]) == 0
+    out = capsys.readouterr().out
+    assert "bought: target, binary (auc); positive class (1): '0', negative (0): '1'" in out
+    assert "level: feature, categorical (4 values: '0', '1', '2', '3'); data.numeric: [level] reads it as a number" in out
+    assert "b: feature, numeric; warning: constant in the training rows, it carries no information (data.exclude: [b] leaves it out)" in out
+    assert "a: feature, numeric\n" in out and "colour: feature, categorical (3 values: 'blue', 'green', 'red')" in out
+    assert main(["validate", str(_space(tmp_path, "csv: t.csv", "bought: {kind: binary, positive: maybe}"))]) == 2
+    assert "tasks.bought.positive: 'maybe' is not a value of column 'bought'; its values: 0, 1" in capsys.readouterr().err
 
 
 def test_shipped_space_validates_from_another_directory(tmp_path, monkeypatch, capsys):
@@ -388,12 +414,19 @@ def test_a_table_model_reloads_and_predicts_from_the_raw_columns(ray_session, wo
     new_rows = workdir / "new.csv"
     new_rows.write_text("colour,b,a,unused\nred,0.5,,x\n,1.0,2.0,y\npurple,-1,0.1,z\n")  # columns reordered, blanks, an unseen category
     assert main(["predict", run_id, str(new_rows), "--output", "out.csv"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: column 'colour': 1 blank and 1 unseen ('purple') of 3 rows get the unknown category" in err, err
     rows = pcsv.read_csv(workdir / "out.csv").to_pylist()
+    assert set(rows[0]) == {"reg", "bin:1", "cls", "cls:h", "cls:l", "cls:m"}  # each probability names its class
+    assert all(row["cls"] in ("h", "l", "m") for row in rows)
     model = load_model(run_id)
     expected = predict(model, read_feature_columns(new_rows, model.problem.features))
     assert len(rows) == 3
     for row, reg, p in zip(rows, expected["reg"], expected["bin"]):
-        assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin"] == pytest.approx(float(p), abs=1e-5)
+        assert row["reg"] == pytest.approx(float(reg), abs=1e-5) and row["bin:1"] == pytest.approx(float(p), abs=1e-5)
+    assert main(["predict", run_id, str(new_rows), "--output", "/proc/nope/out.csv"]) == 2  # a folder that cannot be written
+    err = capsys.readouterr().err
+    assert "--output /proc/nope/out.csv: cannot write the predictions there" in err and "Traceback" not in err
     (workdir / "bad.csv").write_text("a,colour\n1,red\n")
     assert main(["predict", run_id, str(workdir / "bad.csv")]) == 2
     assert "lacks" in capsys.readouterr().err and "b" in path.read_text().splitlines()[0]

@@ -134,7 +134,9 @@ class Task:
     ``after``: the task's parent in a conversion funnel (a binary task), or None. A funnel
     task's label is only meaningful where the parent's is positive: the data set masks it
     elsewhere (:func:`mtl_search.data.dataset.apply_funnel_masks`), and the model's prediction
-    of it is conditional on the parent (e.g. P(convert | click)).
+    of it is conditional on the parent (e.g. P(convert | click)). ``labels``: a table's class
+    values as text, class ``k`` is ``labels[k]`` (binary: negative, then positive); empty when
+    the data set gives classes as numbers only.
 
     ``target_mean``, ``target_std``: a regression target is standardised with them (the
     training split's mean and standard deviation, :func:`mtl_search.data.dataset.standardize_targets`):
@@ -150,8 +152,10 @@ class Task:
     after: str | None = None
     target_mean: float = 0.0
     target_std: float = 1.0
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(str(label) for label in self.labels))  # read back from JSON as a list
         if self.kind not in KINDS:
             raise SpaceError(f"tasks.{self.name}.kind", f"unknown kind {self.kind!r}; {did_you_mean(self.kind, KINDS)}")
         if not self.metric:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -112,7 +112,7 @@ def _column_names(spec: TableSpec, key: str) -> list[str]:
             return list(pq.read_schema(spec.path).names)
         import csv
 
-        with open(spec.path, newline="") as fh:
+        with open(spec.path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is not part of the first name
             header = next(csv.reader(fh), None)
     except Exception as exc:  # a corrupt file: say which and why
         raise SpaceError(key, f"cannot read {spec.path} as {spec.format}: {exc}") from None
@@ -222,7 +222,12 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         if not _is_numeric(column.type):
             example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
             raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
-        values = np.nan_to_num(as_float(column), nan=0.0)
+        values = as_float(column)
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:
+            raise SpaceError(f"tasks.{name}", f"a regression target needs finite numbers; column {name!r} holds {values[infinite[0]]} "
+                             f"in {infinite.size} rows (the first: row {int(infinite[0]) + 1}); blank them to leave those rows unlabelled")
+        values = np.nan_to_num(values, nan=0.0)
         return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""), after=task.get("after"))
     classes = _vocabulary(column)
     if len(classes) < 2:
@@ -232,9 +237,14 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
                          f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); use kind: multiclass")
     if "classes" in task and int(task["classes"]) != len(classes):
         raise SpaceError(f"tasks.{name}.classes", f"the data has {len(classes)} classes ({', '.join(classes)}), not {task['classes']}")
+    if kind == "binary":  # class 1, whose probability the model gives: tasks.<name>.positive, else the last in sorted order
+        positive = str(task.get("positive", classes[-1]))
+        if positive not in classes:
+            raise SpaceError(f"tasks.{name}.positive", f"{positive!r} is not a value of column {name!r}; its values: {', '.join(classes)}")
+        classes = (*(c for c in classes if c != positive), positive)
     codes = category_codes(column, classes) - 1  # -1 where missing
     target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
-    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0, task.get("after"))
+    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0, task.get("after"), classes)
 
 
 def sample_weights(name: str, column: Any, path: str) -> torch.Tensor:
@@ -364,12 +374,44 @@ def _check_nonempty(rows: tuple[np.ndarray, ...], path: str, hint: str = "") -> 
             raise SpaceError(path, f"the {split} split is empty{hint}")
 
 
-def read_feature_columns(path: Path, features: TableFeatures) -> torch.Tensor:
+def describe_columns(problem: Problem, train_x: torch.Tensor | None = None) -> list[str]:
+    """One line per column in use: its role (feature or target) and the type inferred or set (what ``validate`` prints).
+
+    With the training split's ``x``, a feature holding one value there (blanks aside) is flagged constant.
+    """
+    lines = []
+    if problem.features is not None:
+        features = problem.features
+        described = [f"{f.name}: feature, numeric" for f in features.numeric]
+        for f in features.categorical:
+            numbers = all(_parses_as_number(c) for c in f.categories)  # an integer column with few levels
+            described.append(f"{f.name}: feature, categorical ({len(f.categories)} values: {_listed(f.categories)})"
+                             + (f"; data.numeric: [{f.name}] reads it as a number" if numbers else ""))
+        for j, (name, line) in enumerate(zip(features.names, described)):
+            values = train_x[:, j][~torch.isnan(train_x[:, j])] if train_x is not None else None
+            constant = values is not None and len(torch.unique(values)) <= 1
+            lines.append(line + (f"; warning: constant in the training rows, it carries no information "
+                                 f"(data.exclude: [{name}] leaves it out)" if constant else ""))
+    for task in problem.tasks:
+        line = f"{task.name}: target, {task.kind} ({task.metric})"
+        if task.kind == "binary" and task.labels:
+            line += f"; positive class (1): {task.labels[1]!r}, negative (0): {task.labels[0]!r} (tasks.{task.name}.positive sets it)"
+        elif task.labels:
+            line += f"; classes: {_listed(task.labels)}"
+        lines.append(line)
+    return lines
+
+
+def _listed(values: tuple[str, ...], most: int = 5) -> str:
+    return ", ".join(repr(v) for v in values[:most]) + (", ..." if len(values) > most else "")
+
+
+def read_feature_columns(path: Path, features: TableFeatures, warn: Callable[[str], None] = lambda line: None) -> torch.Tensor:
     """The raw ``x`` of the rows of a CSV or Parquet file, laid out as ``features`` says (for prediction).
 
-    Columns are found by name (others are ignored); blanks are missing values; a category
-    not seen in training gets the unknown code. A missing column or a text value in a
-    numeric column is an error naming the column.
+    Columns are found by name (others are ignored); blanks are missing values; a blank or a
+    category not seen in training gets the unknown code (0), counted per column in one
+    ``warn`` line. A missing column or a text value in a numeric column is an error naming the column.
     """
     import pyarrow as pa
 
@@ -383,7 +425,7 @@ def read_feature_columns(path: Path, features: TableFeatures) -> torch.Tensor:
         else:
             import csv
 
-            with open(path, newline="") as fh:
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # pyarrow skips a byte-order mark too
                 columns = next(csv.reader(fh), [])
         missing = [n for n in features.names if n not in columns]
         if missing:
@@ -405,4 +447,15 @@ def read_feature_columns(path: Path, features: TableFeatures) -> torch.Tensor:
             as_float(table.column(feature.name))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise MtlSearchError(f"{path}: column {feature.name!r} is numeric in the model; it holds text") from None
-    return features.encode(table)
+    x = features.encode(table)
+    for j, feature in enumerate(features.categorical):
+        unknown = x[:, len(features.numeric) + j] == 0
+        if bool(unknown.any()):
+            column = table.column(feature.name)
+            blank = int(column.null_count)
+            unseen = sorted({str(v) for v, u in zip(column.to_pylist(), unknown.tolist()) if u and v is not None})
+            counts = ([f"{blank} blank"] if blank else []) + \
+                ([f"{int(unknown.sum()) - blank} unseen ({_listed(tuple(unseen))})"] if unseen else [])
+            warn(f"warning: column {feature.name!r}: {' and '.join(counts)} of {len(x)} rows get the unknown category, "
+                 f"as blanks did in training; the categories the model knows: {_listed(feature.categories)}")
+    return x

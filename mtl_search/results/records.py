@@ -149,6 +149,7 @@ class SearchRecord:
     reference_trials: list[TrialRecord] = field(default_factory=list)  # the searched references' trials (baseline mode search)
     repeats: list[TrialRecord] = field(default_factory=list)  # the front trials and chosen references trained again (search.repeats)
     gbdt: dict[str, Any] | None = None  # the GBDT comparison row (search/gbdt.py): {"val": {task: m}, "test": {...}, "seconds": s}
+    strategies: list[str] = field(default_factory=list)  # the space's strategies, those that got no trial too
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -373,14 +374,15 @@ def _tasks(record: SearchRecord) -> list[str]:
 
 
 def best_per_strategy(record: SearchRecord) -> list[dict[str, Any]]:
-    """One row per strategy: its trials, how many finished and reached the front, and its best value of each objective.
+    """One row per strategy (of the space too, when it got no trial): its trials, how many finished and reached the front,
+    and its best value of each objective.
 
     The best value of an objective is taken over the strategy's finished trials (in the
     objective's direction), with the number of the trial reaching it. With several
     objectives no single trial is best, so each objective's best is shown.
     """
     rows = []
-    for strategy in sorted({t.strategy for t in record.trials}):
+    for strategy in sorted({t.strategy for t in record.trials} | set(record.strategies)):
         members = [t for t in record.trials if t.strategy == strategy]
         row: dict[str, Any] = {"strategy": strategy, "trials": len(members),
                                "finished": sum(t.status == "finished" for t in members),

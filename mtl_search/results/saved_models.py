@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,7 +44,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
     return {"input_shape": list(problem.input_shape),
             "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "classes": t.classes,
                        **({"after": t.after} if t.after is not None else {}),
-                       **({"target_mean": t.target_mean, "target_std": t.target_std} if t.standardised else {})} for t in problem.tasks],
+                       **({"target_mean": t.target_mean, "target_std": t.target_std} if t.standardised else {}),
+                       **({"labels": list(t.labels)} if t.labels else {})} for t in problem.tasks],
             "features": problem.features.to_dict() if problem.features is not None else None}
 
 
@@ -154,7 +155,7 @@ def joint_name(task: str) -> str:
     return f"{task}.joint"
 
 
-def read_inputs(path: str | Path, problem: Problem) -> torch.Tensor:
+def read_inputs(path: str | Path, problem: Problem, warn: Callable[[str], None] = lambda line: None) -> torch.Tensor:
     """The model input of the rows in ``path``, for a model of ``problem``.
 
     A model trained on a table reads the raw feature columns by name from a CSV or Parquet
@@ -169,7 +170,7 @@ def read_inputs(path: str | Path, problem: Problem) -> torch.Tensor:
     if problem.features is not None:
         from ..data.tables import read_feature_columns
 
-        return read_feature_columns(path, problem.features)
+        return read_feature_columns(path, problem.features, warn)
     return read_numeric_csv(path, math.prod(problem.input_shape))
 
 
@@ -199,15 +200,24 @@ def _numeric(row: list[str]) -> bool:
 
 
 def prediction_rows(model: MultiTaskModel, x: torch.Tensor) -> list[dict[str, float]]:
-    """One row per input: a column per task (per class for multiclass tasks: ``task:k``, plus ``task`` = argmax; ``task.joint`` for a funnel task)."""
+    """One row per input: a column per task, named after the class whose probability it gives.
+
+    Regression: ``task``. Binary: ``task:<positive class>`` (``task`` when the data set names no
+    classes). Multiclass: ``task`` = the most probable class and ``task:<class>`` per class (the
+    class index when unnamed). A funnel task also has ``task.joint``.
+    """
     predictions = predict(model, x)
-    rows: list[dict[str, float]] = [{} for _ in range(len(x))]
+    rows: list[dict[str, Any]] = [{} for _ in range(len(x))]
     for task in model.problem.tasks:
         values = predictions[task.name]
+        names = task.labels or [str(k) for k in range(task.classes)]
         for row, value in zip(rows, values):
             if task.kind == "multiclass":
-                row[task.name] = int(value.argmax())
-                row.update({f"{task.name}:{k}": float(p) for k, p in enumerate(value)})
+                best = int(value.argmax())
+                row[task.name] = task.labels[best] if task.labels else best
+                row.update({f"{task.name}:{names[k]}": float(p) for k, p in enumerate(value)})
+            elif task.kind == "binary" and task.labels:
+                row[f"{task.name}:{task.labels[-1]}"] = float(value)
             else:
                 row[task.name] = float(value)
         if joint_name(task.name) in predictions:

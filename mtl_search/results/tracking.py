@@ -58,6 +58,7 @@ REPEAT_OF = "mtl_search.repeat_of"  # on a repeat (role "repeat"): the run id of
 REPEAT = "mtl_search.repeat"  # on a repeat: its seed index, 1, 2, ...
 NOISE = "noise/"  # a repeated front trial's spread over seeds: noise/<figure>/{mean,std,n,significant}
 REFERENCE_RUNS = "mtl_search.reference_runs"  # JSON {task: run id} on the search run: the chosen reference trials
+REFERENCE_POINT = "mtl_search.reference_point"  # JSON list: the hypervolume's reference point (a tag: it moves as trials finish, a param may not change)
 INTERRUPTED = "mtl_search.interrupted"  # set on a search stopped by Ctrl-C (its run ends KILLED; --resume continues it)
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
@@ -296,7 +297,7 @@ class Tracker:
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         if record.reference_point is not None:
-            self.client.log_param(run_id, "reference_point", json.dumps([round(v, 6) for v in record.reference_point]))
+            self.client.set_tag(run_id, REFERENCE_POINT, json.dumps([round(v, 6) for v in record.reference_point]))
         log_search_review(self.client, run_id, record, history)
         set_review_view(self.client, self.experiment_id, record)
         self.client.set_tag(run_id, NOTE, summary_markdown(record))
@@ -472,11 +473,12 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
-                        reference_point=json.loads(parent.data.params["reference_point"]) if "reference_point" in parent.data.params else None,
+                        reference_point=json.loads(parent.data.tags[REFERENCE_POINT]) if REFERENCE_POINT in parent.data.tags else None,
                         references=_references(parent.data.metrics), gbdt=_gbdt(parent.data.metrics),
                         reference_trials=sorted((t for t in records if t.reference_task is not None and t.repeat_of is None),
                                                 key=lambda t: (t.reference_task, t.number)),
-                        repeats=sorted((t for t in records if t.repeat_of is not None), key=lambda t: (t.repeat_of, t.repeat)))
+                        repeats=sorted((t for t in records if t.repeat_of is not None), key=lambda t: (t.repeat_of, t.repeat)),
+                        strategies=_typed(parent.data.params.get("strategies", "[]")))
 
 
 def _identity(trial: TrialRecord) -> tuple:

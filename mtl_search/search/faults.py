@@ -2,7 +2,8 @@
 
 ``MTL_SEARCH_KILL_AT=<point>[:<n>]`` makes the driver send itself SIGKILL the ``n``-th time
 (default: the first) it passes ``point``, so a test can hit a moment exactly rather than by
-timing. Unset (always, outside those tests) it costs one dictionary look-up per point.
+timing. With ``MTL_SEARCH_KILL_SIGNAL=INT`` it sends SIGINT to its process group instead: a
+Ctrl-C at that moment. Unset (always, outside those tests) it costs one dictionary look-up per point.
 
 Points, in the order a trial passes them:
 
@@ -20,12 +21,13 @@ import signal
 from collections import Counter
 
 ENV = "MTL_SEARCH_KILL_AT"
+SIGNAL_ENV = "MTL_SEARCH_KILL_SIGNAL"
 POINTS = ("search_started", "trial_started", "trial_training", "trial_ended", "trial_recorded", "trial_told")
 _passed: Counter[str] = Counter()
 
 
 def kill_point(point: str) -> None:
-    """SIGKILL this process if ``MTL_SEARCH_KILL_AT`` names ``point`` and this is its chosen occurrence."""
+    """SIGKILL this process (or SIGINT its group) if ``MTL_SEARCH_KILL_AT`` names ``point`` and this is its chosen occurrence."""
     wanted = os.environ.get(ENV)
     if not wanted:
         return
@@ -34,4 +36,7 @@ def kill_point(point: str) -> None:
         return
     _passed[point] += 1
     if _passed[point] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get(SIGNAL_ENV) == "INT":
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -223,13 +223,13 @@ def _log(space: Space, result: dict[str, Any], measured: dict[str, Any], trackin
 def format_groups(result: dict[str, Any]) -> str:
     """The affinity matrix and the selected partitions as text."""
     tasks = result["tasks"]
-    width = max(8, *(len(t) for t in tasks)) + 2
+    width = max(10, *(len(t) for t in tasks)) + 2
     lines = [f"task affinity Z(row -> column), mean over {result['steps']} measured steps of {result['strategy']}:",
              " " * width + "".join(t.rjust(width) for t in tasks)]
     for name, row in zip(tasks, result["affinity"]):
-        lines.append(name.ljust(width) + "".join(f"{v:{width}.4f}" for v in row))
+        lines.append(name.ljust(width) + "".join(f"{v:{width}.4g}" for v in row))
     lines.append("")
     lines.append("groups  score      partition")
     for entry in result["partitions"]:
-        lines.append(f"{len(entry['groups']):<7} {entry['score']:<10.4f} {json.dumps(entry['groups'])}")
+        lines.append(f"{len(entry['groups']):<7} {entry['score']:<10.4g} {json.dumps(entry['groups'])}")
     return "\n".join(lines)

@@ -55,10 +55,12 @@ from .trial import tune_trainable
 from .tune import (
     CONFIG_ATTR,
     RERUN_ATTR,
+    DrainingScheduler,
     Interrupt,
     ListSearcher,
     OptunaSearcher,
     ReferenceSearcher,
+    QuietProgress,
     Rerun,
     Stopper,
     TrialLogger,
@@ -86,6 +88,7 @@ def ensure_ray(address: str | None) -> None:
         return
     # Trials' own output (checkpoint notices, shutdown noise) stays in Ray's logs; a failing
     # trial's traceback reaches the user through Tune's error file and MLflow.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -93,6 +96,25 @@ def ensure_ray(address: str | None) -> None:
             ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except ConnectionError as exc:
         raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)  # ray.init sets its own (exit at once); the search's stops it in order
+
+
+RAY_CONNECT_SECONDS = 10  # how long a Ray address has to accept a connection (ray.init itself would wait for ever)
+
+
+def check_ray_address(address: str | None) -> None:
+    """MtlSearchError naming ``address`` when nothing accepts a connection there (``auto``, or none: Ray's to find or start)."""
+    import socket
+
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise MtlSearchError(f"cannot connect to the Ray cluster at {address!r}: {reason}") from None
 
 
 class Background:
@@ -185,7 +207,7 @@ def process_settings(interrupt: Interrupt) -> Iterator[None]:
     """The process-wide settings a search needs, set for its duration and restored after.
 
     Optuna and Tune's console output (a config box, per-trial notices, experimental-feature
-    warnings) is off: the search reports its own progress. Ctrl-C is the search's
+    warnings) is off: the search reports its own progress. Ctrl-C and SIGTERM are the search's
     (:class:`Interrupt`): Tune's own handler would stop running trials at once.
     """
     import optuna
@@ -200,14 +222,15 @@ def process_settings(interrupt: Interrupt) -> Iterator[None]:
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
-    previous_handler = signal.signal(signal.SIGINT, interrupt) if in_main_thread else None
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, interrupt), (signal.SIGTERM, interrupt.terminate))} \
+        if in_main_thread else {}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             yield
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         optuna.logging.set_verbosity(verbosity)
         for key, value in saved_env.items():
             if value is None:
@@ -237,6 +260,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     task_metrics = {t.name: t.metric for t in plan.problem.tasks}  # every printed value names its metric
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
     uri = check_tracking_store(options.tracking_uri or space.tracking_uri, source)  # before anything is created or started
+    check_ray_address(options.address or space.ray.address)
     store = state_dir(uri)
     storage = f"sqlite:///{store / 'optuna.db'}"
     searched_references = space.baseline.enabled and space.baseline.mode == "search"
@@ -319,7 +343,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             logger.close()
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
                                   interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
-                                  reference_trials=reference_trials, repeats=repeats, gbdt=gbdt)
+                                  reference_trials=reference_trials, repeats=repeats, gbdt=gbdt,
+                                  strategies=list(plan.strategies))
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             if repeats and chosen:
                 directions = {t.name: t.direction for t in plan.problem.tasks}
@@ -345,15 +370,17 @@ def _fit(trainable: Any, searcher: Any, num_samples: int, concurrency: int, logg
     """One Tune run (a fresh one on every start or resume): ``num_samples`` trials that ``searcher`` proposes, recorded by ``logger``."""
     from ray import tune
 
+    # Tune asks the searcher ahead: once draining, the trials already suggested must not start
+    draining = DrainingScheduler(scheduler, lambda: interrupt.draining or logger.abort_reason is not None)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=draining,
                                     num_samples=num_samples, max_concurrent_trials=concurrency,
                                     # a new actor per trial costs a worker start and torch/mtl_search
                                     # imports (seconds on 2 busy cores); train_trial keeps no state across trials
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger],
+            name=run_name, storage_path=str(store / "ray_results"), callbacks=[logger, QuietProgress()],
             stop=Stopper(lambda: interrupt.cancelled or logger.abort_reason is not None),
             verbose=0, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

@@ -36,7 +36,7 @@ from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median", "pareto")
-TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column", "scale")
+TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column", "scale", "positive")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
 MAX_TASK_OBJECTIVES = 4  # more tasks than this: the default objectives are delta_m and worst_gain
 
@@ -136,6 +136,22 @@ class Space:
         return self.path.parent if self.path else Path.cwd()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, with a key given twice in one mapping an error (the safe loader keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by the keys beside it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (first at line {first_line[key]}); keep one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_space(path: str | Path) -> Space:
     """Read and check the structure of a space file (plugins are checked by ``resolve``)."""
     path = Path(path)
@@ -144,7 +160,7 @@ def load_space(path: str | Path) -> Space:
     except OSError as exc:
         raise SpaceError("", f"cannot read space file {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -203,6 +219,9 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
                 if table is None and "weight_column" in spec:
                     raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
                                      "this space's data is a registered data set (data.dataset), not csv:/parquet:")
+                if "positive" in spec and (table is None or spec.get("kind") != "binary"):
+                    raise SpaceError(f"tasks.{name}.positive", "names the positive class of a binary target column of a table "
+                                     "(kind: binary, data: csv:/parquet:)")
                 tasks[str(name)] = spec
 
     inputs: dict[str, Knob] = {}
@@ -441,8 +460,8 @@ def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> 
         if "scale" in spec and kind != "regression":
             raise SpaceError(f"tasks.{task.name}.scale", f"only a regression target is standardised; {task.name!r} is {kind}")
         metric = spec.get("metric", task.metric if kind == task.kind else "")
-        new_tasks.append(Task(task.name, kind, metric, int(spec.get("classes", task.classes)), spec.get("after", task.after),
-                              *((task.target_mean, task.target_std) if kind == task.kind else ())))
+        new_tasks.append(replace(task, kind=kind, metric=metric, classes=int(spec.get("classes", task.classes)), after=spec.get("after", task.after),
+                                 **({} if kind == task.kind else {"target_mean": 0.0, "target_std": 1.0})))
     return replace(problem, tasks=tuple(new_tasks))
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, REPEAT_OF_KEY, STRATEGY_KEY
@@ -39,7 +42,7 @@ RERUN_ATTR = "mtl_search.rerun_of"  # on a trial enqueued by a resume: the trial
 
 @dataclass
 class Interrupt:
-    """Ctrl-C state of the search running in this process: the first stops scheduling, the second cancels running trials."""
+    """Ctrl-C state of the search running in this process: the first stops scheduling, the second (or SIGTERM) cancels running trials."""
 
     draining: bool = False
     cancelled: bool = False
@@ -53,6 +56,12 @@ class Interrupt:
         else:
             self.cancelled = True
             self.echo("\ninterrupted again: cancelling running trials")
+
+    def terminate(self, signum: int = 0, frame: Any = None) -> None:
+        """The SIGTERM handler: as two Ctrl-Cs, running trials are cancelled (recorded as stopped)."""
+        if not self.cancelled:
+            self.draining = self.cancelled = True
+            self.echo("\nterminated: no new trials, cancelling running trials")
 
 
 class _Live:
@@ -113,6 +122,9 @@ class OptunaSearcher(_Live, Searcher):
 
         trial = self.trials.pop(trial_id, None)
         if trial is None:
+            return
+        if result is None and not error:  # stopped while pending (DrainingScheduler): it never ran
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         result = result or {}
         if not error and result.get("final"):
@@ -193,6 +205,74 @@ class ListSearcher(_Live, Searcher):
         """Nothing to save: a resumed search lists the repeats MLflow has not recorded again."""
 
     def restore(self, checkpoint_path: str) -> None:  # pragma: no cover - Tune's state is never restored
+        pass
+
+
+class DrainingScheduler(_Live, TrialScheduler):
+    """Tune's scheduler ``inner`` (early stopping, or first in first out), which starts no trial once ``draining()``.
+
+    Tune asks the searcher ahead: at ``max_concurrent_trials`` 16 on 2 cores, 14 suggested
+    trials wait PENDING for a slot, and would start one by one after a Ctrl-C. Once draining,
+    each PENDING trial is stopped before Tune can start it (the searcher tells Optuna it
+    failed: it never ran; ``--resume`` samples afresh in its place).
+    """
+
+    def __init__(self, inner: TrialScheduler | None, draining: Callable[[], bool]):
+        self.inner, self.draining = inner or FIFOScheduler(), draining
+
+    @property
+    def metric(self) -> str | None:
+        return self.inner.metric
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        return self.inner.supports_buffered_results
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return self.inner.set_search_properties(metric, mode, **spec)
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        return self.inner.on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        self.inner.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """The inner scheduler's choice; once draining, none, and every PENDING trial stopped (Tune calls this before it starts any)."""
+        if not self.draining():
+            return self.inner.choose_trial_to_run(tune_controller)
+        for trial in list(tune_controller.get_trials()):
+            if trial.status == Trial.PENDING:
+                tune_controller.stop_trial(trial)
+        return None
+
+    def debug_string(self) -> str:
+        return self.inner.debug_string()
+
+
+class QuietProgress(TrialProgressCallback):
+    """Tune's per-trial console lines, off (Tune adds its own unless one is given): the search prints its progress.
+
+    Even at ``verbose=0`` Tune's prints "Trial ... completed. Last result:" for a trial that
+    ended without a result (a pending trial stopped by :class:`DrainingScheduler`).
+    """
+
+    def on_trial_result(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_trial_error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_trial_complete(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 
