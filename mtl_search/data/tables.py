@@ -222,12 +222,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         if not _is_numeric(column.type):
             example = next((repr(v) for v in column.drop_null().to_pylist() if not _parses_as_number(v)), f"{column.type} values")
             raise SpaceError(f"tasks.{name}", f"a regression target needs numbers; column {name!r} holds {example}")
-        values = as_float(column)
-        infinite = np.flatnonzero(np.isinf(values))
-        if infinite.size:
-            raise SpaceError(f"tasks.{name}", f"a regression target needs finite numbers; column {name!r} holds {values[infinite[0]]} "
-                             f"in {infinite.size} rows (the first: row {int(infinite[0]) + 1}); blank them to leave those rows unlabelled")
-        values = np.nan_to_num(values, nan=0.0)
+        values = np.nan_to_num(as_float(column), nan=0.0)
         return torch.from_numpy(values.astype(np.float32)), present, Task(name, kind, task.get("metric", ""), after=task.get("after"))
     classes = _vocabulary(column)
     if len(classes) < 2:
@@ -244,7 +239,7 @@ def _labels(name: str, task: dict[str, Any], column: Any) -> tuple[torch.Tensor,
         classes = (*(c for c in classes if c != positive), positive)
     codes = category_codes(column, classes) - 1  # -1 where missing
     target = torch.from_numpy(np.where(present, codes, 0).astype(np.int64))
-    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0, task.get("after"), classes)
+    return target, present, Task(name, kind, task.get("metric", ""), len(classes) if kind == "multiclass" else 0, task.get("after"), labels=classes)
 
 
 def sample_weights(name: str, column: Any, path: str) -> torch.Tensor:
