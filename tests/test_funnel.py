@@ -193,7 +193,7 @@ def test_funnel_models_share_parameters_under_every_input_encoding(name):
 def test_task_grouping_runs_on_a_funnel_space_with_one_hot_inputs():
     from mtl_search.search.grouping import measure_affinity
 
-    space = parse_space({"data": {"dataset": "synthetic_funnel", "options": {"samples": 300, "items": 5}},
+    space = parse_space({"data": {"dataset": "synthetic_funnel", "options": {"samples": 120, "items": 5}},
                          "inputs": {"encoding": "onehot"}, "backbone": {"kind": "mlp", "depth": 1, "width": 8},
                          "strategies": {"esmm": {"tower_width": 4}}, "training": {"epochs": 1, "patience": 1, "batch_size": 64}})
     measured = measure_affinity(space)
