@@ -27,8 +27,8 @@ cross-entropy over the entire space; a funnel of two steps is exactly ESMM.
 ``aitm`` — Adaptive Information Transfer Multi-task framework (Xi et al., "Modeling the
 Sequential Dependence among Audience Multi-step Conversions with Multi-task Learning in
 Targeted Display Advertising", KDD 2021). Every task has a tower giving q_t (private
-backbone blocks after the shared embedding, as ESMM's). Down the funnel, the adaptive information
-transfer (AIT) module mixes what the previous task passes on, p_{t-1} = g_{t-1}(z_{t-1})
+backbone blocks after the shared embedding, as ESMM's). Down the funnel, the adaptive
+information transfer (AIT) module mixes what the previous task passes on, p_{t-1} = g_{t-1}(z_{t-1})
 (g: one ReLU layer), with the task's own q_t by attention: for u in {p_{t-1}, q_t},
 w_u = softmax_u(<h1(u), h2(u)> / sqrt(k)), z_t = sum_u w_u h3(u) (h1, h2, h3 k x k matrices,
 no bias, k = the tower width, as in the authors' released code), z_1 = q_1; yhat_t = sigmoid(MLP_t(z_t)) is the probability of
