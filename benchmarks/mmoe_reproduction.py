@@ -9,7 +9,9 @@ one shared layer of 113 units and towers of 8. The protocol follows the paper's 
    x ``training.lr``, every trial recorded in MLflow, to review with ``mtl-search ui``) on a
    draw of the data kept for it, by the mean validation MSE of the two tasks.
 2. Each (model, correlation) then trains ``--runs`` times with its rate, each run on a fresh
-   draw of the data (its own seed, shared by the three models) with a fresh initialisation,
+   draw of the data (its own seed, shared by the three models: x, the directions u_1, u_2
+   and so the task weight vectors w_1, w_2, and the sine terms' alpha and beta are all
+   redrawn per run) with a fresh initialisation,
    for a fixed budget of optimiser steps (Adam: the trainer's AdamW with no weight decay).
 3. Reported: the training loss against training steps averaged over the runs, with its
    spread (the paper's Figure 3); the test MSE of the model at its best validation epoch
@@ -17,9 +19,14 @@ one shared layer of 113 units and towers of 8. The protocol follows the paper's 
    qualitative findings hold on which measure.
 
     python -m benchmarks.mmoe_reproduction [--quick] [--runs N] [--epochs E] [--samples S] [--workers W] [--tracking-uri URI]
+    python -m benchmarks.mmoe_reproduction --from-json benchmarks/results/mmoe_reproduction.json   # re-judge a run's per-run values
+
+``--from-json`` recomputes the run-by-run comparisons and the findings from the per-run
+values of an earlier run's JSON and rewrites its table, without training.
 """
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import statistics
@@ -137,6 +144,16 @@ def sign_test(wins: int, runs: int) -> float:
 
 
 Values = dict[str, dict[float, list[float]]]  # model -> correlation -> one value per run (run i: draw i)
+SIGNIFICANCE = 0.05  # a run-by-run verdict holds (or fails) only where the sign test's p is below this
+
+
+def run_by_run_verdict(counts: list[int], runs: int, also: bool = True) -> str:
+    """``yes`` when every count of agreeing runs is significantly more than half (sign test p < SIGNIFICANCE) and ``also``
+    holds; ``no`` when a count is significantly less than half or ``also`` fails; ``not significant`` otherwise."""
+    against = any(n < runs / 2 and sign_test(n, runs) < SIGNIFICANCE for n in counts)
+    if against or not also:
+        return "no"
+    return "yes" if all(n > runs / 2 and sign_test(n, runs) < SIGNIFICANCE for n in counts) else "not significant"
 
 
 def paired(values: Values) -> dict[str, dict[float, dict[str, float]]]:
@@ -156,9 +173,10 @@ def findings(values: Values, wins: dict[str, dict[float, dict[str, float]]]) -> 
     """The paper's qualitative findings (docs/methods.md, "The MMoE synthetic benchmark") on one measure.
 
     ``means``: on the means over runs (and the spread over runs for the last one); ``paired``:
-    run by run on the same draw (``wins``: :func:`paired` of ``values``), holding when a majority
-    of runs agree (None where a finding is about the spread over runs, which no single run
-    has). ``evidence`` gives the counts.
+    run by run on the same draw (``wins``: :func:`paired` of ``values``), the
+    :func:`run_by_run_verdict` of the counts of runs that agree: ``yes``, ``no`` or ``not
+    significant`` (None where a finding is about the spread over runs, which no single run
+    has). ``evidence`` gives the counts and their sign tests.
     """
     labels = [m.label for m in MODELS]
     sb, omoe, mmoe = labels
@@ -167,7 +185,9 @@ def findings(values: Values, wins: dict[str, dict[float, dict[str, float]]]) -> 
     mean = {m: {p: statistics.fmean(values[m][p]) for p in CORRELATIONS} for m in labels}
     spread = {m: {p: describe(values[m][p])["std"] for p in CORRELATIONS} for m in labels}
     run_values = {m: [[values[m][p][i] for p in CORRELATIONS] for i in range(runs)] for m in labels}  # per run, by correlation
-    majority = runs / 2
+
+    def counted(n: int) -> str:
+        return f"{n}/{runs} (sign test {sign_test(n, runs):.2g})"
 
     def monotone(losses: list[float]) -> bool:
         return all(a >= b for a, b in zip(losses, losses[1:]))
@@ -184,20 +204,20 @@ def findings(values: Values, wins: dict[str, dict[float, dict[str, float]]]) -> 
     return [
         {"finding": "every model does better as the correlation rises",
          "means": all(monotone([mean[m][p] for p in CORRELATIONS]) for m in labels),
-         "paired": all(n > majority for n in monotone_runs.values()),
-         "evidence": "runs with the loss falling as p rises: " + ", ".join(f"{m} {n}/{runs}" for m, n in monotone_runs.items())},
+         "paired": run_by_run_verdict(list(monotone_runs.values()), runs),
+         "evidence": "runs with the loss falling as p rises: " + ", ".join(f"{m} {counted(n)}" for m, n in monotone_runs.items())},
         {"finding": "MMoE's loss changes least with the correlation",
          "means": loss_range(list(mean[mmoe].values())) <= min(loss_range(list(mean[m].values())) for m in (sb, omoe)),
-         "paired": least_change_runs > majority,
-         "evidence": f"runs where MMoE's range over p is the smallest: {least_change_runs}/{runs}"},
+         "paired": run_by_run_verdict([least_change_runs], runs),
+         "evidence": f"runs where MMoE's range over p is the smallest: {counted(least_change_runs)}"},
         {"finding": "both MoE models beat shared-bottom at every correlation",
          "means": all(mean[m][p] < mean[sb][p] for m in (omoe, mmoe) for p in CORRELATIONS),
-         "paired": all(n > majority for n in beat_sb.values()),
-         "evidence": "runs better than shared-bottom: " + ", ".join(f"{k} {n}/{runs}" for k, n in beat_sb.items())},
+         "paired": run_by_run_verdict(list(beat_sb.values()), runs),
+         "evidence": "runs better than shared-bottom: " + ", ".join(f"{k} {counted(n)}" for k, n in beat_sb.items())},
         {"finding": f"OMoE approaches MMoE only when the correlation is {high:g} (their gap is smallest there, and OMoE is behind at {low:g})",
          "means": gap[high] <= min(gap.values()) and gap[low] > 0,
-         "paired": mmoe_over_omoe[low] > majority and mmoe_over_omoe[high] <= min(mmoe_over_omoe.values()),
-         "evidence": "runs with MMoE better than OMoE: " + ", ".join(f"p = {p:g} {n}/{runs}" for p, n in mmoe_over_omoe.items())},
+         "paired": run_by_run_verdict([mmoe_over_omoe[low]], runs, also=mmoe_over_omoe[high] <= min(mmoe_over_omoe.values())),
+         "evidence": "runs with MMoE better than OMoE: " + ", ".join(f"p = {p:g} {counted(n)}" for p, n in mmoe_over_omoe.items())},
         {"finding": "shared-bottom's loss varies most across runs (largest spread at every correlation)",
          "means": all(spread[sb][p] >= max(spread[omoe][p], spread[mmoe][p]) for p in CORRELATIONS),
          "paired": None,
@@ -302,7 +322,8 @@ def markdown(result: dict) -> str:
     heading = " | ".join(f"p = {p:g}" for p in CORRELATIONS)
     align = " | ".join("---:" for _ in CORRELATIONS)
     lines = [
-        f"{runs} runs per model and correlation, each on a fresh draw of the data (run i: draw i for every model) with a fresh "
+        f"{runs} runs per model and correlation, each on a fresh draw of the data (x, the task weight vectors w_1, w_2 and "
+        f"the sine terms' alpha and beta all redrawn from the run's seed; run i: draw i for every model) with a fresh "
         f"initialisation; {t['samples']:,} rows ({train_rows:,} for training), d = {t['input_dim']}, Adam (AdamW, no weight decay), "
         f"batch {t['batch_size']}, {t['epochs']} epochs = {steps[-1] if steps else 0:,} steps, no early stop (the test MSE is "
         f"the model at its best validation epoch). Learning rates chosen by an mtl-search search (grid over the three models x "
@@ -338,11 +359,13 @@ def markdown(result: dict) -> str:
             f"{c['wins']}/{c['runs']} (sign test {c['sign_test_p']:.2g}), {c['mean_difference']:+.4f}" for c in (by_p[p] for p in CORRELATIONS)) + " |"
             for pair, by_p in found["paired"].items()]
 
-    def verdict(value: bool | None) -> str:
-        return "n/a" if value is None else ("yes" if value else "no")
+    def verdict(value: bool | str | None) -> str:
+        return "n/a" if value is None else value if isinstance(value, str) else ("yes" if value else "no")
 
-    lines += ["", "Which of the paper's findings hold, on which measure (means over runs; run by run on the same draw, "
-              "holding when a majority of runs agree):", "",
+    lines += ["", "Which of the paper's findings hold, on which measure (means over runs: the comparison of the means, "
+              "untested; run by run on the same draw: yes where significantly more than half of the runs agree, two-sided "
+              f"sign test p < {SIGNIFICANCE:g} for every count the finding needs, no where significantly fewer do, otherwise "
+              "not significant):", "",
               "| paper finding | training loss: means | training loss: run by run | test MSE: means | test MSE: run by run |",
               "| --- | --- | --- | --- | --- |"]
     for train, test in zip(result["final_training_loss"]["findings"], result["test_mse"]["findings"]):
@@ -358,6 +381,26 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _float_keys(value: Any) -> Any:
+    """A JSON-loaded result with its numeric keys (correlations, learning rates) as floats again."""
+    if isinstance(value, dict):
+        def key(k: str) -> Any:
+            try:
+                return float(k)
+            except ValueError:
+                return k
+        return {key(k): _float_keys(v) for k, v in value.items()}
+    return value
+
+
+def rejudge(result: dict) -> dict:
+    """``result`` (a JSON-loaded run) with its comparisons and findings recomputed from its per-run values."""
+    result = _float_keys(result)
+    for name in ("final_training_loss", "test_mse"):
+        result[name] = measure(result[name]["per_run"])
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parse = parser(__doc__)
     parse.add_argument("--runs", type=int, default=50)
@@ -365,7 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     parse.add_argument("--tracking-uri", default=None, help="the MLflow store of the learning-rate searches (default: the project's mlflow/)")
     parse.add_argument("--epochs", type=int, default=PROTOCOL.epochs, help="the training budget in epochs (no early stop)")
     parse.add_argument("--samples", type=int, default=PROTOCOL.samples, help="rows per draw (90%% for training)")
+    parse.add_argument("--from-json", type=Path, default=None, help="re-judge the per-run values of this earlier result (no training)")
     args = parse.parse_args(argv)
+    if args.from_json is not None:
+        result = rejudge(json.loads(args.from_json.read_text()))
+        print(write(NAME, markdown(result), result, args.out))
+        return
     if args.quick:
         runs, window = 2, 2
         training = Training(samples=400, epochs=1, patience=1, batch_size=64, options=PROTOCOL.options)

@@ -34,10 +34,15 @@ runs once per batch on its parent group's activation: a shared prefix is never r
 block (K = the number of tasks unless ``nodes`` is set), each node its own copy of the
 block (nodes of block 0 also own a stem). Node j of block l >= 1 holds logits theta_{l,j}
 over the K nodes of block l - 1, and each task's head holds logits over the nodes of the
-last block. In training the input of a child is ``sum_i w_i h_i`` with
-``w = gumbel_softmax(theta, tau)`` (a fresh Gumbel sample every forward, soft weights), so
-the weights and the logits are trained jointly, end to end, on the weighted task losses,
-with tau annealed each epoch, ``tau_e = max(tau_min, tau0 * tau_decay^e)``. After
+last block. In training every child takes one parent, sampled afresh every forward by the
+straight-through Gumbel-softmax estimator as in the paper: ``w = gumbel_softmax(theta, tau,
+hard=True)`` is one-hot in the forward pass (the child's input is its sampled parent's
+output ``sum_i w_i h_i = h_parent``), and the backward pass takes the gradient of the soft
+sample, so the weights and the logits are trained jointly, end to end, on the weighted task
+losses. tau is annealed geometrically from ``tau0`` in the first search epoch to ``tau_min``
+in the last, ``tau_e = tau0 (tau_min / tau0)^(e / (search_epochs - 1))`` (with the defaults
+5 -> 0.1 over 10 epochs), so the soft samples behind the gradients become near-discrete
+within the search (the schedule is this project's choice). After
 ``search_epochs`` every child takes its argmax parent; that tree is trained from scratch
 (the supernet's initial weights are restored) with the trainer's loop and is the trial's
 model; only the nodes some task reaches are computed, each once per batch. The learned
@@ -47,8 +52,7 @@ decay (a choice: the paper does not give it for this setting).
 
 LibMTL's ``LTB.py`` (a ResNet reimplementation) differs from the paper in ways not
 followed here: it never derives or retrains the argmax tree (the supernet, sampled anew
-each forward, is the final model); it uses straight-through hard Gumbel samples
-(``hard=True``) with a schedule ``tau = epochs / 20 / sqrt(epoch + 1)``; a warm-up (the
+each forward, is the final model); its schedule is ``tau = epochs / 20 / sqrt(epoch + 1)``; a warm-up (the
 first 1 % of epochs) sums every parent's output instead of mixing them; its first layer
 is one node per task with no parent choice, and its logits are initialised to ones and
 trained by the weights' optimiser.
@@ -498,10 +502,10 @@ def parse_partition(partition: Any, tasks: Sequence[str]) -> list[list[int]]:
 
 # --- Learning to Branch ---------------------------------------------------------------------------
 class LearningToBranchModel(MultiTaskModel):
-    """The LTB supernet: K nodes per block, each child choosing its parent by Gumbel-softmax; or, once decided, the argmax tree."""
+    """The LTB supernet: K nodes per block, each child sampling one parent (straight-through Gumbel-softmax); or, once decided, the argmax tree."""
 
     def __init__(self, problem: Problem, backbone: Backbone, nodes: int, tower_width: int, tau0: float, tau_min: float,
-                 tau_decay: float, search_epochs: int, arch_lr: float):
+                 search_epochs: int, arch_lr: float):
         super().__init__(problem)
         self.tasks = problem.task_names
         self.depth = backbone.depth
@@ -516,7 +520,7 @@ class LearningToBranchModel(MultiTaskModel):
         self.register_buffer("parents", torch.zeros(max(L - 1, 0), K, dtype=torch.long))
         self.register_buffer("head_parents", torch.zeros(T, dtype=torch.long))
         self.register_buffer("decided", torch.tensor(False))
-        self.temperature, self.tau0, self.tau_min, self.tau_decay = tau0, tau0, tau_min, tau_decay
+        self.temperature, self.tau0, self.tau_min = tau0, tau0, tau_min
         self.search_epochs, self.arch_lr = search_epochs, arch_lr
         self.searching = False
 
@@ -560,9 +564,18 @@ class LearningToBranchModel(MultiTaskModel):
         return {t: self.towers[t](self.features[t](h)) for t, h in zip(self.tasks, activations)}
 
     def mixing_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Gumbel-softmax sample of the parent weights of every child (blocks 1.., then the heads)."""
-        parents = F.gumbel_softmax(self.parent_logits, tau=self.temperature, hard=False, dim=-1) if self.depth > 1 else self.parent_logits
-        return parents, F.gumbel_softmax(self.head_logits, tau=self.temperature, hard=False, dim=-1)
+        """One straight-through Gumbel-softmax sample of every child's parent (blocks 1.., then the heads).
+
+        One-hot in value (the sampled parent); its gradient is that of the soft sample at ``temperature``.
+        """
+        parents = F.gumbel_softmax(self.parent_logits, tau=self.temperature, hard=True, dim=-1) if self.depth > 1 else self.parent_logits
+        return parents, F.gumbel_softmax(self.head_logits, tau=self.temperature, hard=True, dim=-1)
+
+    def search_temperature(self, search_epoch: int) -> float:
+        """tau of search epoch ``search_epoch`` (0-based): geometric from ``tau0`` at the first to ``tau_min`` at the last."""
+        if self.search_epochs < 2:
+            return self.tau_min
+        return self.tau0 * (self.tau_min / self.tau0) ** (min(search_epoch, self.search_epochs - 1) / (self.search_epochs - 1))
 
     def _relaxed(self, x: torch.Tensor) -> list[torch.Tensor]:
         parents, heads = self.mixing_weights()
@@ -634,14 +647,13 @@ class LearningToBranchModel(MultiTaskModel):
 class LearningToBranch(Strategy):
     name = "learning_to_branch"
     family = "branching"
-    description = "Learning to Branch: parents chosen by Gumbel-softmax over learned logits, then the argmax tree retrained"
+    description = "Learning to Branch: parents sampled by straight-through Gumbel-softmax over learned logits, then the argmax tree retrained"
     declares_shared_parameters = True
     knobs = {
         "tower_width": Int(4, 64, log=True, minimum=1),
         "nodes": Default(0, Int(0, 64, minimum=0)),
         "tau0": Default(5.0, Float(0.5, 10.0, minimum=1e-3)),
         "tau_min": Default(0.1, Float(0.01, 1.0, minimum=1e-3)),
-        "tau_decay": Default(0.9, Float(0.5, 1.0, minimum=1e-3, maximum=1.0)),
         "search_epochs": Default(10, Int(1, 100, minimum=1)),
         "arch_lr": Default(0.01, Float(1e-3, 0.1, log=True, minimum=0.0)),
     }
@@ -649,17 +661,17 @@ class LearningToBranch(Strategy):
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         values = {name: knob.value for name, knob in self.knobs.items() if isinstance(knob, Default)} | params
         return LearningToBranchModel(problem, backbone, values["nodes"], values["tower_width"], values["tau0"], values["tau_min"],
-                                     values["tau_decay"], values["search_epochs"], values["arch_lr"])
+                                     values["search_epochs"], values["arch_lr"])
 
     def fit(self, model: MultiTaskModel, trainer: Trainer) -> MultiTaskModel:
-        """Joint search of weights and logits (tau annealed per epoch) -> argmax tree -> retrained from scratch."""
+        """Joint search of weights and logits (tau annealed to tau_min by the last search epoch) -> argmax tree -> retrained from scratch."""
         if not isinstance(model, LearningToBranchModel):
             raise TypeError(f"learning_to_branch trains a LearningToBranchModel, got {type(model).__name__}")
         initial = copy_state(model)
         model.searching = True
         optimizer = trainer.make_optimizer(model)
         for search_epoch in range(model.search_epochs):
-            model.temperature = max(model.tau_min, model.tau0 * model.tau_decay ** search_epoch)
+            model.temperature = model.search_temperature(search_epoch)
             epoch = trainer.next_epoch
             trainer.end_epoch(model, epoch, trainer.train_epoch(model, optimizer, epoch))
         logits = {k: v for k, v in copy_state(model).items() if k in ("parent_logits", "head_logits")}

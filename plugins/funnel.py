@@ -11,8 +11,11 @@ space instead:
 
 ``esmm`` — Entire Space Multi-task Model (Ma et al., "Entire Space Multi-Task Model: An
 Effective Approach for Estimating Post-Click Conversion Rate", SIGIR 2018). CTR and CVR
-towers on a shared embedding (the backbone's input stage, which holds a table's category
-embeddings; ``shared_depth`` more blocks may be shared, 0 as in the paper). pCTCVR = pCTR x
+towers on a shared embedding: the backbone's input stage (a table's category embeddings,
+or the stem's weights), plus ``shared_depth`` blocks (0 as in the paper). Where the input
+stage holds no parameters (one-hot categories, a numeric-only table, a plain MLP's flatten
+stem) the first block is shared in its place (``shared_blocks``): a Linear layer on one-hot
+codes is an embedding lookup summed over the columns. pCTCVR = pCTR x
 pCVR, and the loss is, over *all* impressions, CE(click, pCTR) + CE(click AND conversion,
 pCTCVR) (eq. 3). The CVR tower is never supervised directly: it gets gradient only through
 the product, on clicked and non-clicked rows alike, which removes the sample selection bias
@@ -24,8 +27,8 @@ cross-entropy over the entire space; a funnel of two steps is exactly ESMM.
 ``aitm`` — Adaptive Information Transfer Multi-task framework (Xi et al., "Modeling the
 Sequential Dependence among Audience Multi-step Conversions with Multi-task Learning in
 Targeted Display Advertising", KDD 2021). Every task has a tower giving q_t (private
-backbone blocks after a shared embedding). Down the funnel, the adaptive information
-transfer (AIT) module mixes what the previous task passes on, p_{t-1} = g_{t-1}(z_{t-1})
+backbone blocks after the shared embedding, as ESMM's). Down the funnel, the adaptive
+information transfer (AIT) module mixes what the previous task passes on, p_{t-1} = g_{t-1}(z_{t-1})
 (g: one ReLU layer), with the task's own q_t by attention: for u in {p_{t-1}, q_t},
 w_u = softmax_u(<h1(u), h2(u)> / sqrt(k)), z_t = sum_u w_u h3(u) (h1, h2, h3 k x k matrices,
 no bias, k = the tower width, as in the authors' released code), z_1 = q_1; yhat_t = sigmoid(MLP_t(z_t)) is the probability of
@@ -145,18 +148,37 @@ def calibration_loss(problem: Problem, probabilities: dict[str, torch.Tensor]) -
     return torch.stack(terms).sum(0).mean()
 
 
+def shared_blocks(backbone: Backbone, shared_depth: int) -> int:
+    """The blocks the funnel models share: ``shared_depth``, or 1 where the input stage and stem hold no parameters.
+
+    The papers' towers share the embedding of the sparse features. With embedded categories
+    (``inputs.encoding: embedding``) or a stem with weights (``residual_mlp``, the conv kinds)
+    the backbone's input stage is that shared layer. With one-hot categories, a table
+    without categorical columns or a plain MLP's flatten stem, it holds no parameters, and
+    the first block takes its place: a Linear layer on one-hot codes is an embedding lookup
+    summed over the columns, so sharing it shares the embedding.
+    """
+    if not 0 <= shared_depth <= backbone.depth:
+        raise ValueError(f"shared_depth {shared_depth} must lie in [0, {backbone.depth}] (the backbone's depth)")
+    if shared_depth == 0 and not list(backbone.new_stem().parameters()):
+        if backbone.depth == 0:
+            raise ValueError("the funnel models share the input stage, which holds no parameters here (one-hot or numeric "
+                             "inputs, a stem without weights), and the backbone has no block to share instead; "
+                             "use inputs.encoding: embedding or a backbone of depth >= 1")
+        return 1
+    return shared_depth
+
+
 class _FunnelBase(MultiTaskModel):
-    """A shared part (the input stage and the first ``shared_depth`` blocks), then private blocks and features per task."""
+    """A shared part (the input stage and the first ``shared_blocks(backbone, shared_depth)`` blocks), then private blocks and features per task."""
 
     def __init__(self, problem: Problem, backbone: Backbone, shared_depth: int):
         super().__init__(problem)
-        if not 0 <= shared_depth <= backbone.depth:
-            raise ValueError(f"shared_depth {shared_depth} must lie in [0, {backbone.depth}] (the backbone's depth)")
-        self.depth, self.shared_depth = backbone.depth, shared_depth
+        self.depth, self.shared_depth = backbone.depth, shared_blocks(backbone, shared_depth)
         self.funnel = funnel_tasks(problem)
-        self.shared = nn.Sequential(backbone.new_stem(), *backbone.new_blocks(0, shared_depth))
+        self.shared = nn.Sequential(backbone.new_stem(), *backbone.new_blocks(0, self.shared_depth))
         self.private = nn.ModuleDict({
-            t.name: nn.Sequential(*backbone.new_blocks(shared_depth), backbone.new_features()) for t in problem.tasks
+            t.name: nn.Sequential(*backbone.new_blocks(self.shared_depth), backbone.new_features()) for t in problem.tasks
         })
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -430,6 +430,9 @@ class NoisyTopKLayer(nn.Module):
         return mixed.view(groups, batch, -1), auxiliary, Routing(chosen, torch.ones_like(chosen, dtype=torch.bool), self.n)
 
 
+TRUNCATED_STD = 0.87962566103423978  # std of a standard normal truncated at +-2 (the rescaling of variance_scaling)
+
+
 class SwitchLayer(nn.Module):
     """A Switch layer (Fedus et al. 2021; docs/methods.md, "Switch routing"): h + p_i(h) E_i(h) with i = argmax p(h).
 
@@ -438,8 +441,10 @@ class SwitchLayer(nn.Module):
     order); rows over capacity skip the experts and pass through the residual unchanged.
     Auxiliary loss alpha * N * sum_i f_i P_i (f_i: fraction of rows whose argmax is i, P_i: mean
     router probability) plus z_loss * mean(logsumexp(logits)^2). Experts are the FFN
-    width -> expert_width -> width; the router is initialised as in the paper (normal, mean 0,
-    std sqrt(0.1 / fan_in), truncated at two standard deviations).
+    width -> expert_width -> width; the router is initialised as in the paper and its reference
+    code (``variance_scaling(0.1, "fan_in", "truncated_normal")``): a normal truncated at two
+    standard deviations whose pre-truncation std is sqrt(0.1 / fan_in) / TRUNCATED_STD, so the
+    truncated draws have std sqrt(0.1 / fan_in).
     """
 
     drops_rows = True
@@ -448,7 +453,7 @@ class SwitchLayer(nn.Module):
                  z_loss: float):
         super().__init__()
         self.n, self.capacity_factor, self.alpha, self.z_loss = experts, capacity_factor, alpha, z_loss
-        std = math.sqrt(0.1 / width)  # trunc_normal_ takes absolute bounds: truncate at two standard deviations
+        std = math.sqrt(0.1 / width) / TRUNCATED_STD  # trunc_normal_ takes absolute bounds: truncate at two standard deviations
         self.router = nn.Parameter(nn.init.trunc_normal_(torch.empty(width, experts), std=std, a=-2 * std, b=2 * std))
         self.experts = RoutedExperts(StackedMLP(experts, width, [expert_width, width], activation, activate_output=False), experts)
 

@@ -17,7 +17,11 @@ Loss weightings (one scalar loss, one backward pass):
   the last shared parameter of rank >= 2 that is not a bias; the mixtures of experts name
   their experts' last weight matrix, cross-stitch the last stitched block of every column,
   measured jointly), ``r_t`` the relative inverse training rate; after every step the
-  weights are renormalised to sum to T.
+  weights are renormalised to sum to T. With missing labels: ``L_t(0)`` is task t's loss in
+  the first batch in which it has a labelled row, and a task without labels in a batch (its
+  loss is then exactly 0) takes no part in that step's balance and keeps its weight, which
+  therefore stays at its initial 1 until its first labelled batch; the others are
+  renormalised so that all still sum to T.
 - ``rlw`` (Lin et al., TMLR 2022, random loss weighting): weights ``softmax(z)``, ``z ~ N(0, I)``
   drawn afresh every step.
 
@@ -263,6 +267,9 @@ class GradNorm(_EpochMeanWeights):
         self.alpha = float(alpha)
         self.task_weights = nn.Parameter(torch.ones(len(self.tasks)))
         self.register_buffer("initial_losses", torch.full((len(self.tasks),), float("nan")))
+        # the tasks balanced in the latest step, and their weights before it (see after_step); not state to restore
+        self.register_buffer("_balanced", torch.zeros(len(self.tasks), dtype=torch.bool), persistent=False)
+        self.register_buffer("_held", torch.ones(len(self.tasks)), persistent=False)
 
     def gradient_norms(self, losses: torch.Tensor, layer: list[nn.Parameter]) -> torch.Tensor:
         """``||grad_W L_t||`` per task on ``W`` (one or more tensors, measured jointly; the graph is kept for the update)."""
@@ -273,16 +280,33 @@ class GradNorm(_EpochMeanWeights):
             norms.append(torch.stack(squares).sum().sqrt() if squares else loss.new_zeros(()))
         return torch.stack(norms).detach()
 
+    def balancing_loss(self, vector: torch.Tensor, index: torch.Tensor, layer: list[nn.Parameter]) -> torch.Tensor:
+        """``sum_t |G_W^(t) - mean_G r_t^alpha|`` over the tasks with labels in this batch (the others add nothing).
+
+        A task's loss is exactly 0 in a batch without a labelled row of it (``task_losses``);
+        such a task is left out of the means and of the sum, and its L_t(0) is the loss of the
+        first batch in which it has labels (NaN until then). Everything stays on the device.
+        """
+        losses = vector.detach()
+        labelled = losses > 0
+        known = self.initial_losses[index]
+        self.initial_losses[index] = torch.where(torch.isnan(known) & labelled, losses, known)
+        balanced = labelled & ~torch.isnan(self.initial_losses[index])
+        self._balanced[index] = balanced
+        share = balanced.to(losses) / balanced.sum().clamp_min(1)
+        norms = self.task_weights[index] * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
+        inverse_rate = torch.where(balanced, losses / self.initial_losses[index].nan_to_num(1.0), torch.zeros_like(losses))
+        relative = inverse_rate / (share * inverse_rate).sum().clamp_min(torch.finfo(losses.dtype).tiny)
+        target = ((share * norms).sum() * relative ** self.alpha).detach()
+        return (balanced.to(losses) * (norms - target).abs()).sum()
+
     def backward(self, losses: dict[str, torch.Tensor], extra: torch.Tensor, model: nn.Module) -> torch.Tensor:
         index, vector = self.present(losses)
         layer = last_shared_weights(model)
+        self._balanced.zero_()
         if layer:  # no shared layer: no norms to balance, the weights stay put
-            known = self.initial_losses[index]  # L_t(0): a task's loss at its first step (NaN until then)
-            self.initial_losses[index] = torch.where(torch.isnan(known), vector.detach(), known)
-            norms = self.task_weights[index] * self.gradient_norms(vector, layer)  # G_W^(t) = ||grad_W w_t L_t||
-            inverse_rate = vector.detach() / self.initial_losses[index].clamp_min(1e-12)
-            target = (norms.mean() * (inverse_rate / inverse_rate.mean()) ** self.alpha).detach()
-            (self.task_weights.grad,) = torch.autograd.grad((norms - target).abs().sum(), self.task_weights)
+            (self.task_weights.grad,) = torch.autograd.grad(self.balancing_loss(vector, index, layer), self.task_weights)
+        self._held.copy_(self.task_weights.detach())
         weights = self.floored(self.task_weights.detach()[index], index)
         self.record(weights, index)
         total = (weights * vector).sum() + extra
@@ -291,8 +315,12 @@ class GradNorm(_EpochMeanWeights):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        self.task_weights.clamp_(min=1e-6)
-        self.task_weights.mul_(len(self.tasks) / self.task_weights.sum())
+        """The tasks not balanced this step keep their weights; the balanced ones are rescaled so that all sum to T."""
+        weights = torch.where(self._balanced, self.task_weights.clamp(min=1e-6), self._held)
+        held = torch.where(self._balanced, torch.zeros_like(weights), weights).sum()
+        moving = torch.where(self._balanced, weights, torch.zeros_like(weights)).sum()
+        scale = ((len(self.tasks) - held) / moving).nan_to_num(1.0, posinf=1.0, neginf=1.0)  # 1 when no task was balanced
+        self.task_weights.copy_(torch.where(self._balanced, weights * scale, weights))
 
 
 class _Aggregation(_EpochMeanWeights):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 from mtl_search_plugins.datasets import (
     cluster_of,
@@ -15,7 +17,7 @@ from mtl_search_plugins.hard_sharing import HardSharing
 from mtl_search import MultiTaskModel, Problem, SharingMap, Task, TrainConfig, Trainer
 from mtl_search.cli import main
 from mtl_search.nn.backbones import build_mlp
-from mtl_search.search.grouping import partition_score, select_partitions
+from mtl_search.search.grouping import SINGLETON_SCORE, partition_score, select_partitions
 from mtl_search.training.affinity import AffinityMeter
 from mtl_search.training.weighting import Equal
 
@@ -93,12 +95,41 @@ def test_on_clustered_data_affinity_within_clusters_exceeds_affinity_across():
 
 def test_partition_selection_maximises_the_affinity_received_from_the_group():
     z = torch.tensor([[0.0, 0.5, 0.0], [0.1, 0.0, 0.9], [0.0, 0.9, 0.0]], dtype=torch.float64)  # z[i, j] = Z(i -> j)
-    assert math.isclose(partition_score([[0, 1], [2]], z), 0.5 + 0.1)
+    assert math.isclose(partition_score([[0, 1], [2]], z), 0.5 + 0.1 + SINGLETON_SCORE)
     ranked = select_partitions(z, ["a", "b", "c"], groups=2, top=3)
-    assert ranked[0]["groups"] == [["a"], ["b", "c"]] and math.isclose(ranked[0]["score"], 1.8)
+    assert ranked[0]["groups"] == [["a"], ["b", "c"]] and math.isclose(ranked[0]["score"], 1.8 + SINGLETON_SCORE)
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
     every = select_partitions(z, ["a", "b", "c"], top=10)
     assert sorted({len(r["groups"]) for r in every}) == [1, 2, 3] and len(every) == 1 + 3 + 1
+
+
+NOTEBOOK = json.loads((Path(__file__).parent / "data" / "tag_notebook_affinities.json").read_text())
+# the best partition per number of groups under the notebook's scoring (a task's score: the mean of
+# matrix[task][other] over the other members of its group, -1e6 alone), found by enumerating every partition
+OFFICIAL_PARTITIONS = {
+    "taskonomy": {
+        2: [["depth_l", "norm_l", "ss_l"], ["edge2d_l", "key_l"]],  # also the notebook's own selection for 2 networks
+        3: [["depth_l", "ss_l"], ["edge2d_l", "key_l"], ["norm_l"]],
+        4: [["depth_l"], ["edge2d_l", "key_l"], ["norm_l"], ["ss_l"]],
+    },
+    "celeba": {
+        2: [["5_o_Clock_Shadow", "Goatee", "Mustache", "No_Beard"], ["Black_Hair", "Blond_Hair", "Brown_Hair", "Rosy_Cheeks", "Wearing_Hat"]],
+        3: [["5_o_Clock_Shadow", "No_Beard"], ["Black_Hair", "Blond_Hair", "Brown_Hair", "Rosy_Cheeks", "Wearing_Hat"], ["Goatee", "Mustache"]],
+        4: [["5_o_Clock_Shadow", "No_Beard"], ["Black_Hair", "Brown_Hair"], ["Blond_Hair", "Rosy_Cheeks", "Wearing_Hat"], ["Goatee", "Mustache"]],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARTITIONS))
+def test_partitions_on_the_official_notebooks_affinities_are_tags(name):
+    matrix = NOTEBOOK[name]
+    tasks = list(matrix)
+    z = torch.tensor([[matrix[j][i] for j in tasks] for i in tasks], dtype=torch.float64)  # z[i, j] = Z(i -> j) = matrix[j][i]
+    for k, expected in OFFICIAL_PARTITIONS[name].items():
+        best = select_partitions(z, tasks, groups=k, top=1)[0]
+        assert sorted(sorted(g) for g in best["groups"]) == expected, (name, k)
+        singletons = sum(len(g) == 1 for g in expected)
+        assert best["score"] < SINGLETON_SCORE * (singletons - 0.5) if singletons else best["score"] > SINGLETON_SCORE / 2
 
 
 SPACE = """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -106,7 +107,7 @@ def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path,
             assert all(math.isfinite(v) and v > 0 for v in result["test_mse"]["per_run"][label][p])
     for name in ("final_training_loss", "test_mse"):
         assert len(result[name]["findings"]) == 5
-        assert all(isinstance(f["means"], bool) and f["paired"] in (True, False, None) for f in result[name]["findings"])
+        assert all(isinstance(f["means"], bool) and f["paired"] in ("yes", "no", "not significant", None) for f in result[name]["findings"])
     # 8 experts x 100 x 16 + 2 towers x 16 x 8: the paper's 13,056 for MMoE and OMoE (the gates come on top)
     assert result["params"]["MMoE"]["weights_without_gates_and_outputs"] == 13_056
     assert result["params"]["MMoE"]["all"] - result["params"]["OMoE"]["all"] == 800  # one more gate of 100 x 8
@@ -151,24 +152,48 @@ def test_paired_comparisons_count_runs_on_the_same_draw():
     assert found["MMoE < OMoE"][0.9]["sign_test_p"] == pytest.approx(0.25)
 
 
-def test_findings_hold_on_means_and_run_by_run_only_where_the_runs_agree():
+def test_findings_hold_on_means_and_run_by_run_only_where_the_sign_test_says_so():
     from benchmarks.mmoe_reproduction import measure
 
     def findings(values):
         return measure(values)["findings"]
 
-    # by correlation 0.5, 0.9, 1.0 per run: every finding true in every run
-    sb = [(0.9, 0.5, 0.3), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)]
-    omoe = [(0.6, 0.3, 0.1), (0.3, 0.2, 0.09), (0.5, 0.25, 0.11)]
-    mmoe = [(0.2, 0.15, 0.1), (0.12, 0.11, 0.08), (0.15, 0.12, 0.1)]
+    # by correlation 0.5, 0.9, 1.0 per run: every finding true in every run, 4 x 3 = 12 runs (sign test 2 / 2^12)
+    sb = [(0.9, 0.5, 0.3), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)] * 4
+    omoe = [(0.6, 0.3, 0.1), (0.3, 0.2, 0.09), (0.5, 0.25, 0.11)] * 4
+    mmoe = [(0.2, 0.15, 0.1), (0.12, 0.11, 0.08), (0.15, 0.12, 0.1)] * 4
     verdicts = [(f["means"], f["paired"]) for f in findings(_values(sb, omoe, mmoe))]
-    assert verdicts == [(True, True)] * 4 + [(True, None)]
-    # one draw so hard that shared-bottom's mean is the worst at p = 1, but the mixtures lose on the other two draws
-    sb = [(0.9, 0.5, 5.0), (0.4, 0.3, 0.1), (0.8, 0.4, 0.2)]
-    omoe = [(0.6, 0.3, 0.1), (0.5, 0.4, 0.3), (0.9, 0.5, 0.3)]
+    assert verdicts == [(True, "yes")] * 4 + [(True, None)]
+    # the same runs, only three: every run agrees, but three runs cannot make a sign test significant
+    assert [f["paired"] for f in findings(_values(sb[:3], omoe[:3], mmoe[:3]))][:4] == ["not significant"] * 4
+    # one draw so hard that shared-bottom's mean is the worst at p = 1, but OMoE loses on the other draws
+    sb = [(0.9, 0.5, 5.0)] + [(0.4, 0.3, 0.1), (0.8, 0.4, 0.2)] * 6
+    omoe = [(0.6, 0.3, 0.1)] + [(0.5, 0.4, 0.3), (0.9, 0.5, 0.3)] * 6
+    mmoe = [mmoe[0]] + mmoe[1:3] * 6
     verdicts = findings(_values(sb, omoe, mmoe))
-    assert verdicts[2]["finding"].startswith("both MoE") and (verdicts[2]["means"], verdicts[2]["paired"]) == (False, False)
-    assert "OMoE at 0.5 1/3" in verdicts[2]["evidence"]
+    assert verdicts[2]["finding"].startswith("both MoE") and (verdicts[2]["means"], verdicts[2]["paired"]) == (False, "no")
+    assert "OMoE at 0.5 1/13 (sign test 0.0034)" in verdicts[2]["evidence"]
+
+
+def test_a_comparison_won_in_28_of_50_runs_is_not_significant():
+    from benchmarks.mmoe_reproduction import measure
+
+    # the mixtures beat shared-bottom in every run, except OMoE at p = 0.5 in only 28 of 50 (sign test 0.48)
+    sb = [(0.5, 0.5, 0.5)] * 50
+    omoe = [(0.4 if i < 28 else 0.6, 0.4, 0.4) for i in range(50)]
+    mmoe = [(0.3, 0.3, 0.3)] * 50
+    found = measure(_values(sb, omoe, mmoe))["findings"][2]
+    assert found["finding"].startswith("both MoE") and found["paired"] == "not significant"
+    assert "OMoE at 0.5 28/50 (sign test 0.48)" in found["evidence"]
+
+
+def test_the_committed_study_is_judged_by_its_per_run_values(tmp_path):
+    from benchmarks.mmoe_reproduction import main
+
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "mmoe_reproduction.json"
+    main(["--from-json", str(committed), "--out", str(tmp_path)])
+    assert (tmp_path / "mmoe_reproduction.md").read_text() == committed.with_suffix(".md").read_text()
+    assert json.loads((tmp_path / "mmoe_reproduction.json").read_text()) == json.loads(committed.read_text())
 
 
 def test_ple_reproduction_gains(tmp_path):

@@ -148,6 +148,25 @@ def test_ltb_at_temperature_near_zero_the_sampled_parent_is_the_argmax():
             assert torch.allclose(out[task], expected, atol=1e-6)
 
 
+
+def test_ltb_samples_one_parent_per_child_and_its_logits_still_get_gradients():
+    model = _ltb(depth=3)
+    with torch.no_grad():
+        model.parent_logits.copy_(torch.randn_like(model.parent_logits))
+    model.searching = True
+    model.train()
+    for _ in range(5):  # every sample is one-hot at the default starting temperature
+        parents, heads = model.mixing_weights()
+        for weights in (parents, heads):
+            assert torch.equal(weights.detach(), torch.nn.functional.one_hot(weights.argmax(-1), model.nodes).to(weights))
+    model.zero_grad()
+    sum(out.square().sum() for out in model(torch.randn(16, 6)).values()).backward()
+    assert model.parent_logits.grad.abs().sum() > 0 and model.head_logits.grad.abs().sum() > 0
+    # the default schedule reaches tau_min by the last search epoch
+    temperatures = [model.search_temperature(e) for e in range(model.search_epochs)]
+    assert temperatures[0] == pytest.approx(model.tau0) and temperatures[-1] == pytest.approx(model.tau_min)
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[-1] <= 0.1
+
 def test_ltb_retrains_the_argmax_tree_of_the_learned_logits():
     data = synthetic_correlated(correlation=0.5, tasks=3, samples=300, input_dim=8, sin_terms=2, scale=1.0, noise=0.1, seed=0,
                                 val=0.2, test=0.2)

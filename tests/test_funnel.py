@@ -167,6 +167,39 @@ def test_aitm_trains_on_the_entire_space_with_the_calibrator_as_regularization()
     assert ait.last_weights.shape == (32, 2) and torch.allclose(ait.last_weights.sum(1), torch.ones(32))
 
 
+
+@pytest.mark.parametrize("name", ["esmm", "aitm"])
+def test_funnel_models_share_parameters_under_every_input_encoding(name):
+    from mtl_search_plugins.weighting import last_shared_weights
+
+    data = synthetic_funnel(**{**FUNNEL_DEFAULTS, "samples": 200, "items": 5})  # numeric columns and a categorical item
+    table, rows = data.problem, data.train.x[:8]
+    for problem, x, inputs, expected_depth in [(table, rows, {"encoding": "onehot"}, 1), (FUNNEL, torch.randn(8, 4), None, 1),
+                                               (table, rows, {"encoding": "embedding", "embedding_dim": 4}, 0)]:  # the paper's
+        torch.manual_seed(0)
+        model = _model(name, problem, backbone={"depth": 2, "width": 8}, inputs=inputs)
+        shared = model.shared_parameters()
+        assert model.shared_depth == expected_depth and sum(p.numel() for p in shared) > 0, (inputs, problem.input_shape)
+        ids = {id(p) for p in shared}
+        assert not any(id(p) in ids for p in model.private.parameters())  # shared means used by every task's path, once
+        assert model.sharing_map(torch.zeros(1))["shared_blocks"].values[:, 1].tolist() == [float(expected_depth)] * 2
+        layer = last_shared_weights(model)  # GradNorm's W
+        assert len(layer) == 1 and layer[0].dim() == 2 and id(layer[0]) in ids
+        loss = sum(out.sum() for out in model(x).values())
+        (grad,) = torch.autograd.grad(loss, layer)  # the tasks' gradients meet there
+        assert grad.abs().sum() > 0
+
+
+def test_task_grouping_runs_on_a_funnel_space_with_one_hot_inputs():
+    from mtl_search.search.grouping import measure_affinity
+
+    space = parse_space({"data": {"dataset": "synthetic_funnel", "options": {"samples": 120, "items": 5}},
+                         "inputs": {"encoding": "onehot"}, "backbone": {"kind": "mlp", "depth": 1, "width": 8},
+                         "strategies": {"esmm": {"tower_width": 4}}, "training": {"epochs": 1, "patience": 1, "batch_size": 64}})
+    measured = measure_affinity(space)
+    assert measured["strategy"] == "esmm" and measured["steps"] > 0
+    assert torch.isfinite(measured["affinity"]).all()
+
 def test_funnel_models_save_and_reload_with_their_funnel(tmp_path):
     torch.manual_seed(0)
     model = _model("esmm")

@@ -172,6 +172,36 @@ def test_gradnorm_alpha_favours_the_task_that_trains_slower():
     assert grad[0] < 0 < grad[1]  # gradient descent raises a's weight and lowers b's
 
 
+
+def test_gradnorm_takes_a_tasks_initial_loss_from_its_first_labelled_batch():
+    data = _noisy_data({"a": 0.1, "b": 0.1})
+    model = _hard_sharing()
+    weighting = GradNorm(TASKS, alpha=1.5)
+    optimizer = torch.optim.Adam([*model.parameters(), *weighting.parameters()], lr=0.01)
+    batches = [data.train.subset(torch.arange(i * 32, (i + 1) * 32)) for i in range(10)]
+    batches[0].mask["b"] = torch.zeros(32, dtype=torch.bool)  # no label of b in the first batch
+    batches[2].mask["b"] = torch.zeros(32, dtype=torch.bool)  # nor in the third
+    seen = []
+    for step in range(60):
+        optimizer.zero_grad()
+        losses = _losses(model, batches[step % 10])
+        weighting.backward(losses, model.regularization(), model)
+        optimizer.step()
+        weighting.after_step()
+        seen.append({t: float(v.detach()) for t, v in losses.items()})
+        if step == 0:  # b has no L(0) yet and its weight is held at 1; a alone keeps the sum at T
+            assert math.isnan(weighting.initial_losses[1]) and weighting.task_weights[1].item() == 1.0
+            assert weighting.task_weights.sum().item() == pytest.approx(2.0)
+        if step == 1:
+            assert weighting.initial_losses.tolist() == pytest.approx([seen[0]["a"], seen[1]["b"]])
+            held = weighting.task_weights[1].item()
+        if step == 2:  # unlabelled again: b's weight stays where it was
+            assert weighting.task_weights[1].item() == pytest.approx(held, rel=1e-6)
+    ratios = torch.tensor([seen[-1][t] for t in TASKS]) / weighting.initial_losses
+    assert torch.isfinite(ratios).all() and (ratios > 0).all()
+    assert (weighting.task_weights > 0.2).all() and weighting.task_weights.sum().item() == pytest.approx(2.0, rel=1e-5)
+
+
 # ---------------------------------------------------------------- aggregators
 
 

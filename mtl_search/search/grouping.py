@@ -6,11 +6,16 @@ the lookahead affinity Z(i -> j) (``mtl_search.training.affinity``) every step (
 ``training.affinity_every`` steps), then for each number of groups K choose the partitions
 of the tasks that maximise
 
-    score(P) = sum_j  mean_{i in G(j), i != j}  Z(i -> j)        (0 for a task alone in its group)
+    score(P) = sum_j  mean_{i in G(j), i != j}  Z(i -> j)        (SINGLETON_SCORE for a task alone in its group)
 
-the total affinity each task receives from the other members of its group. The paper lets
-a task sit in several groups and keeps its best; a partition (each task trained in exactly
-one group) is the variant here, what a ``task_groups`` space needs. Up to
+the total affinity each task receives from the other members of its group. A task alone
+in its group scores ``SINGLETON_SCORE`` = -1e6, the rule of the authors' network-selection
+notebook (google-research ``tag/``): a task counts only once grouped with another, so a
+partition with fewer singletons always wins, and between partitions with as many singletons
+the affinity decides. (Scoring a singleton 0 instead would prefer isolating a task whenever
+its group's affinities are negative, a grouping TAG never picks.) The paper lets a task sit
+in several groups and keeps its best; a partition (each task trained in exactly one group)
+is the variant here, what a ``task_groups`` space needs. Up to
 ``EXHAUSTIVE_TASKS`` tasks every partition is scored; beyond, a seeded local search
 (``LOCAL_RESTARTS`` random starts, each improved by moving one task to another group or
 swapping two tasks until no move helps) finds good ones, without a guarantee of the best.
@@ -35,13 +40,18 @@ from .space import Space
 EXHAUSTIVE_TASKS = 8
 LOCAL_RESTARTS = 32
 GROUPS_ROLE = "groups"
+SINGLETON_SCORE = -1e6  # a task alone in its group (the official TAG notebook's rule)
 
 
 def partition_score(groups: Sequence[Sequence[int]], affinity: torch.Tensor) -> float:
-    """Sum over tasks j of the mean Z(i -> j) over the other members i of j's group (``affinity[i, j]`` = Z(i -> j))."""
+    """Sum over tasks j of the mean Z(i -> j) over the other members i of j's group (``affinity[i, j]`` = Z(i -> j)).
+
+    A task alone in its group adds ``SINGLETON_SCORE``.
+    """
     total = 0.0
     for group in groups:
         if len(group) < 2:
+            total += SINGLETON_SCORE * len(group)
             continue
         for j in group:
             total += sum(float(affinity[i, j]) for i in group if i != j) / (len(group) - 1)
