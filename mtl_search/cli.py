@@ -1,4 +1,4 @@
-"""The command line: ``mtl-search run | validate | plugins | report | predict | groups | ui``.
+"""The command line: ``mtl-search run | validate | plugins | report | predict | register | export | groups | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
 
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--top", type=_positive, default=3, help="partitions listed per number of groups, best first (default 3)")
     groups.add_argument("--format", choices=["table", "json"], default="table")
     groups.add_argument("--tracking-uri")
+
+    register = sub.add_parser("register", help="register a front trial's model in the MLflow Model Registry (then `mlflow models serve -m models:/NAME/VERSION`)")
+    register.add_argument("run_id", help="the trial's MLflow run id")
+    register.add_argument("--name", required=True, help="the registered model's name (a new version when it exists)")
+    register.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=_positive, default=5000)
@@ -214,6 +219,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from .results.pyfunc import register_model
+    from .results.tracking import require_store, resolve_tracking_uri
+
+    uri = require_store(resolve_tracking_uri(args.tracking_uri))
+    version = register_model(args.run_id, args.name, uri)
+    print(f"registered run {args.run_id}'s model as models:/{args.name}/{version}; serve it with\n"
+          f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{args.name}/{version} --env-manager local --host 127.0.0.1 --port 5001")
+    return 0
+
+
 def cmd_groups(args: argparse.Namespace) -> int:
     from .search.grouping import format_groups, task_groups
     from .search.space import load_space
@@ -319,7 +335,7 @@ def _stop_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "groups": cmd_groups, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "predict": cmd_predict, "groups": cmd_groups, "register": cmd_register, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("deploy")
+    experiment = client.create_experiment("deploy", artifact_location=(root / "artifacts").as_uri())
     registry = load_registry()
     runs, table = {}, None
     torch.set_num_threads(1)
@@ -119,3 +119,62 @@ def test_rows_missing_a_column_or_with_text_in_a_numeric_column_are_errors_namin
     csv.write_text("a,b,colour\n,,\n1.5,0.0,red\n")
     assert torch.equal(model_inputs(blank, model.problem).isnan(), read_inputs(csv, model.problem).isnan())
     assert torch.allclose(model_inputs(blank, model.problem).nan_to_num(), read_inputs(csv, model.problem).nan_to_num())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_register_then_mlflow_models_serve_answers_raw_rows_with_predicts_predictions(store, capsys):
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    assert main(["register", store["runs"]["esmm"], "--name", "front-esmm", "--tracking-uri", store["uri"]]) == 0
+    assert "models:/front-esmm/1" in capsys.readouterr().out
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/front-esmm/1", "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port)], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.stderr.read()[-3000:]
+        rows = pd.read_csv(store["table"])[["a", "b", "colour"]].head(8)  # raw: blanks and text categories
+        body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker: stopped by the process group's id
+        server.wait(timeout=60)
+    csv = Path(store["root"]) / "rows.csv"
+    rows.to_csv(csv, index=False)
+    expected = _expected(store, "esmm", csv)
+    pd.testing.assert_frame_equal(pd.DataFrame(answer), expected, check_dtype=False, atol=1e-6)
+    assert "conv.joint" in answer[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["register", "nope", "--name", "x"], "no run 'nope'"),
+    (["register", "{no_model}", "--name", "x"], "has no pyfunc model"),
+])
+def test_register_errors_are_one_line_with_exit_2(store, capsys, args, message):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store["uri"])
+    no_model = client.create_run(client.get_experiment_by_name("deploy").experiment_id).info.run_id
+    args = [a.format(no_model=no_model) for a in args] + ["--tracking-uri", store["uri"]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

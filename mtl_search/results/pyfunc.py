@@ -196,3 +196,28 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def register_model(run_id: str, name: str, tracking_uri: str) -> int:
+    """Register the pyfunc model of trial run ``run_id`` in the store's Model Registry as ``name``; returns the new version.
+
+    A bad run id, or a run without a model (only trials on the front carry one), is an MtlSearchError.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise MtlSearchError(f"no run {run_id!r} in {tracking_uri}") from None
+    models = [m for m in client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{MODEL_ARTIFACT}'")
+              if m.source_run_id == run_id]
+    if not models:
+        raise MtlSearchError(f"run {run_id} has no pyfunc model: only trials on the Pareto front carry one (tag mtl_search.pareto=true)")
+    with global_tracking_uri(tracking_uri):
+        try:
+            version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+        except MlflowException as exc:
+            raise MtlSearchError(f"cannot register run {run_id}'s model as {name!r}: {exc.message}") from None
+    return int(version.version)
