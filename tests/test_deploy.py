@@ -20,10 +20,12 @@ from mtl_search.cli import main
 from mtl_search.errors import MtlSearchError
 from mtl_search.registry import DISABLE_ENV, load_registry
 from mtl_search.results.pyfunc import global_tracking_uri, log_pyfunc_model, model_inputs
-from mtl_search.results.saved_models import MODEL_ARTIFACT, load_model, prediction_rows, read_inputs, save_model
+from mtl_search.results.export import export_model
+from mtl_search.results.saved_models import MODEL_ARTIFACT, load_model, predict, prediction_rows, read_inputs, save_model
 from mtl_search.testing import train_table_model
 
-FAMILIES = ["hard_sharing", "mmoe", "ple", "cross_stitch", "branching", "esmm", "adashare"]
+FAMILIES = ["hard_sharing", "mmoe", "ple", "cross_stitch", "branching", "esmm", "adashare"]  # logged with their pyfunc models
+EXPORTED = [*FAMILIES, "mtan", "lasem", "aitm", "topk_moe"]  # a strategy of every built-in family, both funnels, a sparse mixture
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,9 @@ def store(tmp_path_factory):
     client = MlflowClient(uri)
     experiment = client.create_experiment("deploy", artifact_location=(root / "artifacts").as_uri())
     registry = load_registry()
-    runs, table = {}, None
+    runs, saved, table = {}, {}, None
     torch.set_num_threads(1)
-    for name in FAMILIES:
+    for name in EXPORTED:
         folder = root / name
         folder.mkdir()
         strategy = registry.strategies[name]
@@ -46,12 +48,15 @@ def store(tmp_path_factory):
         model, config, table = train_table_model(strategy, kind, folder)
         (folder / "saved").mkdir()
         save_model(folder / "saved", model, config, model.problem, kind.name)
+        saved[name] = folder / "saved"
+        if name not in FAMILIES:
+            continue
         run = client.create_run(experiment, run_name=name)
         client.set_terminated(run.info.run_id)
         client.log_artifacts(run.info.run_id, str(folder / "saved"), MODEL_ARTIFACT)  # as a front trial's model folder
         log_pyfunc_model(uri, run.info.run_id, folder / "saved", registry)
         runs[name] = run.info.run_id
-    return {"uri": uri, "runs": runs, "table": table, "root": root}
+    return {"uri": uri, "runs": runs, "saved": saved, "table": table, "root": root}
 
 
 def _expected(store, name: str, rows: Path) -> pd.DataFrame:
@@ -178,3 +183,78 @@ def test_register_errors_are_one_line_with_exit_2(store, capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _encode_with_preprocessing_json(spec: dict, table: Path) -> torch.Tensor:
+    """What a server without this package does: build ``x`` from raw CSV rows with preprocessing.json alone."""
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    x = []
+    for row in rows:
+        values = []
+        for column in spec["columns"]:
+            text = row[column["name"]]
+            if column["kind"] == "numeric":
+                values.append(float(text) if text != "" else float("nan"))
+            else:
+                values.append(float(column["codes"].get(text, column["missing_or_unseen"])))
+        x.append(values)
+    return torch.tensor(x, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_onnx_and_torchscript_exports_predict_as_predict_or_are_refused_with_the_reason(store, tmp_path, name):
+    import onnxruntime
+
+    model = load_model(store["saved"][name])
+    x = read_inputs(store["table"], model.problem)
+    expected = predict(model, x)
+    if name == "topk_moe":
+        for fmt in ("onnx", "torchscript"):
+            with pytest.raises(MtlSearchError, match="data-dependent sort and gather"):
+                export_model(model, tmp_path / fmt, fmt)
+        assert not list(tmp_path.rglob("model.*"))
+        return
+    onnx_file, spec_file = export_model(model, tmp_path / "onnx", "onnx")
+    spec = json.loads(spec_file.read_text())
+    assert [c["name"] for c in spec["columns"]] == model.problem.features.names
+    # the JSON alone encodes the raw rows as the package does: blanks NaN, categories by code, unseen 0
+    assert torch.equal(_encode_with_preprocessing_json(spec, store["table"]).nan_to_num(-7), x.nan_to_num(-7))
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert [o.name for o in session.get_outputs()] == list(expected) == list(spec["outputs"])
+    for output, got in zip(expected, session.run(None, {"x": x.numpy()})):
+        assert torch.allclose(torch.from_numpy(got), expected[output], atol=1e-5, rtol=0), f"{name}: onnxruntime's {output}"
+    script, _ = export_model(model, tmp_path / "torchscript", "torchscript")
+    got = torch.jit.load(str(script)).eval()(x)
+    assert list(got) == list(expected)
+    for output in expected:
+        assert torch.allclose(got[output], expected[output], atol=1e-5, rtol=0), f"{name}: TorchScript's {output}"
+
+
+def test_the_export_check_refuses_a_graph_that_bakes_in_the_batch(store, tmp_path, monkeypatch):
+    """A model whose forward reads the batch size as a Python number traces to a graph for that size only: refused, nothing left behind."""
+    model = load_model(store["saved"]["hard_sharing"])
+    forward = type(model).forward
+
+    def batch_bound(self, x):
+        out = forward(self, x)
+        return {task: value + torch.zeros(len(x), 1) * 0 for task, value in out.items()}  # len(x): a constant in the trace
+
+    monkeypatch.setattr(type(model), "forward", batch_bound)
+    with pytest.raises(MtlSearchError, match=r"cannot export HardSharingModel as onnx: the exported graph (fails on \d+ rows|.* differs from predict)"):
+        export_model(model, tmp_path, "onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_command_writes_the_files_and_errors_are_one_line_with_exit_2(store, tmp_path, capsys, monkeypatch):
+    run = store["runs"]["hard_sharing"]
+    assert main(["export", run, "--format", "onnx", "--output", str(tmp_path / "out"), "--tracking-uri", store["uri"]]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.onnx", "preprocessing.json"}
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    for args, message in [([run], "pip install 'mtl-search[export]'"), (["nope"], "no run 'nope'")]:
+        assert main(["export", *args, "--format", "onnx", "--output", str(tmp_path / "x"), "--tracking-uri", store["uri"]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -132,9 +132,13 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     model.eval()
     x = x.to(dtype=torch.float32).reshape(len(x), *model.problem.input_shape)
-    outputs = model(x)
+    return task_predictions(model.problem, model(x))
+
+
+def task_predictions(problem: Problem, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's raw outputs in the tasks' own terms (:func:`predict`), in tensor operations only (an exported graph holds them)."""
     predictions = {}
-    for task in model.problem.tasks:
+    for task in problem.tasks:
         out = outputs[task.name]
         if task.kind == "binary":
             predictions[task.name] = torch.sigmoid(out.reshape(-1))
@@ -142,9 +146,9 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
             predictions[task.name] = torch.softmax(out, dim=1)
         else:
             predictions[task.name] = out.reshape(-1)
-    for task in model.problem.tasks:
-        chain = [task.name, *model.problem.ancestors(task.name)]
-        if task.after is not None and all(model.problem.task(n).kind == "binary" for n in chain):
+    for task in problem.tasks:
+        chain = [task.name, *problem.ancestors(task.name)]
+        if task.after is not None and all(problem.task(n).kind == "binary" for n in chain):
             predictions[joint_name(task.name)] = torch.stack([predictions[n] for n in chain]).prod(dim=0)
     return predictions
 
