@@ -258,3 +258,27 @@ def test_export_command_writes_the_files_and_errors_are_one_line_with_exit_2(sto
         assert main(["export", *args, "--format", "onnx", "--output", str(tmp_path / "x"), "--tracking-uri", store["uri"]]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_front_models_are_logged_once_and_a_model_that_cannot_be_is_a_tag_not_a_lost_search(store, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from mtl_search.results.pyfunc import PYFUNC_ERROR_TAG, log_front_models
+
+    client = MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name("deploy").experiment_id
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.pt", "config.json"):
+        (broken / name).write_bytes((store["saved"]["hard_sharing"] / name).read_bytes())
+    (broken / "problem.json").write_text("{")  # a corrupt folder
+    fresh = client.create_run(experiment).info.run_id
+    done = store["runs"]["hard_sharing"]  # already carries its pyfunc model (a resumed search's earlier front)
+    trial = lambda run_id, folder: SimpleNamespace(pareto=True, checkpoint=str(folder), run_id=run_id)  # noqa: E731
+    log_front_models(store["uri"], SimpleNamespace(trials=[trial(done, store["saved"]["hard_sharing"]), trial(fresh, broken)]))
+    models = client.search_logged_models([experiment], filter_string="name = 'model'")
+    assert sum(m.source_run_id == done for m in models) == 1 and not any(m.source_run_id == fresh for m in models)
+    assert "JSONDecodeError" in client.get_run(fresh).data.tags[PYFUNC_ERROR_TAG]
+    assert f"no MLflow pyfunc model for run {fresh}" in capsys.readouterr().err

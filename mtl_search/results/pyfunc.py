@@ -45,6 +45,7 @@ from .saved_models import (
 REQUIRES_FILE = "requires.json"  # what loading needs: strategy, backbone kind, their plugins and distributions
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 DISTRIBUTION = "mtl-search"
+PYFUNC_ERROR_TAG = "mtl_search.pyfunc_error"  # on a front trial whose pyfunc model could not be logged
 
 
 class FrontModel(mlflow.pyfunc.PythonModel):
@@ -182,6 +183,37 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, directory: str | Path, regi
                                     metadata={"mtl_search": requires})
 
 
+def log_front_models(tracking_uri: str, record: Any, registry: Any = None) -> None:
+    """At a search's end: the pyfunc model of every front trial with a saved model that has none yet (a resumed search's earlier front keeps its own).
+
+    A model that cannot be logged is a warning and a tag on its run (``mtl_search.pyfunc_error``),
+    never a lost search record: the run keeps its model folder, which ``mtl-search predict`` uses.
+    """
+    import sys
+    import traceback
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    for trial in record.trials:
+        if not (trial.pareto and trial.checkpoint and os.path.isdir(trial.checkpoint)) or _logged_model(client, trial.run_id):
+            continue
+        try:
+            log_pyfunc_model(tracking_uri, trial.run_id, trial.checkpoint, registry)
+        except Exception as exc:  # a plugin's model that fails on the input example
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            client.set_tag(trial.run_id, PYFUNC_ERROR_TAG, reason)
+            print(f"warning: no MLflow pyfunc model for run {trial.run_id} ({reason}); `mtl-search predict` still uses its model folder\n"
+                  f"{traceback.format_exc()}", file=sys.stderr)
+
+
+def _logged_model(client: Any, run_id: str) -> Any:
+    """The pyfunc model (MLflow logged model ``model``) of run ``run_id``, or None."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return next((m for m in client.search_logged_models([experiment], filter_string=f"name = '{MODEL_ARTIFACT}'")
+                 if m.source_run_id == run_id), None)
+
+
 @contextlib.contextmanager
 def global_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's global tracking URI set to ``uri`` for the block, then as it was (unset included).
@@ -208,16 +240,14 @@ def register_model(run_id: str, name: str, tracking_uri: str) -> int:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        run = client.get_run(run_id)
+        model = _logged_model(client, run_id)
     except MlflowException:
         raise MtlSearchError(f"no run {run_id!r} in {tracking_uri}") from None
-    models = [m for m in client.search_logged_models([run.info.experiment_id], filter_string=f"name = '{MODEL_ARTIFACT}'")
-              if m.source_run_id == run_id]
-    if not models:
+    if model is None:
         raise MtlSearchError(f"run {run_id} has no pyfunc model: only trials on the Pareto front carry one (tag mtl_search.pareto=true)")
     with global_tracking_uri(tracking_uri):
         try:
-            version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+            version = mlflow.register_model(f"models:/{model.model_id}", name)
         except MlflowException as exc:
             raise MtlSearchError(f"cannot register run {run_id}'s model as {name!r}: {exc.message}") from None
     return int(version.version)

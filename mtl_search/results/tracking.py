@@ -262,9 +262,6 @@ class Tracker:
                     self.client.set_tag(trial.run_id, VIOLATES, "; ".join(trial.violations))
             if trial.pareto and trial.checkpoint and os.path.isdir(trial.checkpoint):
                 self.client.log_artifacts(trial.run_id, trial.checkpoint, "model")
-                from .pyfunc import log_pyfunc_model  # mlflow.pyfunc and torch: only where a search ends
-
-                log_pyfunc_model(self.client.tracking_uri, trial.run_id, trial.checkpoint)
         now = _now_ms()
         metrics = [Metric("hypervolume", hv, now, step) for step, (hv, _) in enumerate(history, 1)]
         metrics += [Metric("front_size", float(size), now, step) for step, (_, size) in enumerate(history, 1)]
