@@ -327,3 +327,15 @@ def test_driver_cpu_quick(tmp_path):
     report = json.loads((tmp_path / "driver_cpu.json").read_text())
     assert [r["objectives"] for r in report["rows"]] == [2, 12] and all(r["trials"] == 4 for r in report["rows"])
     assert report["ratio"] == pytest.approx(report["rows"][1]["driver_cpu_s"] / report["rows"][0]["driver_cpu_s"])
+
+
+def test_serving_quick(tmp_path):
+    from benchmarks.serving import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "serving.json").read_text())
+    timed = {(r["strategy"], r["runtime"], r["batch"]) for r in result["results"] if "refused" not in r}
+    assert timed == {("hard_sharing", runtime, batch) for runtime in ("eager predict", "TorchScript", "onnxruntime") for batch in (1, 256)} | {
+        ("topk_moe", "eager predict", 1), ("topk_moe", "eager predict", 256)}
+    assert all(r["rows_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in result["results"] if "refused" not in r)
+    assert "export refused" in (tmp_path / "serving.md").read_text()
