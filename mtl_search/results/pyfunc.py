@@ -194,6 +194,9 @@ def log_front_models(tracking_uri: str, record: Any, registry: Any = None) -> No
 
     from mlflow.tracking import MlflowClient
 
+    from ..console import quiet_artifact_downloads
+
+    quiet_artifact_downloads()  # logging validates the input example on a downloaded copy: no progress bars in the search's output
     client = MlflowClient(tracking_uri)
     for trial in record.trials:
         if not (trial.pareto and trial.checkpoint and os.path.isdir(trial.checkpoint)) or _logged_model(client, trial.run_id):
