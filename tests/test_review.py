@@ -300,6 +300,8 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from mlflow.tracking import MlflowClient
+
     root, uri, _, experiment, parent, children = searched
     port = _free_port()
     log = (tmp_path / "ui.log").open("w")
@@ -338,6 +340,16 @@ def test_mlflow_ui_lists_the_search_and_serves_the_front_plot(searched, tmp_path
             browser.find_element(By.CSS_SELECTOR, "button[data-component-id*=runnamecellrenderer]").click()
         wait.until(lambda b: all(n in b.find_element(By.TAG_NAME, "body").text for n in numbers))
         browser.save_screenshot(str(SCREENSHOTS / "mlflow_runs_view.png"))
+        # a front trial's pyfunc model: its page in the UI, its MLmodel with the signature
+        front = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
+        model = next(m for m in MlflowClient(uri).search_logged_models([experiment.experiment_id]) if m.source_run_id == front.info.run_id)
+        browser.get(f"{base}/#/experiments/{experiment.experiment_id}/models/{model.model_id}")
+        wait.until(lambda b: b.find_elements(By.XPATH, "//*[text()='Artifacts']"))[0].click()
+        wait.until(lambda b: b.find_elements(By.XPATH, "//*[text()='MLmodel']"))[0].click()
+        wait.until(lambda b: "signature" in b.find_element(By.TAG_NAME, "body").text)
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "tensor-spec" in text[text.index("signature"):] and "input_example.json" in text
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_front_model_signature.png"))
     finally:
         if browser is not None:
             browser.save_screenshot(str(tmp_path / "last.png"))
