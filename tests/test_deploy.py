@@ -93,8 +93,13 @@ def test_the_logged_model_has_a_signature_an_input_example_and_its_requirements(
 
     with global_tracking_uri(store["uri"]):
         info = mlflow.models.get_model_info(f"runs:/{store['runs']['mmoe']}/model")
-    inputs = {c.name: c.type.name for c in info.signature.inputs.inputs}
-    assert inputs == {"a": "double", "b": "double", "colour": "string"}
+        model = mlflow.pyfunc.load_model(f"runs:/{store['runs']['mmoe']}/model")
+    assert [(c.name, c.required) for c in info.signature.inputs.inputs] == [("a", True), ("b", True), ("colour", True)]
+    # what a user's DataFrame may hold: integers in a numeric column, a category column of blanks only (float NaN)
+    rows = pd.DataFrame({"a": [1, 2], "b": [0.5, float("nan")], "colour": [float("nan"), float("nan")], "other": ["x", "y"]})
+    csv = Path(store["root"]) / "ints.csv"
+    csv.write_text("a,b,colour\n1,0.5,\n2,,\n")
+    pd.testing.assert_frame_equal(model.predict(rows), _expected(store, "mmoe", csv), check_dtype=False, atol=1e-6)
     assert [c.name for c in info.signature.outputs.inputs] == ["reg", "bin", "cls", "cls:0", "cls:1", "cls:2"]
     assert info.saved_input_example_info is not None
     requires = info.metadata["mtl_search"]

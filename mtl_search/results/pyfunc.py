@@ -144,6 +144,7 @@ def signature_and_example(model: Any) -> tuple[Any, Any]:
 
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
 
     problem = model.problem
     if problem.features is None:
@@ -153,7 +154,9 @@ def signature_and_example(model: Any) -> tuple[Any, Any]:
         features = problem.features
         example = pd.DataFrame({**{f.name: [round(f.mean, 6), np.nan] for f in features.numeric},
                                 **{f.name: [f.categories[0] if f.categories else None, None] for f in features.categorical}})
-        inputs = Schema([ColSpec("double", f.name) for f in features.numeric] + [ColSpec("string", f.name) for f in features.categorical])
+        # the columns by name, of any type: a user's numeric column may be integers (pandas: int64, which MLflow will not
+        # cast to double) and a batch's category column all blanks (float NaN); model_inputs checks the values and names the column
+        inputs = Schema([ColSpec(AnyType(), name) for name in features.names])
     output = pd.DataFrame(prediction_rows(model, model_inputs(example, problem)))
     with warnings.catch_warnings():  # a multiclass task's argmax is an integer column: of an output, missing values are no concern
         warnings.simplefilter("ignore", UserWarning)
