@@ -124,7 +124,7 @@ def test_rows_missing_a_column_or_with_text_in_a_numeric_column_are_errors_namin
     with pytest.raises(MtlSearchError, match=r"column 'a' is numeric in the model; it holds text"):
         model_inputs(rows, model.problem)
     # a DataFrame's blanks: "" or None in a numeric column, NaN or None for a category, as a CSV's empty cells
-    blank = pd.DataFrame({"a": ["", 1.5], "b": [None, 0.0], "colour": [float("nan"), "red"]})
+    blank = pd.DataFrame({"a": ["", "1.5"], "b": [None, 0.0], "colour": [float("nan"), "red"]})  # numbers as text too
     csv = Path(store["root"]) / "blank.csv"
     csv.write_text("a,b,colour\n,,\n1.5,0.0,red\n")
     assert torch.equal(model_inputs(blank, model.problem).isnan(), read_inputs(csv, model.problem).isnan())

@@ -88,7 +88,9 @@ def model_inputs(data: Any, problem: Problem) -> Any:
                              f"(the model's features: {', '.join(features.names)})")
     columns = {}
     for feature in features.numeric:
-        column = data[feature.name].replace("", None) if data[feature.name].dtype == object else data[feature.name]
+        column = data[feature.name]
+        if not pd.api.types.is_numeric_dtype(column):  # text (a CSV read as strings, JSON): "" is a blank
+            column = column.replace("", None)
         try:
             columns[feature.name] = pa.array(pd.to_numeric(column, errors="raise"), type=pa.float64(), from_pandas=True)
         except (ValueError, TypeError):
