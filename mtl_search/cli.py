@@ -1,4 +1,4 @@
-"""The command line: ``mtl-search run | validate | plugins | report | pick | predict | groups | ui``.
+"""The command line: ``mtl-search run | validate | plugins | report | pick | predict | register | export | groups | ui``.
 
 Bad input (space, arguments, plugins, data) exits with status 2 and a one-line message, no traceback.
 
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--top", type=_positive, default=3, help="partitions listed per number of groups, best first (default 3)")
     groups.add_argument("--format", choices=["table", "json"], default="table")
     groups.add_argument("--tracking-uri")
+
+    register = sub.add_parser("register", help="register a front trial's model in the MLflow Model Registry (then `mlflow models serve -m models:/NAME/VERSION`)")
+    register.add_argument("run_id", help="the trial's MLflow run id")
+    register.add_argument("--name", required=True, help="the registered model's name (a new version when it exists)")
+    register.add_argument("--tracking-uri")
+
+    export = sub.add_parser("export", help="export a front trial's model as one ONNX or TorchScript file (with the table's preprocessing as JSON)")
+    export.add_argument("run_id", help="the trial's MLflow run id")
+    export.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    export.add_argument("--output", type=Path, required=True, help="the folder to write model.onnx or model.pt (and preprocessing.json) into")
+    export.add_argument("--tracking-uri")
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the tracking store (bound to 127.0.0.1)")
     ui.add_argument("--port", type=_port, default=UI_PORT)
@@ -259,6 +270,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from .console import quiet_artifact_downloads
+    from .results.pyfunc import register_model
+    from .results.tracking import require_store, resolve_tracking_uri
+
+    quiet_artifact_downloads()
+    uri = require_store(resolve_tracking_uri(args.tracking_uri))
+    version = register_model(args.run_id, args.name, uri)
+    print(f"registered run {args.run_id}'s model as models:/{args.name}/{version}; serve it with\n"
+          f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{args.name}/{version} --env-manager local --host 127.0.0.1 --port 5001")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .console import quiet_artifact_downloads
+    from .results.export import export_model
+    from .results.saved_models import load_model
+    from .results.tracking import require_store, resolve_tracking_uri
+
+    quiet_artifact_downloads()
+    model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
+    for path in export_model(model, args.output, args.format):
+        print(path)
+    return 0
+
+
 def cmd_groups(args: argparse.Namespace) -> int:
     from .search.grouping import format_groups, task_groups
     from .search.space import load_space
@@ -382,7 +419,8 @@ def _stop_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "pick": cmd_pick, "predict": cmd_predict, "groups": cmd_groups, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin, "report": cmd_report, "pick": cmd_pick,
+            "predict": cmd_predict, "groups": cmd_groups, "register": cmd_register, "export": cmd_export, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

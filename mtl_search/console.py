@@ -9,6 +9,7 @@ notices are sent to ``<store>/mtl-search.log`` instead:
   trial's console line already gives the error's last line and where its full traceback
   is stored (the run's ``error.txt`` in MLflow), and Tune's closing "Trials did not
   complete" line repeats the failed trials the counts line reports;
+- MLflow's notes while it logs the front's pyfunc models (validating the input example);
 - MLflow's progress bars when it downloads artifacts (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``).
 
 Ray's token-authentication notice for a local instance is avoided the way Ray documents:
@@ -24,9 +25,11 @@ import sys
 from pathlib import Path
 
 LOG_NAME = "mtl-search.log"
-# loggers whose records go to the log file only: MLflow's database set-up, Alembic's migrations, Tune's trial errors
+# loggers whose records go to the log file only: MLflow's database set-up, Alembic's migrations, Tune's trial errors,
+# MLflow's notes while it logs the front's pyfunc models
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "ray.tune.execution.tune_controller", "ray.tune.tune",
-                 "ray.tune.analysis.experiment_analysis")  # "failed to fetch metrics" of trials stopped before they ran
+                 "ray.tune.analysis.experiment_analysis",  # "failed to fetch metrics" of trials stopped before they ran
+                 "mlflow.pyfunc", "mlflow.models")
 
 
 def warn(message: str) -> None:

@@ -243,33 +243,46 @@ def contract_table(directory: Path, rows: int = 160, seed: int = 0, funnel: bool
     return path
 
 
+def train_table_model(strategy: Strategy, kind: BackboneKind, directory: Path, overrides: dict[str, Any] | None = None,
+                      epochs: int = 1) -> tuple[MultiTaskModel, dict[str, Any], Path]:
+    """A tiny model of ``strategy`` trained on :func:`contract_table` in ``directory``: (model in eval mode, its trial configuration, the CSV).
+
+    The table has numeric, categorical and missing feature values (a ``conv`` funnel column for
+    a funnel strategy); the model is built by the one model factory at the smallest values of
+    its knobs and trained through ``Strategy.fit``, as a trial is.
+    """
+    from .data.tables import SplitSpec, TableSpec, load_table
+    from .nn.create import build_backbone, create_model
+
+    seed_everything(0)
+    funnel = _declines_plain(strategy)
+    path = contract_table(Path(directory), funnel=funnel)
+    data = load_table(TableSpec("csv", path, split=SplitSpec(val=0.25, test=0.25)), FUNNEL_TABLE_TASKS if funnel else TABLE_TASKS)
+    problem = data.problem
+    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    backbone = build_backbone(kind, problem, backbone_params)
+    context = {**backbone_params, **backbone.params, "depth": backbone.depth}
+    params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | (overrides or {})
+    config = {"strategy": strategy.name, **{f"{strategy.name}.{k}": v for k, v in params.items()},
+              **{f"backbone.{k}": v for k, v in backbone_params.items()}}
+    model = create_model(problem, strategy, kind, params, backbone_params)
+    assert isinstance(model, MultiTaskModel), f"{strategy.name}: build() must return a MultiTaskModel, got {type(model).__name__}"
+    trainer = Trainer(data, TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, patience=epochs), _SumOfLosses(problem.task_names))
+    return strategy.fit(model, trainer).eval(), config, path
+
+
 def _check_table(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any], epochs: int) -> None:
     from types import SimpleNamespace
 
-    from .data.tables import SplitSpec, TableSpec, load_table, read_feature_columns
-    from .nn.create import build_backbone, create_model
+    from .data.tables import read_feature_columns
     from .results.saved_models import load_model, save_model
 
     where = f"{strategy.name} on a table ({kind.name})"
-    seed_everything(0)
     with tempfile.TemporaryDirectory() as tmp:
-        funnel = _declines_plain(strategy)
-        path = contract_table(Path(tmp), funnel=funnel)
-        data = load_table(TableSpec("csv", path, split=SplitSpec(val=0.25, test=0.25)), FUNNEL_TABLE_TASKS if funnel else TABLE_TASKS)
-        problem = data.problem
+        model, config, path = train_table_model(strategy, kind, Path(tmp), overrides, epochs)
+        problem = model.problem
         assert problem.features is not None and problem.features.categorical
-        backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
-        backbone = build_backbone(kind, problem, backbone_params)
-        context = {**backbone_params, **backbone.params, "depth": backbone.depth}
-        params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | overrides
-        config = {"strategy": strategy.name, **{f"{strategy.name}.{k}": v for k, v in params.items()},
-                  **{f"backbone.{k}": v for k, v in backbone_params.items()}}
-        model = create_model(problem, strategy, kind, params, backbone_params)
-        assert isinstance(model, MultiTaskModel), f"{where}: build() must return a MultiTaskModel, got {type(model).__name__}"
-        trainer = Trainer(data, TrainConfig(epochs=epochs, batch_size=32, lr=5e-3, patience=epochs), _SumOfLosses(problem.task_names))
-        model = strategy.fit(model, trainer)
         x = read_feature_columns(path, problem.features)
-        model.eval()
         with torch.no_grad():
             before = model(x)
         assert all(torch.isfinite(before[t]).all() for t in problem.task_names), f"{where}: predictions on raw rows with blanks are not finite"

@@ -544,6 +544,11 @@ class SparseMixtureModel(MixtureModel):
     def on_epoch_start(self, epoch: int) -> None:
         self.stats.reset()
 
+    def export_refusal(self) -> str | None:
+        return ("its sparse layers send each row only to the experts its gate picks, grouping the rows per expert by a "
+                "data-dependent sort and gather (with an expert capacity, which rows an expert takes depends on the rest of the batch): "
+                "a dispatch a static ONNX or TorchScript graph cannot express; serve it with the MLflow pyfunc model")
+
     def trial_metrics(self) -> dict[str, float]:
         return self.stats.metrics()
 

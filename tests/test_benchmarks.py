@@ -452,3 +452,15 @@ def test_real_tables_quick(tmp_path):
             assert f"| {name} | {task} ({row['metric']}) |" in table
     progression = result["tables"]["diabetes"]["tasks"]["progression"]
     assert 40 < progression["mean"] < 80  # the MAE of predicting the training mean, in the target's units (std ≈ 77)
+
+
+def test_serving_quick(tmp_path):
+    from benchmarks.serving import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "serving.json").read_text())
+    timed = {(r["strategy"], r["runtime"], r["batch"]) for r in result["results"] if "refused" not in r}
+    assert timed == {("hard_sharing", runtime, batch) for runtime in ("eager predict", "TorchScript", "onnxruntime") for batch in (1, 256)} | {
+        ("topk_moe", "eager predict", 1), ("topk_moe", "eager predict", 256)}
+    assert all(r["rows_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in result["results"] if "refused" not in r)
+    assert "export refused" in (tmp_path / "serving.md").read_text()

@@ -111,7 +111,8 @@ def test_report_names_metrics_shows_run_ids_and_imports_neither_torch_nor_ray(tm
     assert header.split(",")[:2] == ["number", "run_id"] and runs["mmoe"] in row
 
 
-@pytest.mark.parametrize("command", [["report"], ["report", "--format", "csv"], ["ui"], ["predict", "0123abcd", "rows.csv"]])
+@pytest.mark.parametrize("command", [["report"], ["report", "--format", "csv"], ["ui"], ["predict", "0123abcd", "rows.csv"],
+                                     ["register", "0123abcd", "--name", "m"], ["export", "0123abcd", "--format", "onnx", "--output", "out"]])
 def test_reading_commands_in_a_folder_without_a_store_say_so_and_create_nothing(tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rows.csv").write_text("1,2\n")

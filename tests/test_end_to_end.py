@@ -5,6 +5,7 @@ import csv
 import io
 import json
 
+import torch
 from conftest import tiny_space
 
 from mtl_search.cli import main
@@ -57,6 +58,15 @@ def test_run_report_and_mlflow_layout(ray_session, workdir, capsys):
     child_artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}
     assert {"sharing_map.json", "sharing_map.png"} <= child_artifacts
     pareto_child = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
-    assert {a.path for a in client.list_artifacts(pareto_child.info.run_id, "model")} >= {"model/model.pt", "model/config.json"}
+    import mlflow
+
+    from mtl_search.results.pyfunc import global_tracking_uri
+    from mtl_search.results.saved_models import load_model, prediction_rows
+
+    with global_tracking_uri(default_tracking_uri()):  # runs:/<id>/model resolves the run's pyfunc model through the global URI
+        assert {a.path for a in client.list_artifacts(pareto_child.info.run_id, "model")} >= {"model/model.pt", "model/config.json", "model/MLmodel"}
+        rows = torch.randn(5, 12)
+        served = mlflow.pyfunc.load_model(f"runs:/{pareto_child.info.run_id}/model").predict(rows.numpy())
+    assert served.to_dict(orient="records") == prediction_rows(load_model(pareto_child.info.run_id), rows)
     hv = client.get_metric_history(parent.info.run_id, "hypervolume")
     assert [m.step for m in hv] == [1, 2, 3, 4] and hv[-1].value == report["hypervolume"]

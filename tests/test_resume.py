@@ -85,6 +85,14 @@ def _assert_resumed_once(workdir: Path, capsys, concurrency: int) -> None:
     killed = [r for r in runs if r.data.tags["mtl_search.role"] == "trial" and r.info.status == "KILLED"]
     assert {int(r.data.tags["mtl_search.trial_number"]) for r in killed} <= set(numbers)  # a killed trial's re-run is the one shown
 
+    # the resumed search, when it finishes, gives each front trial with a model folder its pyfunc model, once
+    import mlflow.artifacts
+
+    front = [r for r in finished if r.data.tags.get("mtl_search.pareto") == "true"]
+    with_folder = {r.info.run_id for r in front if mlflow.artifacts.list_artifacts(artifact_uri=f"{r.info.artifact_uri}/model")}
+    logged = [m.source_run_id for m in client.search_logged_models([parents[0].info.experiment_id], filter_string="name = 'model'")]
+    assert with_folder and sorted(logged) == sorted(with_folder)
+
     storage = f"sqlite:///{workdir / 'mlflow' / 'optuna.db'}"
     study = optuna.load_study(study_name=parents[0].data.tags["mtl_search.study"], storage=storage)
     # a re-run keeps the number of the trial it runs again (its configuration on the study trial says which)

@@ -426,6 +426,17 @@ def test_mlflow_ui_link_opens_the_latest_searchs_trials_front_first_beside_a_gro
         assert [headers[c][2] for c in view] == sorted(headers[c][2] for c in view), headers
         for column in ("tags.`mtl_search.strategy`", "tags.`mtl_search.pareto`"):
             assert headers[column][0] == column[len("tags.`"):-1] and not headers[column][1], headers[column]
+        # a front trial's pyfunc model: its page in the UI, its MLmodel with the signature
+        front = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
+        model = next(m for m in client.search_logged_models([experiment.experiment_id]) if m.source_run_id == front.info.run_id)
+        wait = WebDriverWait(browser, 90)
+        browser.get(f"{base}/#/experiments/{experiment.experiment_id}/models/{model.model_id}")
+        wait.until(lambda b: b.find_elements(By.XPATH, "//*[text()='Artifacts']"))[0].click()
+        wait.until(lambda b: b.find_elements(By.XPATH, "//*[text()='MLmodel']"))[0].click()
+        wait.until(lambda b: "signature" in b.find_element(By.TAG_NAME, "body").text)
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "tensor-spec" in text[text.index("signature"):] and "input_example.json" in text
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_front_model_signature.png"))
     finally:
         if browser is not None:
             browser.save_screenshot(str(tmp_path / "last.png"))

@@ -65,7 +65,7 @@ class TabularInput(nn.Module):
             if self.embedding is not None:
                 parts.append(self.embedding(codes).flatten(1))
             else:
-                parts.append(torch.zeros(len(x), self.total_levels, dtype=x.dtype, device=x.device).scatter_(1, codes, 1.0))
+                parts.append(x.new_zeros(x.shape[0], self.total_levels).scatter_(1, codes, 1.0))  # shape[0], not len(x): traced as the batch size
         return torch.cat(parts, dim=1)
 
 

@@ -77,6 +77,7 @@ class MultiTaskModel(nn.Module):
     - ``trial_tags()``: extra text recorded on the trial as MLflow tags ``model/<key>``
       (e.g. a learned structure in a form a space accepts).
     - ``inference_parameters()``: parameter count used at inference (default: all).
+    - ``export_refusal()``: why the model cannot be exported as a static graph, or None (default).
     """
 
     def __init__(self, problem: Problem):
@@ -130,6 +131,10 @@ class MultiTaskModel(nn.Module):
 
     def inference_parameters(self) -> int:
         return count_parameters(self.parameters())
+
+    def export_refusal(self) -> str | None:
+        """Why the model cannot be exported as a static graph (ONNX, TorchScript), or None; the export also checks its graph against ``predict``."""
+        return None
 
     def _device(self) -> torch.device:
         for p in self.parameters():

@@ -110,16 +110,20 @@ def load_model(source: str | Path, tracking_uri: str | None = None, registry: An
 
     from .tracking import resolve_tracking_uri
 
+    import mlflow.artifacts
+
     run_id = str(source)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
         raise MtlSearchError(f"no run {run_id!r} in {client.tracking_uri}") from None
-    if not any(a.path == f"{MODEL_ARTIFACT}/{MODEL_FILE}" for a in client.list_artifacts(run_id, MODEL_ARTIFACT)):
+    # the run's own folder, not runs:/<id>/model, which MLflow merges with the run's pyfunc model, resolving that through the global tracking URI
+    folder = f"{run.info.artifact_uri}/{MODEL_ARTIFACT}"
+    if not any(a.path.endswith(MODEL_FILE) for a in mlflow.artifacts.list_artifacts(artifact_uri=folder, tracking_uri=client.tracking_uri)):
         raise MtlSearchError(f"run {run_id} has no model: only trials on the Pareto front carry one (tag mtl_search.pareto=true)")
     with tempfile.TemporaryDirectory() as tmp:
-        return load_model_dir(client.download_artifacts(run_id, MODEL_ARTIFACT, tmp), registry)
+        return load_model_dir(mlflow.artifacts.download_artifacts(artifact_uri=folder, dst_path=tmp, tracking_uri=client.tracking_uri), registry)
 
 
 @torch.no_grad()
@@ -133,9 +137,13 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     model.eval()
     x = x.to(dtype=torch.float32).reshape(len(x), *model.problem.input_shape)
-    outputs = model(x)
+    return task_predictions(model.problem, model(x))
+
+
+def task_predictions(problem: Problem, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's raw outputs in the tasks' own terms (:func:`predict`), in tensor operations only (an exported graph holds them)."""
     predictions = {}
-    for task in model.problem.tasks:
+    for task in problem.tasks:
         out = outputs[task.name]
         if task.kind == "binary":
             predictions[task.name] = torch.sigmoid(out.reshape(-1))
@@ -143,9 +151,9 @@ def predict(model: MultiTaskModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
             predictions[task.name] = torch.softmax(out, dim=1)
         else:
             predictions[task.name] = task.to_units(out.reshape(-1))
-    for task in model.problem.tasks:
-        chain = [task.name, *model.problem.ancestors(task.name)]
-        if task.after is not None and all(model.problem.task(n).kind == "binary" for n in chain):
+    for task in problem.tasks:
+        chain = [task.name, *problem.ancestors(task.name)]
+        if task.after is not None and all(problem.task(n).kind == "binary" for n in chain):
             predictions[joint_name(task.name)] = torch.stack([predictions[n] for n in chain]).prod(dim=0)
     return predictions
 

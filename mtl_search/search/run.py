@@ -353,6 +353,10 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                     tracker.log_noise(trial.run_id, trial.noise)
             history = hypervolume_history(record.trials, objectives, record.reference_point) if record.reference_point else []
             tracker.finish_search(record, history, status)
+            if status != "KILLED":  # interrupted: the resumed search logs them when it finishes
+                from ..results.pyfunc import log_front_models
+
+                log_front_models(tracker.client.tracking_uri, record, registry)
             registry.notify("search_finished", search=record)
     return record
 
