@@ -162,7 +162,8 @@ def mean_gain(metrics: dict[str, float], reference: dict[str, float], directions
 
 
 def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
-    """The baselines and the search's trials on one table."""
+    """The baselines, the tuned references and the search's trials on one table."""
+    from mtl_search.results.metrics import relative_gain
     from mtl_search.search.run import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,8 +193,6 @@ def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
             "search_median": statistics.median(tests), "search_worst": worst,
             "raw_median": statistics.median(raw), "raw_worst": max(raw, key=lambda v: sign * v),
         }
-    from mtl_search.results.metrics import relative_gain
-
     one = max(finished, key=lambda t: mean_gain({n: t.result[f"val/{n}"] for n in tasks}, references["val"], directions))
     one_test = {n: one.result[f"test/{n}"] for n in tasks}
     for task_name in tasks:
