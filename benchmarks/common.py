@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -70,6 +71,14 @@ class TrialRun(NamedTuple):
     result: dict[str, Any]
 
 
+def _quiet_optuna() -> None:
+    """Optuna's per-trial log lines and its experimental-feature warnings off, as run_search does."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def run_trials_in_process(space: Any, sampler: Any = None) -> list[TrialRun]:
     """The space's trials run one after another in this process, with Optuna but without Ray or MLflow.
 
@@ -83,8 +92,7 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[TrialRun]:
     from mtl_search.search.run import prepare
     from mtl_search.search.trial import train_trial
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # as run_search does
+    _quiet_optuna()
     plan, dataset, _ = prepare(space)
     trial_plan = make_trial_plan(plan)
     sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1, plan)
@@ -99,6 +107,43 @@ def run_trials_in_process(space: Any, sampler: Any = None) -> list[TrialRun]:
         done.append(TrialRun(time.perf_counter() - start, config, result))
         study.tell(trial, [result[o.key] for o in plan.objectives])
     return done
+
+
+def run_references_in_process(space: Any) -> tuple[dict[str, dict[str, float]], dict[str, list[TrialRun]]]:
+    """Each task's single-task reference trials run one after another in this process, as the search's reference phase does, without Ray or MLflow.
+
+    Per task, a study of its own (the search's sampler kind and seed rule, ``ReferenceSpace.sampler``)
+    asks ``ReferenceSpace.budget(search.trials)`` configurations, each trained by ``train_trial``
+    and told its validation metric. The reference is the trial best on validation, with that
+    model's test metric. Returns the references ``{"val": {task: m}, "test": {task: m}}`` and each task's trials.
+    """
+    import optuna
+
+    from mtl_search.results.metrics import TEST, val_key
+    from mtl_search.search.plan import ReferenceSpace, make_trial_plan
+    from mtl_search.search.run import prepare
+    from mtl_search.search.trial import train_trial
+
+    _quiet_optuna()
+    plan, dataset, _ = prepare(space)
+    trial_plan = make_trial_plan(plan)
+    references: dict[str, dict[str, float]] = {"val": {}, "test": {}}
+    runs: dict[str, list[TrialRun]] = {}
+    for task in plan.problem.tasks:
+        task_space = ReferenceSpace(plan, task.name)
+        study = optuna.create_study(sampler=task_space.sampler(), direction=f"{task.direction}imize")
+        runs[task.name] = []
+        for _ in range(task_space.budget(space.search.trials)):
+            trial = study.ask()
+            config = task_space(trial)
+            start = time.perf_counter()
+            result = train_trial(config, dataset, trial_plan, report=lambda metrics, checkpoint_dir=None: None)
+            runs[task.name].append(TrialRun(time.perf_counter() - start, config, result))
+            study.tell(trial, result[val_key(task.name)])
+        done = [r for r in runs[task.name] if math.isfinite(r.result[val_key(task.name)])]
+        best = (min if task.direction == "min" else max)(done, key=lambda r: r.result[val_key(task.name)])
+        references["val"][task.name], references["test"][task.name] = best.result[val_key(task.name)], best.result[TEST + task.name]
+    return references, runs
 
 
 def process_tree(pid: int) -> list[dict[str, Any]]:

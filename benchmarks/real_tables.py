@@ -1,4 +1,4 @@
-"""Real tables: per task, the training mean (class prior), a linear/logistic model, HistGradientBoosting and a small search.
+"""Real tables: per task, the training mean (class prior), a linear/logistic model, HistGradientBoosting, the tuned reference and a small search.
 
 Two tables that ship inside scikit-learn (nothing is downloaded), each written to a CSV and
 searched as a user's table would be (``data: {csv: ...}``, every regression target
@@ -18,8 +18,12 @@ Optuna's TPE over the space's strategies, no Ray, no MLflow: ``common.run_trials
 train on them with early stopping on val. Reported on the test rows: each baseline; the
 search's trial that is best on validation for that task; the median and the worst trial
 (the worst over the mean predictor, for regression, says whether any trial is far off the
-target's scale); and the one trial with the best mean validation gain over
-HistGradientBoosting (its per-task test metrics: a single model for every task). The same
+target's scale); the project's tuned single-task reference per task (its reference trials,
+searched as the search's reference phase does but in this process:
+``common.run_references_in_process``; the best on validation, that model's test metric); and
+the one trial with the best mean validation gain over those references, the search's Δm
+(its per-task test metrics and gains over the references, its Δm on test: a single model
+for every task). The same
 search is run again with every regression target left in its units (``scale: false``),
 for the median and worst trial without standardisation.
 
@@ -158,13 +162,15 @@ def mean_gain(metrics: dict[str, float], reference: dict[str, float], directions
 
 
 def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
-    """The baselines and the search's trials on one table."""
+    """The baselines, the tuned references and the search's trials on one table."""
+    from mtl_search.results.metrics import relative_gain
     from mtl_search.search.run import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         space = make_space(Path(tmp), name, settings)
         plan, dataset, _ = prepare(space)
         baselines = baseline_metrics(dataset)
+        references, reference_runs = common.run_references_in_process(space)
         trials = common.run_trials_in_process(space)
         raw_trials = common.run_trials_in_process(make_space(Path(tmp), name, settings, scaled=False))
     tasks = {t.name: t for t in plan.problem.tasks}
@@ -182,17 +188,22 @@ def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
         raw = [t.result[f"test/{task_name}"] for t in raw_finished]
         per_task[task_name] = {
             "metric": task.metric, "direction": task.direction,
-            **{p: baselines[p]["test"][task_name] for p in BASELINES},
+            **{p: baselines[p]["test"][task_name] for p in BASELINES}, "reference": references["test"][task_name],
             "search_best": best.result[f"test/{task_name}"], "search_best_strategy": best.config["strategy"],
             "search_median": statistics.median(tests), "search_worst": worst,
             "raw_median": statistics.median(raw), "raw_worst": max(raw, key=lambda v: sign * v),
         }
-    one = max(finished, key=lambda t: mean_gain({n: t.result[f"val/{n}"] for n in tasks}, baselines["hgb"]["val"], directions))
+    one = max(finished, key=lambda t: mean_gain({n: t.result[f"val/{n}"] for n in tasks}, references["val"], directions))
+    one_test = {n: one.result[f"test/{n}"] for n in tasks}
     for task_name in tasks:
-        per_task[task_name]["one_model"] = one.result[f"test/{task_name}"]
+        per_task[task_name]["one_model"] = one_test[task_name]
+        per_task[task_name]["one_model_gain"] = relative_gain(one_test[task_name], references["test"][task_name], directions[task_name])
     return {"rows": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
-            "trials": len(trials), "finished": len(finished), "raw_finished": len(raw_finished), "one_model_strategy": one.config["strategy"],
-            "one_model_test_gain_over_hgb": mean_gain({n: one.result[f"test/{n}"] for n in tasks}, baselines["hgb"]["test"], directions),
+            "trials": len(trials), "finished": len(finished), "raw_finished": len(raw_finished),
+            "reference_trials": {t: len(r) for t, r in reference_runs.items()}, "one_model_strategy": one.config["strategy"],
+            "one_model_val_delta_m": mean_gain({n: one.result[f"val/{n}"] for n in tasks}, references["val"], directions),
+            "one_model_test_delta_m": mean_gain(one_test, references["test"], directions),
+            "one_model_test_gain_over_hgb": mean_gain(one_test, baselines["hgb"]["test"], directions),
             "tasks": per_task}
 
 
@@ -200,23 +211,28 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"Machine: {data['machine']} (other jobs shared it).", "",
              f"{data['settings']['trials']} trials per table ({', '.join(STRATEGIES)}), up to {data['settings']['epochs']} epochs, "
              "test metrics (MAE in the target's units, accuracy); baselines fit on the training rows; "
-             "the search's trials early-stop on val; best: the trial best on val for that task; one model: the trial with the best "
-             "mean validation gain over HistGradientBoosting; raw units: the same search with every regression target left in "
+             "the search's trials early-stop on val; tuned reference: the project's single-task reference, the best on val of "
+             "the task's reference trials (searched as the search does), its test metric; best: the trial best on val for that task; "
+             "one model: the trial with the best mean validation gain over the tuned references (the search's Δm), its test "
+             "metric and test gain over the tuned reference; raw units: the same search with every regression target left in "
              "its units (`scale: false`).", "",
-             "| table | task (metric) | mean / prior | linear / logistic | HistGB | search best (strategy) | search median | search worst | one model "
-             "| raw units: median | raw units: worst |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| table | task (metric) | mean / prior | linear / logistic | HistGB | tuned reference | search best (strategy) | search median "
+             "| search worst | one model | one model: gain over reference | raw units: median | raw units: worst |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for table, result in data["tables"].items():
         for task, row in result["tasks"].items():
             lines.append(f"| {table} | {task} ({row['metric']}) | {row['mean']:.4g} | {row['linear']:.4g} | {row['hgb']:.4g} | "
-                         f"{row['search_best']:.4g} ({row['search_best_strategy']}) | {row['search_median']:.4g} | {row['search_worst']:.4g} | "
-                         f"{row['one_model']:.4g} | {row['raw_median']:.4g} | {row['raw_worst']:.4g} |")
+                         f"{row['reference']:.4g} | {row['search_best']:.4g} ({row['search_best_strategy']}) | {row['search_median']:.4g} | "
+                         f"{row['search_worst']:.4g} | {row['one_model']:.4g} | {row['one_model_gain']:+.1f} % | {row['raw_median']:.4g} | "
+                         f"{row['raw_worst']:.4g} |")
     lines.append("")
     for table, result in data["tables"].items():
         lines.append(f"- {table}: {result['rows']['train']} / {result['rows']['val']} / {result['rows']['test']} rows "
                      f"(train / val / test), {result['finished']} of {result['trials']} trials finished "
-                     f"({result['raw_finished']} in raw units); one model: "
-                     f"{result['one_model_strategy']}, mean test gain over HistGB {result['one_model_test_gain_over_hgb']:+.1f} %")
+                     f"({result['raw_finished']} in raw units), {sum(result['reference_trials'].values())} reference trials "
+                     f"({', '.join(f'{t} {n}' for t, n in result['reference_trials'].items())}); one model: "
+                     f"{result['one_model_strategy']}, Δm over the tuned references {result['one_model_test_delta_m']:+.1f} % on test "
+                     f"({result['one_model_val_delta_m']:+.1f} % on val), mean test gain over HistGB {result['one_model_test_gain_over_hgb']:+.1f} %")
     return "\n".join(lines) + "\n"
 
 

@@ -447,9 +447,11 @@ def test_real_tables_quick(tmp_path):
     for name, data in result["tables"].items():
         assert data["finished"] == data["trials"] == data["raw_finished"] == 2
         for task, row in data["tasks"].items():
-            assert all(math.isfinite(row[p]) for p in (*BASELINES, "search_best", "search_median", "search_worst", "one_model",
-                                                      "raw_median", "raw_worst"))
+            assert all(math.isfinite(row[p]) for p in (*BASELINES, "reference", "search_best", "search_median", "search_worst", "one_model",
+                                                      "one_model_gain", "raw_median", "raw_worst"))
             assert f"| {name} | {task} ({row['metric']}) |" in table
+        assert data["reference_trials"] == {task: 1 for task in data["tasks"]}  # ⌈2 trials / 5 strategies⌉ per task
+        assert math.isfinite(data["one_model_test_delta_m"])
     progression = result["tables"]["diabetes"]["tasks"]["progression"]
     assert 40 < progression["mean"] < 80  # the MAE of predicting the training mean, in the target's units (std ≈ 77)
 

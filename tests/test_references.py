@@ -17,7 +17,7 @@ from mtl_search.data.problem import Problem, Task
 from mtl_search.errors import MtlSearchError, SpaceError
 from mtl_search.results.records import TrialRecord
 from mtl_search.search.references import best_references, task_dataset
-from mtl_search.search.space import parse_space
+from mtl_search.search.space import load_space, parse_space
 from mtl_search.search.tune import ReferenceSearcher
 
 
@@ -38,6 +38,19 @@ def test_the_references_are_searched_by_default_with_one_strategys_budget_and_fi
         _space("baseline: {mode: fixed, trials: 3}")
     with pytest.raises(SpaceError, match="baseline.trials"):
         _space("baseline: {trials: 0}")
+
+
+def test_a_tasks_reference_study_samples_as_the_search_does_and_one_trial_says_all_when_nothing_is_searched(tmp_path):
+    from mtl_search.search.plan import ReferenceSpace
+    from mtl_search.search.prepare import prepare
+
+    plan = prepare(load_space(tiny_space(tmp_path, trials=5, extra="baseline: {trials: 3}")))[0]  # the tower width and backbone knobs searched
+    first, second = (ReferenceSpace(plan, task) for task in plan.problem.task_names[:2])
+    assert first.budget(5) == 3 and isinstance(first.sampler(), optuna.samplers.TPESampler)
+    assert first.seed != second.seed  # each task's study its own stream
+    pinned = prepare(load_space(tiny_space(tmp_path, trials=5, extra="baseline: {tower_width: 8, backbone: {activation: relu, norm: none, dropout: 0.0}}")))[0]
+    alone = ReferenceSpace(pinned, pinned.problem.task_names[0])
+    assert not alone.searched() and alone.budget(5) == 1 and isinstance(alone.sampler(), optuna.samplers.RandomSampler)
 
 
 def _reference(task: str, number: int, val: float, test: float, status: str = "finished") -> TrialRecord:

@@ -55,6 +55,8 @@ class ReferenceSpace:
         self.inputs, self.backbone, self.training = ranges["inputs"], ranges["backbone"], ranges["training"]
         width = plan.space.baseline.tower_width
         self.tower = {"tower_width": SingleTask.knobs["tower_width"] if width is None else Fixed(width)}
+        self.baseline, self.sampler_name, self.strategies = plan.space.baseline, plan.space.search.sampler, len(plan.strategies)
+        self.seed = plan.space.search.seed + 1000 * (plan.problem.task_names.index(task) + 1)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         config: dict[str, Any] = {STRATEGY_KEY: SingleTask.name, NUMBER_KEY: trial.number, REFERENCE_TASK_KEY: self.task}
@@ -76,6 +78,18 @@ class ReferenceSpace:
         for section, knobs in (("inputs", self.inputs), ("backbone", self.backbone), (SingleTask.name, self.tower), ("training", self.training)):
             _add_grid(space, section, section, knobs)
         return space
+
+    def budget(self, trials: int) -> int:
+        """This task's reference trials for a search of ``trials`` trials: ``baseline.reference_trials``, or 1 when nothing is searched."""
+        return self.baseline.reference_trials(trials, self.strategies) if self.searched() else 1
+
+    def sampler(self, concurrency: int = 1, resumed: int = 0) -> Any:
+        """This task's study sampler: the search's kind (random when nothing is searched), seeded by the search's seed and the task.
+
+        ``resumed``: the trials the task's study already holds (a resumed study gets a fresh seed too).
+        """
+        name = self.sampler_name if self.searched() else "random"
+        return make_sampler(name, self.seed + resumed, concurrency, grid=self.grid() if name == "grid" else None)
 
 
 def _suggest_all(trial: Any, section: str, knobs: dict[str, Knob], into: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:

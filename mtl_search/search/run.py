@@ -291,7 +291,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                     earlier, resumption = [], Resumption()
                     echo(f"search {experiment!r}: {trials} trials, strategies {', '.join(plan.strategies)}; MLflow run {search_run_id} "
                          f"at {tracker.uri}")
-                reference_studies = _reference_studies(storage, study.study_name, plan, space, concurrency) if searched_references else {}
+                reference_studies = _reference_studies(storage, study.study_name, plan, concurrency) if searched_references else {}
             # fixed single-task references (search/references.py): trained once before the trials, or read back on resume
             fixed = (fixed_references(plan, dataset, tracker, search_run_id, options.resume, echo)
                      if space.baseline.enabled and not searched_references else None)
@@ -415,8 +415,7 @@ class _ReferencePhase:
         searchers, budgets, total = {}, {}, 0
         for task, study in studies.items():
             task_space = ReferenceSpace(self.plan, task)
-            # nothing searched: one trial says all
-            budget = space.baseline.reference_trials(self.trials, len(self.plan.strategies)) if task_space.searched() else 1
+            budget = task_space.budget(self.trials)
             resumption = reconcile(study, [t for t in self.earlier if t.reference_task == task])
             budgets[task] = max(0, budget - len(resumption.done))
             searchers[task] = OptunaSearcher(study, task_space, [val_key(task)], resumption.reruns[:budgets[task]])
@@ -478,22 +477,20 @@ def _run_repeats(plan: Plan, dataset: Any, tracker: Tracker, search_run_id: str,
     return logger.records
 
 
-def _reference_studies(storage: str, study_name: str, plan: Plan, space: Space, concurrency: int) -> dict[str, Any]:
+def _reference_studies(storage: str, study_name: str, plan: Plan, concurrency: int) -> dict[str, Any]:
     """One Optuna study per task for its reference trials (``<study>-reference-<task>``): loaded when it exists, else created."""
     import optuna
 
     existing = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     studies = {}
-    for index, task in enumerate(plan.problem.tasks):
+    for task in plan.problem.tasks:
         name = f"{study_name}-reference-{task.name}"
         task_space = ReferenceSpace(plan, task.name)
-        sampler_name = space.search.sampler if task_space.searched() else "random"
-        seed = space.search.seed + 1000 * (index + 1) + existing.get(name, 0)  # a resumed study gets a fresh seed too
-        sampler = make_sampler(sampler_name, seed, concurrency, grid=task_space.grid() if sampler_name == "grid" else None)
+        sampler = task_space.sampler(concurrency, existing.get(name, 0))
         if name in existing:
             studies[task.name] = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         else:
-            studies[task.name] = _create_study(storage, name, sampler, seed, concurrency,
+            studies[task.name] = _create_study(storage, name, sampler, task_space.seed, concurrency,
                                                [Objective(task.name, val_key(task.name), task.direction)])
     return studies
 
