@@ -42,6 +42,7 @@ def fixed_space(tracking_dir: str, epochs: int, trials: int, concurrency: int, s
         "strategies": {"hard_sharing": {"shared_depth": 2, "tower_width": 16}},
         "training": {"epochs": epochs, "patience": epochs, "batch_size": 128, "lr": 1e-3},
         "search": {"trials": trials, "concurrency": concurrency, "sampler": "random", "seed": 0},
+        "baseline": False,  # the trials' orchestration alone: no single-task reference trials before them
         "tracking": {"uri": f"sqlite:///{tracking_dir}/mlflow.db"},
     })
 

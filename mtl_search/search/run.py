@@ -429,10 +429,10 @@ class _ReferencePhase:
                 self.echo(f"single-task references: {left} of {total} reference trials to run ({', '.join(f'{t} {n}' for t, n in budgets.items())})")
                 searcher = ReferenceSearcher(searchers, budgets, stop=lambda: self.interrupt.draining or logger.abort_reason is not None)
                 name = f"{next(iter(studies.values())).study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-                # one objective per reference trial: the Pareto rule's single-objective case is ASHA on the score
-                kind = "asha" if space.search.early_stopping == "pareto" else space.search.early_stopping
+                # no search.early_stopping here: one scheduler would rank different tasks' trials against each
+                # other (and could stop every trial of a task); each trains to its own patience, as a trial does
                 _fit(_trainable(self.dataset, make_trial_plan(self.plan), space), searcher, left, self.concurrency, logger, name,
-                     self.store, self.interrupt, make_scheduler(kind, space.epochs))
+                     self.store, self.interrupt, None)
         finally:
             logger.stop_unfinished()
             logger.close()
