@@ -81,6 +81,7 @@ def test_search_efficiency_curves(tmp_path):
     assert "| tpe |" in table and "| random |" in table
 
 
+@pytest.mark.slow  # three small searches (about 23 s); LossCurve, the sign test and the findings are unit-tested here on constructed values
 def test_mmoe_reproduction_chooses_rates_by_search_and_averages_curves(tmp_path, ray_session):
     from benchmarks.mmoe_reproduction import CORRELATIONS, LEARNING_RATES, main
 

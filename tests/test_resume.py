@@ -40,7 +40,8 @@ def _killed_run(space: Path, workdir: Path, point: str, concurrency: int, ctrl_c
 
 
 @pytest.mark.parametrize("point,concurrency", [
-    ("search_started", 1), ("trial_started:2", 2), ("trial_training:3", 1),
+    # before any trial: test_resume_after_ctrl_c_runs_every_trial_once[search_started] (the suite's time budget)
+    ("trial_started:2", 2), ("trial_training:3", 1),
     ("trial_ended:2", 2), ("trial_recorded:1", 1), ("trial_told:2", 2),
 ])
 def test_resume_after_a_kill_runs_every_trial_once(ray_session, workdir, capsys, point, concurrency):
