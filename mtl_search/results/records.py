@@ -90,6 +90,11 @@ class TrialRecord:
     noise: dict[str, Spread] = field(default_factory=dict)  # a repeated front trial: gain/<task>, delta_m, test_... over its seeds
 
     @property
+    def role(self) -> str:
+        """``trial`` (a multi-task trial), ``reference`` (a single-task reference trial) or ``repeat`` (either, with another seed)."""
+        return "repeat" if self.repeat_of is not None else "reference" if self.reference_task is not None else "trial"
+
+    @property
     def run_name(self) -> str:
         """The child run's name in MLflow (what the plots label front points with)."""
         if self.reference_task is not None:

@@ -468,16 +468,16 @@ def load_search(uri: str, experiment: str | None) -> SearchRecord:
     # A trial killed by a crash and run again after --resume has a newer run with the same number.
     rerun = {_identity(t) for t in records if t.status != "killed"}
     records = [t for t in records if t.status != "killed" or _identity(t) not in rerun]
-    trials = [t for t in records if t.reference_task is None and t.repeat_of is None]
+    trials = [t for t in records if t.role == "trial"]
     experiment_name = client.get_experiment(parent.info.experiment_id).name
     return SearchRecord(experiment_name, parent.info.run_id, objectives, sorted(trials, key=lambda t: t.number),
                         hypervolume=parent.data.metrics.get("hypervolume"),
                         task_metrics=json.loads(parent.data.tags.get(TASK_METRICS, "{}")),
                         reference_point=json.loads(parent.data.tags[REFERENCE_POINT]) if REFERENCE_POINT in parent.data.tags else None,
                         references=_references(parent.data.metrics), gbdt=_gbdt(parent.data.metrics),
-                        reference_trials=sorted((t for t in records if t.reference_task is not None and t.repeat_of is None),
+                        reference_trials=sorted((t for t in records if t.role == "reference"),
                                                 key=lambda t: (t.reference_task, t.number)),
-                        repeats=sorted((t for t in records if t.repeat_of is not None), key=lambda t: (t.repeat_of, t.repeat)),
+                        repeats=sorted((t for t in records if t.role == "repeat"), key=lambda t: (t.repeat_of, t.repeat)),
                         strategies=_typed(parent.data.params.get("strategies", "[]")))
 
 

@@ -150,22 +150,27 @@ def fixed_references(plan: Plan, dataset: Dataset, tracker: Any, search_run_id: 
     return references
 
 
+def best_reference_trial(records: Iterable[Any], task: str, direction: str) -> Any | None:
+    """Task ``task``'s finished reference trial with the best finite validation metric (``direction`` min or max), or None."""
+    done = [r for r in records if r.reference_task == task and r.status == "finished" and math.isfinite(r.val.get(task, math.nan))]
+    return (min if direction == "min" else max)(done, key=lambda r: r.val[task]) if done else None
+
+
 def best_references(records: Iterable[Any], problem: Problem) -> tuple[References, dict[str, Any]]:
     """Each task's reference from its finished reference trials: the best validation metric and that model's test metric.
 
     Returns the references and the chosen trial record per task; MtlSearchError when a task
     has no finished reference trial (its gains would have no yardstick).
     """
+    records = list(records)
     out: References = {"val": {}, "test": {}}
     chosen: dict[str, Any] = {}
     for task in problem.tasks:
-        done = [r for r in records if r.reference_task == task.name and r.status == "finished"
-                and math.isfinite(r.val.get(task.name, math.nan))]
-        if not done:
-            failed = [r for r in records if r.reference_task == task.name]
-            raise MtlSearchError(f"no single-task reference trial of task {task.name!r} finished ({len(failed)} ended otherwise; "
+        best = best_reference_trial(records, task.name, task.direction)
+        if best is None:
+            ended = sum(r.reference_task == task.name for r in records)
+            raise MtlSearchError(f"no single-task reference trial of task {task.name!r} finished ({ended} ended otherwise; "
                                  "their errors are in MLflow): fix the cause, or set baseline: false")
-        best = (min if task.direction == "min" else max)(done, key=lambda r: r.val[task.name])
         out["val"][task.name], out["test"][task.name] = best.val[task.name], best.test.get(task.name, math.nan)
         chosen[task.name] = best
     return out, chosen

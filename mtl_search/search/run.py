@@ -273,7 +273,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                 if options.resume:
                     search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
                     earlier = tracker.reopen_search(search_run_id)
-                    resumption = reconcile(study, [t for t in earlier if t.reference_task is None and t.repeat_of is None])
+                    resumption = reconcile(study, [t for t in earlier if t.role == "trial"])
                     echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(resumption.done)} of {trials} trials "
                          f"recorded, {len(resumption.reruns) + resumption.enqueued} to run again")
                 else:
@@ -308,8 +308,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
         status = "FINISHED"
-        reference_trials = [t for t in earlier if t.reference_task is not None and t.repeat_of is None]
-        repeats, chosen = [t for t in earlier if t.repeat_of is not None], {}
+        reference_trials = [t for t in earlier if t.role == "reference"]
+        repeats, chosen = [t for t in earlier if t.role == "repeat"], {}
         going_on = lambda: not interrupt.draining and logger.abort_reason is None  # noqa: E731
         kill_point("search_started")
         try:

@@ -34,7 +34,7 @@ from ..results.metrics import (
 from ..results.records import LiveFront, TrialRecord, epoch_line, reference_line, trial_label, trial_line
 from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
 from .faults import kill_point
-from .references import SingleTask
+from .references import SingleTask, best_reference_trial
 
 CONFIG_ATTR = "mtl_search.config"  # the Optuna trial's user attribute holding its full flat configuration
 RERUN_ATTR = "mtl_search.rerun_of"  # on a trial enqueued by a resume: the trial number it runs again
@@ -421,9 +421,8 @@ class TrialLogger(_Live, tune.Callback):
 
 
     def _best_reference(self, task: str) -> float | None:
-        values = [r.val[task] for r in self.records if r.reference_task == task and r.status == "finished"
-                  and math.isfinite(r.val.get(task, math.nan))]
-        return ((min if self.references[task] == "min" else max)(values)) if values else None
+        best = best_reference_trial(self.records, task, self.references[task])
+        return best.val[task] if best is not None else None
 
 
 def _error_text(trial: Any) -> str:
