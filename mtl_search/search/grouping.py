@@ -172,8 +172,8 @@ def joint_strategy(plan: Any, depth: int) -> tuple[str, dict[str, Any]]:
     for name, (strategy, _) in plan.strategies.items():
         if strategy.declares_shared_parameters:
             return name, {}
-    raise SpaceError("strategies", "task grouping needs a strategy that declares shared parameters (e.g. hard_sharing); "
-                                   "the space has none")
+    raise SpaceError("strategies", "task grouping needs a strategy with a fully shared configuration or one that declares "
+                                   "shared parameters (e.g. hard_sharing); the space has none")
 
 
 def measure_affinity(space: Space, groups: int | None = None) -> dict[str, Any]:
