@@ -4,7 +4,7 @@
 reference trained on the driver (``search.references``) and by the joint training of
 ``mtl-search groups`` (``search.grouping``); the preflight (``search.prepare``) builds each
 strategy's smallest model through its model step, :func:`build_model`. A trial's seed comes
-from :func:`trial_seed`.
+from :func:`trial_seed`. Torch's thread count is a process setting and stays the caller's.
 """
 from __future__ import annotations
 
