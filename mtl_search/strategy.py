@@ -28,7 +28,9 @@ class Strategy:
 
     ``build`` makes a fresh model for one trial. ``fit`` trains it; override it only for a
     method with its own schedule, composing the trainer's primitives
-    (``Trainer.make_optimizer``, ``train_epoch``, ``evaluate``, ``fit``).
+    (``Trainer.make_optimizer``, ``train_epoch``, ``evaluate``, ``fit``). ``fully_shared``
+    answers, for a method with a fully shared configuration, the knob values that give it
+    (``mtl-search groups`` measures the task affinity on that model).
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +66,19 @@ class Strategy:
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         """A new model for ``problem`` on ``backbone`` with the sampled knob values ``params``."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def fully_shared(self, knobs: dict[str, Knob], depth: int) -> dict[str, Any] | None:
+        """The knob values of this strategy's fully shared configuration, or None when it has none (the default).
+
+        Fully shared: every task reads the same trunk, all ``depth`` blocks of the backbone,
+        and only the task towers are private (hard sharing's ``shared_depth = depth``).
+        ``knobs`` are this strategy's ranges after a space's overrides, ``depth`` the
+        backbone's depth. Return only the knobs that make the configuration fully shared
+        (e.g. ``{"shared_depth": depth}``); ``mtl-search groups`` gives every other knob a
+        representative value of its range, and trains the first strategy of the space that
+        answers (a value outside the space's range is allowed: the affinity run is no trial).
+        """
+        return None
 
     def fit(self, model: MultiTaskModel, trainer: "Trainer") -> MultiTaskModel:
         """Train ``model`` and return the model to evaluate (default: the trainer's loop)."""

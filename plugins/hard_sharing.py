@@ -13,6 +13,7 @@ from torch import nn
 from mtl_search import (
     Backbone,
     Int,
+    Knob,
     MultiTaskModel,
     Problem,
     SharingMap,
@@ -60,6 +61,10 @@ class HardSharing(Strategy):
 
     def build(self, problem: Problem, backbone: Backbone, params: dict[str, Any]) -> MultiTaskModel:
         return HardSharingModel(problem, backbone, params["shared_depth"], params["tower_width"])
+
+    def fully_shared(self, knobs: dict[str, Knob], depth: int) -> dict[str, Any]:
+        """Every block shared: ``shared_depth = depth`` (the shared-bottom model of Caruana 1997)."""
+        return {"shared_depth": depth}
 
 
 @hookimpl

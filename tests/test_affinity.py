@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,10 +18,10 @@ from mtl_search_plugins.datasets import (
 )
 from mtl_search_plugins.hard_sharing import HardSharing
 
-from mtl_search import MultiTaskModel, Problem, SharingMap, Task, TrainConfig, Trainer
+from mtl_search import Int, MultiTaskModel, Problem, SharingMap, SpaceError, Strategy, Task, TrainConfig, Trainer
 from mtl_search.cli import main
 from mtl_search.nn.backbones import build_mlp
-from mtl_search.search.grouping import SINGLETON_SCORE, partition_score, select_partitions
+from mtl_search.search.grouping import SINGLETON_SCORE, joint_strategy, partition_score, select_partitions
 from mtl_search.training.affinity import AffinityMeter
 from mtl_search.training.weighting import Equal
 
@@ -170,3 +174,34 @@ def test_the_groups_table_keeps_small_affinities_readable():
               "partitions": [{"groups": [["a", "b"]], "score": 3.21e-06}]}
     text = format_groups(result)
     assert "1.234e-06" in text and "-5.678e-07" in text and "3.21e-06" in text  # not rounded to 0.0000
+
+
+class _Shared(Strategy):
+    name, declares_shared_parameters = "shared", True
+
+
+class _Answers(Strategy):
+    name, knobs = "answers", {"blocks": Int(0, "depth")}
+
+    def fully_shared(self, knobs, depth):
+        return {"blocks": knobs["blocks"].low + depth}  # reads the ranges it is given and the depth
+
+
+def test_grouping_trains_the_first_strategy_that_answers_with_a_fully_shared_configuration():
+    def plan(*strategies):
+        return SimpleNamespace(strategies={s.name: (s, dict(s.knobs)) for s in strategies})
+
+    hard = HardSharing()
+    assert joint_strategy(plan(_Shared(), hard), 3) == ("hard_sharing", {"shared_depth": 3})  # before a shared one listed first
+    assert joint_strategy(plan(_Shared(), _Answers(), hard), 2) == ("answers", {"blocks": 2})  # the space's order among answers
+    assert joint_strategy(plan(Strategy(), _Shared()), 2) == ("shared", {})  # none answers: the first with shared parameters
+    with pytest.raises(SpaceError, match="declares shared parameters"):
+        joint_strategy(plan(Strategy()), 2)
+
+
+def test_grouping_and_the_command_line_import_neither_ray_nor_optuna():
+    code = ("import sys, mtl_search.cli, mtl_search.search.grouping\n"
+            "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

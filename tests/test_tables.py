@@ -23,7 +23,8 @@ from mtl_search.nn.inputs import TabularInput
 from mtl_search.registry import load_registry
 from mtl_search.search.run import prepare
 from mtl_search.search.space import load_space
-from mtl_search.search.trial import TrialPlan, build_model
+from mtl_search.search.setup import build_model
+from mtl_search.search.trial import TrialPlan
 from mtl_search.training.weighting import Equal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,9 +146,8 @@ def test_every_strategy_trains_on_a_table(tmp_path, name, encoding):
     strategy = load_registry().strategies[name]
     knobs = {k: knob.suggest(_Lowest(), k, {"depth": 2}) for k, knob in strategy.knobs.items()}
     data = load_table(_spec(_write(tmp_path, _table()), exclude=["id", "user"]), TASKS)
-    plan = TrialPlan(data.problem, {name: strategy}, _mlp_kind(), {}, 1, 1, 0, 1, 0)
     parts = TrialConfig(name, knobs=knobs, backbone={"depth": 2, "width": 8}, inputs={"encoding": encoding, "embedding_dim": 3})
-    model = build_model(plan, parts)
+    model = build_model(data.problem, strategy, _mlp_kind(), parts)
     assert type(model).__module__.startswith("mtl_search_plugins")  # the strategy's own model, no wrapper
     input_layer = next(m for m in model.modules() if isinstance(m, TabularInput))
     trainer = Trainer(data, TrainConfig(epochs=1, batch_size=16), Equal(data.problem.task_names))
@@ -180,9 +180,9 @@ def test_masked_rows_give_no_gradient_in_a_training_step(tmp_path):
 
     def one_step(split: Split) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        plan = TrialPlan(full.problem, {"hard_sharing": HardSharing()}, _mlp_kind(), {}, 1, 1, 0, 1, 0)
-        model = build_model(plan, TrialConfig("hard_sharing", knobs={"shared_depth": 1, "tower_width": 4},
-                                              backbone={"depth": 2, "width": 8}, inputs={"encoding": "embedding", "embedding_dim": 2}))
+        model = build_model(full.problem, HardSharing(), _mlp_kind(), TrialConfig(
+            "hard_sharing", knobs={"shared_depth": 1, "tower_width": 4}, backbone={"depth": 2, "width": 8},
+            inputs={"encoding": "embedding", "embedding_dim": 2}))
         trainer = Trainer(full, TrainConfig(epochs=1, batch_size=1000, lr=0.05), Equal(full.problem.task_names))
         # plain SGD: Adam's first step is lr * sign(gradient), which turns rounding noise on zero gradients into full steps
         trainer.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), 1, split)

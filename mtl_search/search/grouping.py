@@ -1,7 +1,10 @@
 """Task grouping from one joint training (TAG's selection: Fifty et al., NeurIPS 2021; Standley et al., ICML 2020).
 
-``mtl-search groups SPACE``: train the space's first strategy that declares shared
-parameters (``hard_sharing`` with every block shared when the space has it) once, measuring
+``mtl-search groups SPACE``: train once the space's first strategy with a fully shared
+configuration (``Strategy.fully_shared`` answers: of the built-in strategies, hard sharing
+with every block shared) at that configuration, or, when none answers, its first strategy
+that declares shared parameters, its other knobs at a representative value of their
+ranges (:func:`joint_strategy`), measuring
 the lookahead affinity Z(i -> j) (``mtl_search.training.affinity``) every step (or every
 ``training.affinity_every`` steps), then for each number of groups K choose the partitions
 of the tasks that maximise
@@ -29,12 +32,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import DEFAULT_WEIGHTING
+from ..config import DEFAULT_WEIGHTING, TrialConfig
 from ..errors import MtlSearchError, SpaceError
 from ..knobs import Choice, Fixed, Float, Int, IntList, Knob
-from ..nn.create import build_backbone, create_model
-from ..training.trainer import TrainConfig, Trainer, seed_everything
-from .run import prepare
+from ..nn.create import build_backbone
+from ..training.trainer import TrainConfig
+from .prepare import prepare
+from .setup import set_up_trial
 from .space import Space
 
 EXHAUSTIVE_TASKS = 8
@@ -154,15 +158,22 @@ def _middle(knob: Knob, context: dict[str, Any]) -> Any:
     raise TypeError(f"unknown knob {knob!r}")
 
 
-def joint_strategy(plan: Any) -> str:
-    """``hard_sharing`` when the space has it, else its first strategy that declares shared parameters."""
-    if "hard_sharing" in plan.strategies:
-        return "hard_sharing"
+def joint_strategy(plan: Any, depth: int) -> tuple[str, dict[str, Any]]:
+    """The strategy the affinity run trains and the knob values it fixes: ``(name, values)``.
+
+    The space's first strategy whose ``Strategy.fully_shared`` answers for a backbone of
+    ``depth`` blocks, with that answer; else its first strategy that declares shared
+    parameters, with no value fixed (every knob at a representative value of its range).
+    """
+    for name, (strategy, knobs) in plan.strategies.items():
+        values = strategy.fully_shared(knobs, depth)
+        if values is not None:
+            return name, values
     for name, (strategy, _) in plan.strategies.items():
         if strategy.declares_shared_parameters:
-            return name
-    raise SpaceError("strategies", "task grouping needs a strategy that declares shared parameters (e.g. hard_sharing); "
-                                   "the space has none")
+            return name, {}
+    raise SpaceError("strategies", "task grouping needs a strategy with a fully shared configuration or one that declares "
+                                   "shared parameters (e.g. hard_sharing); the space has none")
 
 
 def measure_affinity(space: Space, groups: int | None = None) -> dict[str, Any]:
@@ -170,24 +181,22 @@ def measure_affinity(space: Space, groups: int | None = None) -> dict[str, Any]:
     plan, dataset, registry = prepare(space)
     if groups is not None and not 1 <= groups <= len(plan.problem.tasks):
         raise MtlSearchError(f"--groups {groups}: the number of groups must lie in [1, {len(plan.problem.tasks)}] (the number of tasks)")
-    name = joint_strategy(plan)
-    strategy, knobs = plan.strategies[name]
     backbone_values = {k: _middle(knob, {}) for k, knob in plan.backbone.items()}
     inputs = {k: _middle(knob, {}) for k, knob in plan.inputs.items()}
-    backbone = build_backbone(plan.backbone_kind, plan.problem, backbone_values, inputs)
-    context = {**backbone_values, "depth": backbone.depth}
-    params = {k: _middle(knob, context) for k, knob in knobs.items()}
-    if name == "hard_sharing":
-        params["shared_depth"] = backbone.depth  # the full trunk shared: every block's parameters are shared
+    depth = build_backbone(plan.backbone_kind, plan.problem, backbone_values, inputs).depth
+    name, shared = joint_strategy(plan, depth)
+    strategy, knobs = plan.strategies[name]
+    context = {**backbone_values, "depth": depth}
+    params = {**{k: _middle(knob, context) for k, knob in knobs.items()}, **shared}
     training = {k: (knob.value if isinstance(knob, Fixed) else getattr(TrainConfig, k)) for k, knob in plan.training.items()}
     weighting_name = plan.weighting.value if isinstance(plan.weighting, Fixed) else DEFAULT_WEIGHTING
-    weighting_cls, weighting_knobs = plan.weightings.get(weighting_name, next(iter(plan.weightings.values())))
-    weighting = weighting_cls(plan.problem.task_names, **{k: _middle(v, {}) for k, v in weighting_knobs.items()})
-    seed_everything(space.search.seed)
-    model = create_model(plan.problem, strategy, plan.backbone_kind, params, backbone_values, inputs)
-    config = TrainConfig(epochs=space.epochs, patience=space.patience, seed=space.search.seed,
-                         affinity_every=space.affinity_every or 1, **training)
-    trainer = Trainer(dataset, config, weighting)
+    if weighting_name not in plan.weightings:
+        weighting_name = next(iter(plan.weightings))
+    weighting_cls, weighting_knobs = plan.weightings[weighting_name]
+    config = TrialConfig(name, knobs=params, backbone=backbone_values, inputs=inputs, training=training, weighting=weighting_name,
+                         weighting_params={k: _middle(v, {}) for k, v in weighting_knobs.items()})
+    model, trainer = set_up_trial(dataset, strategy, plan.backbone_kind, config, weighting_cls, epochs=space.epochs,
+                                  patience=space.patience, seed=space.search.seed, affinity_every=space.affinity_every or 1)
     strategy.fit(model, trainer)
     affinity = trainer.affinity.mean()
     if affinity is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
+from ..config import TrialConfig
 from ..console import warn
 from ..data.dataset import Dataset, apply_funnel_masks, standardize_targets
 from ..data.tables import load_table
@@ -160,7 +161,7 @@ def check_builds(plan: Plan, dataset: Dataset) -> None:
     """
     import torch
 
-    from ..nn.create import create_model
+    from .setup import build_model
 
     errors = ErrorCollector()
     x = dataset.train.x[:PREFLIGHT_ROWS]
@@ -174,7 +175,8 @@ def check_builds(plan: Plan, dataset: Dataset) -> None:
         tried = ", ".join(f"{k}={v!r}" for k, v in {**{f"backbone.{k}": v for k, v in backbone.items()}, **knobs}.items())
         try:
             with torch.no_grad():
-                model = create_model(plan.problem, strategy, plan.backbone_kind, dict(knobs), backbone, inputs)
+                model = build_model(plan.problem, strategy, plan.backbone_kind,
+                                    TrialConfig(name, knobs=dict(knobs), backbone=backbone, inputs=inputs))
                 model.eval()
                 out = model(x)
         except Exception as exc:

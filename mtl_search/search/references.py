@@ -35,17 +35,17 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from ..config import TrialConfig
 from ..data.dataset import Dataset, Split
 from ..data.problem import Problem
 from ..errors import MtlSearchError
 from ..knobs import Int
 from ..nn.backbones import Backbone
-from ..nn.create import create_model
 from ..nn.layers import make_tower
 from ..nn.model import MultiTaskModel, SharingMap
 from ..strategy import Strategy
-from ..training.trainer import TrainConfig, Trainer, seed_everything
 from ..training.weighting import Equal
+from .setup import set_up_trial, trial_seed
 from .space import Plan, ReferenceSettings, midpoint, reference_settings  # noqa: F401 (midpoint: part of this module's API)
 
 References = dict[str, dict[str, float]]  # {"val": {task: metric}, "test": {task: metric}}
@@ -101,15 +101,13 @@ def train_reference(plan: Plan, dataset: Dataset, task: str, settings: Reference
     """Train task ``task``'s reference; returns its val and test metric (``{"val": m, "test": m, "seconds": s}``)."""
     space = plan.space
     data = task_dataset(dataset, task)
-    seed = space.search.seed * 100_003 + plan.problem.task_names.index(task)
+    config = TrialConfig(SingleTask.name, knobs={"tower_width": settings.tower_width}, backbone=settings.backbone,
+                         inputs=settings.inputs, training=settings.training)
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        seed_everything(seed)
-        model = create_model(data.problem, SingleTask(), plan.backbone_kind, {"tower_width": settings.tower_width},
-                             settings.backbone, settings.inputs)
-        trainer = Trainer(data, TrainConfig(epochs=space.epochs, patience=space.patience, seed=seed, **settings.training),
-                          Equal([task]))
+        model, trainer = set_up_trial(data, SingleTask(), plan.backbone_kind, config, Equal, epochs=space.epochs,
+                                      patience=space.patience, seed=trial_seed(space.search.seed, plan.problem.task_names.index(task)))
         start = time.perf_counter()
         trainer.fit(model)
         seconds = time.perf_counter() - start

@@ -17,14 +17,13 @@ from ..config import DEFAULT_WEIGHTING, TrialConfig
 from ..data.dataset import Dataset
 from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
-from ..nn.create import create_model
 from ..nn.model import MultiTaskModel, SharingMap
 from ..results.metrics import gain_metrics, val_gain_metrics, val_key
 from ..results.saved_models import save_model
 from ..strategy import Strategy
-from ..training.trainer import TrainConfig, Trainer, seed_everything
 from ..training.weighting import Equal
 from .references import SingleTask, task_dataset
+from .setup import set_up_trial, trial_seed
 
 
 @dataclass
@@ -51,11 +50,6 @@ def reference_view(dataset: Dataset, plan: TrialPlan, task: str) -> tuple[Datase
     data = task_dataset(dataset, task)
     return data, replace(plan, problem=data.problem, strategies={SingleTask.name: SingleTask()},
                          weightings={DEFAULT_WEIGHTING: Equal}, references=None, groups=None, affinity_every=0)
-
-
-def build_model(plan: TrialPlan, config: TrialConfig) -> MultiTaskModel:
-    """The untrained model of a decoded configuration (through the one model factory, ``create_model``)."""
-    return create_model(plan.problem, plan.strategies[config.strategy], plan.backbone_kind, config.knobs, config.backbone, config.inputs)
 
 
 def _sharing_map(model: MultiTaskModel, x: torch.Tensor) -> dict:
@@ -90,9 +84,6 @@ def select_device(gpus_per_trial: float, cuda_available: bool) -> str:
     return "cuda"
 
 
-REPEAT_SEED_STRIDE = 1_000_003  # a repeat's seed: the trial's own, moved by this per repeat (no trial number reaches it)
-
-
 class TrialTimeout(TimeoutError):
     """A trial ran past ``training.max_trial_seconds`` (checked after every epoch)."""
 
@@ -111,19 +102,10 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     torch.set_num_threads(threads)
     device = select_device(plan.gpus_per_trial, torch.cuda.is_available())
     placement = {**(placement or {}), "device": device}
-    seed = plan.seed * 100_003 + parts.number + REPEAT_SEED_STRIDE * parts.repeat
-    seed_everything(seed)
     dataset.problem = plan.problem
-
-    model = build_model(plan, parts).to(device)
-    weighting = plan.weightings[parts.weighting](plan.problem.task_names, **parts.weighting_params)
-    # Every report must carry every objective Tune's searcher watches (the Pareto scheduler's
-    # rungs read them): latency is only measured at the end, so epochs carry a NaN latency.
-    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
     directions = {t.name: t.direction for t in plan.problem.tasks}
-    start = time.perf_counter()
 
-    def report_epoch(metrics: dict[str, Any]) -> None:
+    def report_epoch(metrics: dict[str, Any]) -> None:  # called from the first epoch on, once per_epoch and start are set below
         gains = {} if plan.references is None else val_gain_metrics(
             directions, {t: metrics.get(val_key(t), float("nan")) for t in directions}, plan.references, plan.groups or {})
         report({**metrics, **gains, **per_epoch})
@@ -132,13 +114,13 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
             raise TrialTimeout(f"trial exceeded training.max_trial_seconds={plan.max_trial_seconds:g}: "
                                f"{elapsed:.2f}s after epoch {metrics.get('epoch')}")
 
-    trainer = Trainer(
-        dataset,
-        TrainConfig(epochs=plan.epochs, patience=plan.patience, seed=seed, device=device, affinity_every=plan.affinity_every,
-                    **parts.training),
-        weighting,
-        report=report_epoch,
-    )
+    model, trainer = set_up_trial(dataset, plan.strategies[parts.strategy], plan.backbone_kind, parts, plan.weightings[parts.weighting],
+                                  epochs=plan.epochs, patience=plan.patience, seed=trial_seed(plan.seed, parts.number, parts.repeat),
+                                  device=device, report=report_epoch, affinity_every=plan.affinity_every)
+    # Every report must carry every objective Tune's searcher watches (the Pareto scheduler's
+    # rungs read them): latency is only measured at the end, so epochs carry a NaN latency.
+    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
+    start = time.perf_counter()
     model = plan.strategies[parts.strategy].fit(model, trainer)
     train_seconds = time.perf_counter() - start
 
