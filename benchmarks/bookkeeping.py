@@ -21,14 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from mtl_search.record import Objective, TrialRecord
 from mtl_search.results import pareto
-from mtl_search.results.metrics import Objective
-from mtl_search.results.records import (
-    LiveFront,
-    TrialRecord,
-    hypervolume_history,
-    mark_front,
-)
+from mtl_search.results.records import LiveFront, hypervolume_history, mark_front
 
 FULL = {"trials": [10, 100, 1000], "objectives": [2, 4, 8, 12], "old_cells": [(10, 2), (100, 2), (10, 4)]}
 QUICK = {"trials": [10, 30], "objectives": [2, 4], "old_cells": [(10, 2)]}

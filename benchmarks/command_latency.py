@@ -37,8 +37,8 @@ HEAVY = ("torch", "ray", "mlflow", "optuna", "matplotlib")
 SPACE = "data: {dataset: synthetic_correlated, options: {samples: 400}}\nstrategies: {hard_sharing: {}, mmoe: {}}\n"
 STORE_SCRIPT = """
 import json, sys
-from mtl_search.results.metrics import Objective
-from mtl_search.results.tracking import Tracker
+from mtl_search.record import Objective
+from mtl_search.results.search_run import Tracker
 uri = sys.argv[1]
 tracker = Tracker(uri, "demo")
 objectives = [Objective("y1", "val/y1", "min"), Objective("y2", "val/y2", "min")]

@@ -119,7 +119,7 @@ def run_references_in_process(space: Any) -> tuple[dict[str, dict[str, float]], 
     """
     import optuna
 
-    from mtl_search.results.metrics import TEST, val_key
+    from mtl_search.record import TEST, val_key
     from mtl_search.search.plan import ReferenceSpace, make_trial_plan
     from mtl_search.search.run import prepare
     from mtl_search.search.trial import train_trial

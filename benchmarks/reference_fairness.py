@@ -99,7 +99,8 @@ def _fixed_references(raw: dict) -> tuple[dict, dict[str, str]]:
 
 
 def _delta_m(trial: Any, references: dict, directions: dict[str, str]) -> float:
-    from mtl_search.results.metrics import DELTA_M, gain_metrics
+    from mtl_search.record import DELTA_M
+    from mtl_search.results.metrics import gain_metrics
 
     return gain_metrics(directions, trial.val, trial.test, references)[DELTA_M]
 

@@ -104,7 +104,7 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
     import optuna
     import ray
 
-    from mtl_search.results.tracking import Tracker
+    from mtl_search.results.search_run import Tracker
     from mtl_search.search.run import ensure_ray, state_dir
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -30,11 +30,11 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ACTIVATIONS", "ResidualBlock", "ResidualConvBlock", "ResidualMLPBlock", "StackedLinear", "StackedMLP",
                      "conv_layer", "forward_with_intermediate", "make_norm", "make_tower", "mlp_layer"), ".nn.layers"),
     **dict.fromkeys(("MultiTaskModel", "SharingMap", "copy_state", "count_parameters", "task_losses"), ".nn.model"),
-    "Objective": ".results.metrics",
+    **dict.fromkeys(("Objective", "TrialRecord"), ".record"),
     **dict.fromkeys(("Pick", "pick"), ".results.pick"),
-    **dict.fromkeys(("SearchRecord", "TrialRecord"), ".results.records"),
+    "SearchRecord": ".results.records",
     **dict.fromkeys(("load_model", "predict"), ".results.saved_models"),
-    "load_search": ".results.tracking",
+    "load_search": ".results.load",
     "Strategy": ".strategy",
     **dict.fromkeys(("Evaluation", "TrainConfig", "Trainer"), ".training.trainer"),
     "Weighting": ".training.weighting",
@@ -86,11 +86,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         count_parameters,
         task_losses,
     )
-    from .results.metrics import Objective  # noqa: F401
+    from .record import Objective, TrialRecord  # noqa: F401
+    from .results.load import load_search  # noqa: F401
     from .results.pick import Pick, pick  # noqa: F401
-    from .results.records import SearchRecord, TrialRecord  # noqa: F401
+    from .results.records import SearchRecord  # noqa: F401
     from .results.saved_models import load_model, predict  # noqa: F401
-    from .results.tracking import load_search  # noqa: F401
     from .strategy import Strategy  # noqa: F401
     from .training.trainer import Evaluation, TrainConfig, Trainer  # noqa: F401
     from .training.weighting import Weighting  # noqa: F401

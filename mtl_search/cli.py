@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_ray_auth_notice(connecting=bool(args.address or space.ray.address))
     from .results.records import final_summary
     from .results.review import review_url
-    from .results.tracking import resolve_tracking_uri
+    from .results.store import resolve_tracking_uri
     from .search.run import RunOptions, run_search, state_dir
 
     log = send_library_logs_to_file(state_dir(resolve_tracking_uri(args.tracking_uri or space.tracking_uri)))
@@ -202,6 +202,7 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .results.load import load_search
     from .results.records import (
         best_per_strategy,
         family_record,
@@ -212,7 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         trial_table,
     )
     from .results.review import csv_text
-    from .results.tracking import load_search, require_store, resolve_tracking_uri
+    from .results.store import require_store, resolve_tracking_uri
 
     record = load_search(require_store(resolve_tracking_uri(args.tracking_uri)), args.experiment)
     if args.family:
@@ -238,8 +239,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
+    from .results.load import load_search
     from .results.pick import parse_assignments, pick, pick_line
-    from .results.tracking import load_search, require_store, resolve_tracking_uri
+    from .results.store import require_store, resolve_tracking_uri
 
     weights = parse_assignments(args.weights, "--weights") if args.weights else None
     bounds = {option: {k: v for text in texts for k, v in parse_assignments(text, option).items()}
@@ -253,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .console import quiet_artifact_downloads
     from .results.review import csv_text
     from .results.saved_models import load_model, prediction_rows, read_inputs
-    from .results.tracking import require_store, resolve_tracking_uri
+    from .results.store import require_store, resolve_tracking_uri
 
     quiet_artifact_downloads()
     model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
@@ -273,7 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from .console import quiet_artifact_downloads
     from .results.pyfunc import register_model
-    from .results.tracking import require_store, resolve_tracking_uri
+    from .results.store import require_store, resolve_tracking_uri
 
     quiet_artifact_downloads()
     uri = require_store(resolve_tracking_uri(args.tracking_uri))
@@ -287,7 +289,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .console import quiet_artifact_downloads
     from .results.export import export_model
     from .results.saved_models import load_model
-    from .results.tracking import require_store, resolve_tracking_uri
+    from .results.store import require_store, resolve_tracking_uri
 
     quiet_artifact_downloads()
     model = load_model(args.run_id, require_store(resolve_tracking_uri(args.tracking_uri)))
@@ -307,12 +309,9 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from .results.load import latest_search_run
     from .results.review import review_url
-    from .results.tracking import (
-        latest_search_run,
-        require_store,
-        resolve_tracking_uri,
-    )
+    from .results.store import require_store, resolve_tracking_uri
     from .results.ui_server import APP_NAME
 
     uri = require_store(resolve_tracking_uri(args.tracking_uri))

@@ -243,7 +243,7 @@ def test_paper_defaults_and_space_overrides(tmp_path, capsys):
 def test_adashare_space_runs_against_hard_sharing(ray_session, workdir, capsys):
     from mlflow.tracking import MlflowClient
 
-    from mtl_search.results.tracking import default_tracking_uri
+    from mtl_search.results.store import default_tracking_uri
 
     space = one_reference_trial(Path(__file__).resolve().parents[1] / "search_spaces" / "adashare.yaml", workdir)
     assert main(["run", str(space)]) == 0

@@ -381,7 +381,7 @@ def test_pareto_early_stopping_replays_a_search_on_workers_and_frees_a_worker_at
 
 def test_pareto_early_stopping_counts_the_front_members_a_rule_stopped():
     from benchmarks.pareto_early_stopping import Stream, measure
-    from mtl_search.results.metrics import Objective
+    from mtl_search.record import Objective
 
     def stream(number: int, a: float, b: float) -> Stream:
         # epochs 1..8 at 1 s each; the trainer's score: 1 at epoch 1, then the mean val loss over its first-epoch value

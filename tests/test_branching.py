@@ -222,7 +222,7 @@ def test_validate_accepts_the_groups_output_pasted_as_a_partition(tmp_path, caps
 
 def test_a_trial_records_its_canonical_tree_as_a_tag_and_the_task_affinity_map(tmp_path):
     from benchmarks.common import run_trials_in_process
-    from mtl_search.results.tracking import Tracker
+    from mtl_search.results.search_run import Tracker
     from mtl_search.search.space import load_space
 
     path = tiny_space(tmp_path, strategies="  branching: {tower_width: 4}", trials=2)
@@ -247,7 +247,7 @@ def test_branching_space_runs_and_records_trees_and_affinity(ray_session, workdi
 
     from mlflow.tracking import MlflowClient
 
-    from mtl_search.results.tracking import default_tracking_uri
+    from mtl_search.results.store import default_tracking_uri
 
     space = one_reference_trial(Path(__file__).resolve().parents[1] / "search_spaces" / "branching.yaml", workdir)
     assert main(["run", str(space), "--trials", "5"]) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mtl_search.cli import main
-from mtl_search.results.metrics import Objective
+from mtl_search.record import Objective
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ray", "mlflow", "optuna", "matplotlib")
@@ -76,7 +76,8 @@ def test_validate_imports_neither_ray_nor_mlflow(tmp_path):
 
 def _store(tmp_path: Path) -> str:
     """A store holding one search of two trials (written with MLflow directly: no search is run)."""
-    from mtl_search.results.tracking import PARETO, TASK_METRICS, Tracker
+    from mtl_search.record import PARETO, TASK_METRICS
+    from mtl_search.results.search_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     tracker = Tracker(uri, "demo")

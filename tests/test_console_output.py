@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from mtl_search.results.metrics import Objective
+from mtl_search.record import Objective, TrialRecord
 from mtl_search.results.records import (
     SearchRecord,
-    TrialRecord,
     best_per_strategy,
     error_summary,
     final_summary,
@@ -93,7 +92,7 @@ def test_a_failed_trial_line_shows_the_last_error_line_without_colour_codes_and_
 
 def test_mlflow_database_setup_lines_go_to_the_log_file_not_the_console(tmp_path, capfd):
     from mtl_search.console import QUIET_LOGGERS, send_library_logs_to_file
-    from mtl_search.results.tracking import Tracker
+    from mtl_search.results.search_run import Tracker
 
     saved = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate, list(logging.getLogger(name).handlers))
              for name in QUIET_LOGGERS}

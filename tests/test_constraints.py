@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from mtl_search import SpaceError, TrialRecord
+from mtl_search.record import Objective
 from mtl_search.registry import load_registry
 from mtl_search.results.constraints import parse_constraints
-from mtl_search.results.metrics import Objective
 from mtl_search.results.records import (
     SearchRecord,
     family_record,

@@ -19,8 +19,8 @@ import torch
 from mtl_search.cli import main
 from mtl_search.errors import MtlSearchError
 from mtl_search.registry import DISABLE_ENV, load_registry
-from mtl_search.results.pyfunc import global_tracking_uri, log_pyfunc_model, model_inputs
 from mtl_search.results.export import export_model
+from mtl_search.results.pyfunc import global_tracking_uri, log_pyfunc_model, model_inputs
 from mtl_search.results.saved_models import MODEL_ARTIFACT, load_model, predict, prediction_rows, read_inputs, save_model
 from mtl_search.testing import train_table_model
 
@@ -273,7 +273,8 @@ def test_front_models_are_logged_once_and_a_model_that_cannot_be_is_a_tag_not_a_
 
     from mlflow.tracking import MlflowClient
 
-    from mtl_search.results.pyfunc import PYFUNC_ERROR_TAG, log_front_models
+    from mtl_search.record import PYFUNC_ERROR
+    from mtl_search.results.pyfunc import log_front_models
 
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name("deploy").experiment_id
@@ -288,5 +289,5 @@ def test_front_models_are_logged_once_and_a_model_that_cannot_be_is_a_tag_not_a_
     log_front_models(store["uri"], SimpleNamespace(trials=[trial(done, store["saved"]["hard_sharing"]), trial(fresh, broken)]))
     models = client.search_logged_models([experiment], filter_string="name = 'model'")
     assert sum(m.source_run_id == done for m in models) == 1 and not any(m.source_run_id == fresh for m in models)
-    assert "JSONDecodeError" in client.get_run(fresh).data.tags[PYFUNC_ERROR_TAG]
+    assert "JSONDecodeError" in client.get_run(fresh).data.tags[PYFUNC_ERROR]
     assert f"no MLflow pyfunc model for run {fresh}" in capsys.readouterr().err

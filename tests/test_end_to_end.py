@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_space
 
 from mtl_search.cli import main
-from mtl_search.results.tracking import default_tracking_uri
+from mtl_search.results.store import default_tracking_uri
 
 
 def test_run_report_and_mlflow_layout(ray_session, workdir, capsys):
@@ -59,7 +59,6 @@ def test_run_report_and_mlflow_layout(ray_session, workdir, capsys):
     assert {"sharing_map.json", "sharing_map.png"} <= child_artifacts
     pareto_child = next(c for c in children if c.data.tags["mtl_search.pareto"] == "true")
     import mlflow
-
     from mtl_search.results.pyfunc import global_tracking_uri
     from mtl_search.results.saved_models import load_model, prediction_rows
 

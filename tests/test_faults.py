@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from mtl_search.cli import main
 from mtl_search.knobs import Choice
-from mtl_search.results.tracking import default_tracking_uri
+from mtl_search.results.store import default_tracking_uri
 from mtl_search.search.run import RunOptions, run_search
 from mtl_search.search.space import load_space
 
@@ -165,7 +165,7 @@ def test_same_seed_same_configurations_and_metrics(ray_session, workdir):
 
 
 def test_a_failing_tracking_write_is_reported_and_the_later_writes_still_run_in_order():
-    from mtl_search.results.tracking import BackgroundWriter
+    from mtl_search.results.trial_runs import BackgroundWriter
 
     done, warnings = [], []
     release = threading.Event()

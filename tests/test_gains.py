@@ -2,21 +2,16 @@
 from __future__ import annotations
 
 import json
-
 import math
 
 import pytest
 import yaml
 
 from mtl_search.data.problem import Problem, Task
-from mtl_search.results import metrics
-from mtl_search.results.metrics import Objective, gain_metrics, relative_gain
-from mtl_search.results.records import (
-    SearchRecord,
-    TrialRecord,
-    format_table,
-    trial_table,
-)
+from mtl_search.record import Objective, TrialRecord
+from mtl_search import record
+from mtl_search.results.metrics import gain_metrics, relative_gain
+from mtl_search.results.records import SearchRecord, format_table, trial_table
 from mtl_search.search.space import parse_space, resolve_objectives
 
 # a: mse (lower is better), b: accuracy (higher is better), c: auc (higher is better)
@@ -47,8 +42,8 @@ def test_a_missing_metric_or_zero_reference_gives_no_gain_and_no_delta_m():
 
 def _trial(number: int, val: dict[str, float]) -> TrialRecord:
     out = gain_metrics(DIRECTIONS, val, val, REFERENCES)
-    gains = {k[len(metrics.GAIN):]: v for k, v in out.items() if k.startswith(metrics.GAIN)}
-    figures = {k: v for k, v in out.items() if metrics.is_trial_figure(k)}
+    gains = {k[len(record.GAIN):]: v for k, v in out.items() if k.startswith(record.GAIN)}
+    figures = {k: v for k, v in out.items() if record.is_trial_figure(k)}
     return TrialRecord(number, f"r{number}", "hard_sharing", {}, "finished", val=val, metrics=figures, gains=gains)
 
 
@@ -94,7 +89,7 @@ def test_searched_references_are_trials_of_their_own_and_every_gain_is_against_t
     from mlflow.tracking import MlflowClient
 
     from mtl_search.cli import main
-    from mtl_search.results.tracking import default_tracking_uri
+    from mtl_search.results.store import default_tracking_uri
 
     space = tiny_space(workdir, strategies="  hard_sharing: {}", trials=2, experiment="gains",
                        extra="  objectives: [delta_m, worst_gain]\n  repeats: 2\nbaseline: {trials: 2, backbone: {width: 8}}\n")
@@ -143,7 +138,7 @@ def test_searched_references_are_trials_of_their_own_and_every_gain_is_against_t
             below = any(s["significant"] and s["mean"] < 0 for key, s in trial["noise"].items() if key.startswith("gain/"))
         else:
             below = min(trial["gains"].values()) < 0
-        assert run.data.tags[metrics.NEGATIVE_TRANSFER_TAG] == ("true" if below else "false") and trial["negative_transfer"] == below
+        assert run.data.tags[record.NEGATIVE_TRANSFER] == ("true" if below else "false") and trial["negative_transfer"] == below
 
 
 def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_groups():
@@ -161,7 +156,7 @@ def test_synthetic_groups_have_the_asked_relatedness_within_and_none_across_grou
 
 def test_the_search_description_shows_delta_m_and_negative_transfer_on_the_front():
     from mtl_search.results.records import mark_front
-    from mtl_search.results.tracking import summary_markdown
+    from mtl_search.results.review import summary_markdown
 
     trials = [_trial(0, {"a": 1.9, "b": 0.81, "c": 0.71}), _trial(1, {"a": 1.0, "b": 0.79, "c": 0.90})]
     objectives = [Objective("delta_m", "delta_m", "max"), Objective("worst_gain", "worst_gain", "max")]
@@ -176,8 +171,8 @@ def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_p
     from conftest import tiny_space
 
     from mtl_search.knobs import Choice, Float, Int
-    from mtl_search.results.metrics import Objective as Obj
-    from mtl_search.results.tracking import Tracker
+    from mtl_search.record import Objective as Obj
+    from mtl_search.results.search_run import Tracker
     from mtl_search.search.references import (
         fixed_references,
         midpoint,

@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import tiny_space
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
@@ -13,8 +14,6 @@ from mtl_search.search import gbdt as gbdt_module
 from mtl_search.search.gbdt import GBDT_SETTINGS, train_gbdt
 from mtl_search.search.prepare import prepare
 from mtl_search.search.space import load_space
-
-from conftest import tiny_space
 
 ROWS = 300
 SPACE = """
@@ -126,8 +125,8 @@ def test_gbdt_on_a_data_set_that_is_not_a_table_is_refused(tmp_path, capsys):
 
 
 def test_each_trial_gains_over_the_gbdt_row_in_json_tables_and_summary():
-    from mtl_search.results.metrics import Objective
-    from mtl_search.results.records import SearchRecord, TrialRecord, final_summary, format_table, gbdt_row, trial_table
+    from mtl_search.record import Objective, TrialRecord
+    from mtl_search.results.records import SearchRecord, final_summary, format_table, gbdt_row, trial_table
 
     trial = TrialRecord(0, "run0", "mmoe", {}, "finished", val={"r": 0.5, "b": 0.9}, test={"r": 0.8, "b": 0.6}, pareto=True)
     failed = TrialRecord(1, "run1", "mmoe", {}, "failed")

@@ -7,14 +7,9 @@ import numpy as np
 import pareto_oracle as oracle
 import pytest
 
+from mtl_search.record import Objective, TrialRecord
 from mtl_search.results import pareto
-from mtl_search.results.metrics import Objective
-from mtl_search.results.records import (
-    LiveFront,
-    TrialRecord,
-    hypervolume_history,
-    mark_front,
-)
+from mtl_search.results.records import LiveFront, hypervolume_history, mark_front
 
 
 def test_front_with_mixed_directions():

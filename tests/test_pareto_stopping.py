@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from mtl_search.results.metrics import Objective, gain_metrics, val_gain_metrics
+from mtl_search.record import Objective
+from mtl_search.results.metrics import gain_metrics, val_gain_metrics
 from mtl_search.search.pareto_stopping import ParetoSuccessiveHalving, crowding_distance, promoted, rung_levels, rung_ranking
 from mtl_search.search.plan import make_scheduler
 

@@ -9,9 +9,9 @@ import pytest
 import mtl_search
 from mtl_search.cli import main
 from mtl_search.errors import MtlSearchError
-from mtl_search.results.metrics import Objective
+from mtl_search.record import Objective, TrialRecord
 from mtl_search.results.pick import knee_distances, parse_assignments, pick
-from mtl_search.results.records import SearchRecord, TrialRecord
+from mtl_search.results.records import SearchRecord
 
 OBJECTIVES = [Objective("y1", "val/y1", "min"), Objective("y2", "val/y2", "min")]
 # the convex front f2 = (1 - sqrt(f1))^2 on [0, 1]: its knee, the largest 1 - f1 - f2, is at sqrt(f1) = 1/2
@@ -105,7 +105,8 @@ def _store(tmp_path) -> str:
     """A store holding one search whose front is FRONT (written with MLflow directly: no search is run)."""
     from mlflow.entities import Metric, RunTag
 
-    from mtl_search.results.tracking import PARETO, TASK_METRICS, Tracker
+    from mtl_search.record import PARETO, TASK_METRICS
+    from mtl_search.results.search_run import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "demo")

@@ -10,7 +10,7 @@ import pytest
 
 from mtl_search.errors import PluginError
 from mtl_search.registry import load_registry
-from mtl_search.results.tracking import default_tracking_uri
+from mtl_search.results.store import default_tracking_uri
 
 PLUGIN_SOURCE = '''
 import torch

@@ -15,7 +15,7 @@ from conftest import tiny_space
 from mtl_search.data.dataset import Dataset, Split
 from mtl_search.data.problem import Problem, Task
 from mtl_search.errors import MtlSearchError, SpaceError
-from mtl_search.results.records import TrialRecord
+from mtl_search.record import TrialRecord
 from mtl_search.search.references import best_references, task_dataset
 from mtl_search.search.space import load_space, parse_space
 from mtl_search.search.tune import ReferenceSearcher
@@ -130,7 +130,7 @@ def _kill_and_resume(workdir, space, point: str) -> dict:
 def test_a_killed_reference_trial_is_resumed_without_loss_or_repeat(ray_session, workdir, point):
     from mlflow.tracking import MlflowClient
 
-    from mtl_search.results.tracking import default_tracking_uri
+    from mtl_search.results.store import default_tracking_uri
 
     space = tiny_space(workdir, strategies="  hard_sharing: {}", trials=2, extra="baseline: {trials: 2}\n")
     report = _kill_and_resume(workdir, space, point)
@@ -190,7 +190,7 @@ def test_repeat_r_of_a_trial_is_compared_with_repeat_r_of_each_reference_and_neg
     assert noise["test_delta_m"].n == 3
     worse = TrialRecord(4, "w", "mmoe", {}, "finished", gains={"a": -3.0, "b": 2.0})
     assert worse.negative_transfer  # one run: any negative gain
-    from mtl_search.results.metrics import Spread
+    from mtl_search.record import Spread
 
     worse.noise = {"gain/a": Spread(-3.0, 5.0, 3, False), "gain/b": Spread(2.0, 0.1, 3, True)}
     assert not worse.negative_transfer  # with repeats: only a gain significantly below 0

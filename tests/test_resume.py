@@ -21,7 +21,7 @@ from conftest import tiny_space
 from mlflow.tracking import MlflowClient
 
 from mtl_search.cli import main
-from mtl_search.results.tracking import default_tracking_uri
+from mtl_search.results.store import default_tracking_uri
 
 TRIALS = 4
 

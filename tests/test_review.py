@@ -24,23 +24,17 @@ from conftest import tiny_space
 from mtl_search import load_model, predict
 from mtl_search.cli import main
 from mtl_search.errors import MtlSearchError
+from mtl_search.record import Objective, TrialRecord
 from mtl_search.registry import load_registry
-from mtl_search.results.metrics import Objective
 from mtl_search.results.plots import (
     front_plotly,
     front_png,
     fronts_per_family,
     trials_by_family,
 )
-from mtl_search.results.records import (
-    SearchRecord,
-    TrialRecord,
-    family_record,
-    mark_front,
-)
-from mtl_search.results.review import front_data, runs_table_view
+from mtl_search.results.records import SearchRecord, family_record, mark_front
+from mtl_search.results.review import front_data, runs_table_view, summary_markdown
 from mtl_search.results.saved_models import load_model_dir, read_numeric_csv, save_model
-from mtl_search.results.tracking import summary_markdown
 
 OBJECTIVES = [Objective("a", "val/a", "min"), Objective("b", "val/b", "min")]
 

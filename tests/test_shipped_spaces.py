@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mtl_search.cli import main
-from mtl_search.results.tracking import default_tracking_uri
+from mtl_search.results.store import default_tracking_uri
 from mtl_search.search.run import RunOptions, run_search
 from mtl_search.search.space import load_space
 

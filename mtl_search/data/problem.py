@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpaceError, did_you_mean
-from ..results.metrics import METRIC_DIRECTIONS
+from ..record import METRIC_DIRECTIONS
 from .features import TableFeatures
 
 KINDS = ("regression", "binary", "multiclass")

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SpaceError, did_you_mean
+from ..record import LATENCY, PARAMS, val_key
 
 OPERATORS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
-COST_NAMES = ("params", "latency")
+COST_NAMES = (PARAMS, LATENCY)
 _CONDITION = re.compile(r"^\s*(>=|<=|>|<)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 
@@ -108,7 +109,7 @@ def constraint_values(constraints: list[Constraint], result: dict[str, Any]) -> 
     """
     values = []
     for c in constraints:
-        value = result.get(c.name if c.name in COST_NAMES else f"val/{c.name}")
+        value = result.get(c.name if c.name in COST_NAMES else val_key(c.name))
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             values.append(1.0)
         else:

@@ -1,7 +1,6 @@
-"""The names of every figure a trial reports and records, the typed objectives, and the gains over single-task references.
+"""The gains over single-task references, and the spread of a figure over repeated seeds.
 
-This module owns the metric names: the workers' results, the trial records, MLflow and
-the tables all read them from here.
+The names the figures travel under are :mod:`mtl_search.record`'s.
 
 Gains (Maninis et al. 2019, "Attentive single-tasking of multiple tasks", CVPR; as in
 LibMTL): task t's relative gain over its single-task reference is
@@ -26,67 +25,9 @@ With repeats, negative transfer is flagged only for a task whose gain is signifi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
-VAL = "val/"  # per-task validation metric: val/<task>
-TEST = "test/"  # per-task test metric: test/<task>
-GAIN = "gain/"  # per-task validation gain over the reference, percent: gain/<task>
-TEST_GAIN = "test_gain/"  # the same on the test split
-GROUP = "group/"  # a group objective's mean validation gain: group/<name>
-DELTA_M = "delta_m"
-WORST_GAIN = "worst_gain"
-TEST_DELTA_M = "test_delta_m"
-TEST_WORST_GAIN = "test_worst_gain"
-PARAMS = "params"
-LATENCY = "latency"
-TRAIN_SECONDS = "train_seconds"
-COST_METRICS = (PARAMS, LATENCY, TRAIN_SECONDS)  # a trial's final figures besides per-task metrics
-COST_OBJECTIVES = {PARAMS: "min", LATENCY: "min"}
-GAIN_SUMMARIES = (DELTA_M, WORST_GAIN, TEST_DELTA_M, TEST_WORST_GAIN)
-GAIN_OBJECTIVES = (DELTA_M, WORST_GAIN)
-REFERENCE = "reference/"  # the search run's reference metrics: reference/val/<task>, reference/test/<task>
-NEGATIVE_TRANSFER_TAG = "mtl_search.negative_transfer"
-GBDT = "gbdt/"  # the search run's GBDT comparison row: gbdt/val/<task>, gbdt/test/<task>, gbdt/seconds
-GBDT_GAIN = "gbdt_gain/"  # a trial's validation gain over the GBDT row, percent, per task (report columns)
-METRIC_DIRECTIONS = {"mse": "min", "mae": "min", "logloss": "min", "auc": "max", "accuracy": "max"}  # every task metric's direction
-
-
-def val_key(task: str) -> str:
-    return VAL + task
-
-
-def test_key(task: str) -> str:
-    return TEST + task
-
-
-def gain_key(task: str) -> str:
-    return GAIN + task
-
-
-def group_key(name: str) -> str:
-    return GROUP + name
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A search objective: its name, the result key it reads and its direction; ``tasks`` for a group's mean gain."""
-
-    name: str
-    key: str
-    direction: str
-    tasks: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """The form MLflow stores (the search run's ``mtl_search.objectives`` tag)."""
-        data: dict[str, Any] = {"name": self.name, "key": self.key, "direction": self.direction}
-        if self.tasks:
-            data["tasks"] = list(self.tasks)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Objective":
-        return cls(str(data["name"]), str(data["key"]), str(data["direction"]), tuple(data.get("tasks", ())))
+from ..record import DELTA_M, GAIN, TEST_DELTA_M, TEST_GAIN, TEST_WORST_GAIN, WORST_GAIN, Spread, group_key
 
 
 def relative_gain(value: float, reference: float, direction: str) -> float:
@@ -134,29 +75,6 @@ def gain_metrics(directions: Mapping[str, str], val: Mapping[str, float], test: 
     return out
 
 
-def is_gain_key(key: str) -> bool:
-    """A key :func:`gain_metrics` writes."""
-    return key.startswith((GAIN, TEST_GAIN, GROUP)) or key in GAIN_SUMMARIES
-
-
-def is_trial_figure(key: str) -> bool:
-    """A final per-trial figure that a TrialRecord keeps in ``metrics`` (costs, Δm, worst gain, groups)."""
-    return key in COST_METRICS or key in GAIN_SUMMARIES or key.startswith(GROUP)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Values of one figure over repeated seeds: their mean, sample standard deviation, count, and whether the mean is beyond noise."""
-
-    mean: float
-    std: float
-    n: int
-    significant: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "significant": self.significant}
-
-
 SIGNIFICANCE_LEVEL = 0.05  # two-sided
 
 
@@ -194,8 +112,3 @@ def repeat_gains(directions: Mapping[str, str], trial_runs: list[Mapping[str, fl
             out[t].append(g)
         out[DELTA_M].append(_summaries(gains)[0])
     return out
-
-
-def negative_transfer(gains: Mapping[str, float]) -> bool:
-    """True when some task is worse than its single-task reference (a negative gain)."""
-    return any(math.isfinite(g) and g < 0 for g in gains.values())

@@ -26,8 +26,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import MtlSearchError
-from .metrics import COST_METRICS, Objective, val_key
-from .records import SearchRecord, TrialRecord, format_value, metric_label
+from ..record import COST_METRICS, Objective, TrialRecord, val_key
+from .records import SearchRecord, format_value, metric_label
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import mlflow
 import numpy as np
 import pandas as pd
 
+import mlflow
+
 from ..data.problem import Problem
 from ..errors import MtlSearchError
+from ..record import PYFUNC_ERROR
 from .saved_models import (
     CONFIG_FILE,
     MODEL_ARTIFACT,
@@ -45,7 +47,6 @@ from .saved_models import (
 REQUIRES_FILE = "requires.json"  # what loading needs: strategy, backbone kind, their plugins and distributions
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 DISTRIBUTION = "mtl-search"
-PYFUNC_ERROR_TAG = "mtl_search.pyfunc_error"  # on a front trial whose pyfunc model could not be logged
 
 
 class FrontModel(mlflow.pyfunc.PythonModel):
@@ -210,7 +211,7 @@ def log_front_models(tracking_uri: str, record: Any, registry: Any = None) -> No
             log_pyfunc_model(tracking_uri, trial.run_id, trial.checkpoint, registry)
         except Exception as exc:  # a plugin's model that fails on the input example
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            client.set_tag(trial.run_id, PYFUNC_ERROR_TAG, reason)
+            client.set_tag(trial.run_id, PYFUNC_ERROR, reason)
             print(f"warning: no MLflow pyfunc model for run {trial.run_id} ({reason}); `mtl-search predict` still uses its model folder\n"
                   f"{traceback.format_exc()}", file=sys.stderr)
 

@@ -7,26 +7,25 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, STRATEGY_KEY
-from . import pareto
-from .metrics import (
+from ..record import (
     COST_METRICS,
     DELTA_M,
+    EPOCH,
     GAIN,
     GBDT_GAIN,
     GROUP,
     METRIC_DIRECTIONS,
     TEST,
+    TEST_DELTA_M,
     TEST_GAIN,
     VAL,
     WORST_GAIN,
-    TEST_DELTA_M,
     Objective,
     Spread,
-    negative_transfer,
-    relative_gain,
-    repeat_gains,
-    spread,
+    TrialRecord,
 )
+from . import pareto
+from .metrics import relative_gain, repeat_gains, spread
 
 SIGNIFICANT_DIGITS = 4  # every value printed for a user: the same number of significant digits
 
@@ -54,89 +53,6 @@ def column_label(column: str, task_metrics: dict[str, str] | None = None) -> str
     return column
 
 
-def reference_run_name(task: str, number: int) -> str:
-    """The MLflow run name of task ``task``'s single-task reference trial ``number``."""
-    return f"reference-{task}-{number:03d}"
-
-
-def trial_run_name(number: int, strategy: str) -> str:
-    """The name of a trial's MLflow run, e.g. ``trial-007-mmoe``."""
-    return f"trial-{number:03d}-{strategy}"
-
-
-@dataclass
-class TrialRecord:
-    """One trial as recorded: configuration, status, per-task val/test metrics, the other final figures."""
-
-    number: int
-    run_id: str
-    strategy: str
-    params: dict[str, Any]
-    status: str  # finished | failed | stopped (ended early by the scheduler or a cancel) | killed (by a crash)
-    val: dict[str, float] = field(default_factory=dict)
-    test: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # costs, delta_m, worst_gain, group/<name> (metrics.is_trial_figure)
-    gains: dict[str, float] = field(default_factory=dict)  # per task: validation gain over its single-task reference, percent
-    test_gains: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    checkpoint: str | None = None
-    pareto: bool = False
-    family: str = ""
-    placement: dict[str, str] = field(default_factory=dict)  # device and Ray node id where it ran
-    violations: list[str] | None = None  # the search.constraints it violates (empty: feasible); None: no constraints
-    reference_task: str | None = None  # a single-task reference trial's task (None: a multi-task trial)
-    repeat_of: str | None = None  # a repeat (search.repeats): the run id of the trial it trains again with another seed
-    repeat: int = 0  # a repeat's seed index, 1, 2, ...
-    noise: dict[str, Spread] = field(default_factory=dict)  # a repeated front trial: gain/<task>, delta_m, test_... over its seeds
-
-    @property
-    def role(self) -> str:
-        """``trial`` (a multi-task trial), ``reference`` (a single-task reference trial) or ``repeat`` (either, with another seed)."""
-        return "repeat" if self.repeat_of is not None else "reference" if self.reference_task is not None else "trial"
-
-    @property
-    def run_name(self) -> str:
-        """The child run's name in MLflow (what the plots label front points with)."""
-        if self.reference_task is not None:
-            return reference_run_name(self.reference_task, self.number)
-        return trial_run_name(self.number, self.strategy)
-
-    @property
-    def negative_transfer(self) -> bool:
-        """Some task is worse than its single-task reference on validation; with repeats, significantly worse."""
-        if self.noise:
-            return any(s.significant and s.mean < 0 for key, s in self.noise.items() if key.startswith(GAIN))
-        return negative_transfer(self.gains)
-
-    def value(self, key: str) -> float | None:
-        """The figure a result key names (``val/<task>``, ``test/<task>``, ``gain/<task>``, ``delta_m``, ``params``, ...)."""
-        for prefix, values in ((VAL, self.val), (TEST, self.test), (GAIN, self.gains), (TEST_GAIN, self.test_gains)):
-            if key.startswith(prefix):
-                return values.get(key[len(prefix):])
-        return self.metrics.get(key)
-
-    def objective_values(self, objectives: list[Objective]) -> list[float] | None:
-        """Values of the objectives, or None when the trial has no finite value for one of them."""
-        values = []
-        for obj in objectives:
-            value = self.value(obj.key)
-            if value is None or not math.isfinite(value):
-                return None
-            values.append(float(value))
-        return values
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"number": self.number, "run_id": self.run_id, "strategy": self.strategy, "family": self.family,
-                "params": self.params, "status": self.status, "val": self.val, "test": self.test, "pareto": self.pareto,
-                "metrics": self.metrics, "error": self.error, **self.placement,
-                **({"feasible": not self.violations, "violations": self.violations} if self.violations is not None else {})}
-        if self.gains:
-            data.update({"gains": self.gains, "test_gains": self.test_gains, "negative_transfer": self.negative_transfer})
-        if self.noise:
-            data["noise"] = {key: s.to_json() for key, s in self.noise.items()}
-        return data
-
-
 @dataclass
 class SearchRecord:
     """A search: its objectives, trials, front, hypervolume and reference point, and the single-task references' metrics."""
@@ -152,6 +68,7 @@ class SearchRecord:
     task_metrics: dict[str, str] = field(default_factory=dict)  # task -> the metric of its val/test values (mse, auc ...)
     references: dict[str, dict[str, float]] | None = None  # {"val": {task: metric}, "test": {...}}
     reference_trials: list[TrialRecord] = field(default_factory=list)  # the searched references' trials (baseline mode search)
+    reference_runs: dict[str, str] = field(default_factory=dict)  # task -> the run id of its chosen reference trial
     repeats: list[TrialRecord] = field(default_factory=list)  # the front trials and chosen references trained again (search.repeats)
     gbdt: dict[str, Any] | None = None  # the GBDT comparison row (search/gbdt.py): {"val": {task: m}, "test": {...}, "seconds": s}
     strategies: list[str] = field(default_factory=list)  # the space's strategies, those that got no trial too
@@ -294,8 +211,8 @@ def trial_table(record: SearchRecord, only_front: bool = False, detailed: bool =
                                "status": t.status, "pareto": t.pareto}
         if any(u.violations is not None for u in record.trials):  # the search had constraints
             row["feasible"] = None if t.violations is None else not t.violations
-        row.update({f"val/{k}": v for k, v in t.val.items()})
-        row.update({f"test/{k}": v for k, v in t.test.items()})
+        row.update({VAL + k: v for k, v in t.val.items()})
+        row.update({TEST + k: v for k, v in t.test.items()})
         if record.references:
             row.update({DELTA_M: t.metrics.get(DELTA_M), WORST_GAIN: t.metrics.get(WORST_GAIN),
                         "neg_transfer": t.negative_transfer if t.gains else None})
@@ -353,7 +270,7 @@ def gbdt_row(record: SearchRecord) -> list[dict[str, Any]]:
     if not record.gbdt:
         return []
     return [{"number": "gbdt", "strategy": "hist_gradient_boosting",
-             **{f"val/{k}": v for k, v in record.gbdt["val"].items()}, **{f"test/{k}": v for k, v in record.gbdt["test"].items()}}]
+             **{VAL + k: v for k, v in record.gbdt["val"].items()}, **{TEST + k: v for k, v in record.gbdt["test"].items()}}]
 
 
 def _short(value: Any) -> str:
@@ -414,7 +331,7 @@ def reference_table(record: SearchRecord) -> list[dict[str, Any]]:
     rows = []
     for task in record.task_metrics or sorted(record.references.get("val", {})):
         trials = [t for t in record.reference_trials if t.reference_task == task]
-        chosen = [t for t in trials if t.status == "finished" and t.val.get(task) == record.references["val"].get(task)]
+        chosen = [t for t in trials if t.run_id == record.reference_runs.get(task)]
         rows.append({"task": task, "metric": record.task_metrics.get(task, ""),
                      "val": record.references.get("val", {}).get(task), "test": record.references.get("test", {}).get(task),
                      "reference trials": f"{sum(t.status == 'finished' for t in trials)} of {len(trials)} finished" if trials else "fixed",
@@ -482,7 +399,7 @@ def epoch_line(config: dict[str, Any], result: dict[str, Any], epochs: int, task
     """The console line of a trained epoch: ``trial 2 mmoe: epoch 3 of 15 (y1 mse 0.4675, y2 mse 0.3470)``."""
     values = ", ".join(f"{metric_label(k[len(VAL):], task_metrics)} {format_value(float(v))}" for k, v in result.items()
                        if k.startswith(VAL) and isinstance(v, (int, float)) and math.isfinite(v))
-    line = f"{trial_label(config)}: epoch {result.get('epoch')} of {epochs}"
+    line = f"{trial_label(config)}: epoch {result.get(EPOCH)} of {epochs}"
     return f"{line} ({values})" if values else line
 
 

@@ -1,27 +1,44 @@
-"""What a search's parent run shows for review: front plots, tables, the runs table's default columns.
+"""What a search's parent run shows for review: front plots, tables, its summary, the runs table's default columns.
 
 Called by the tracker when a search ends; everything here reads a ``SearchRecord`` and
-writes MLflow artifacts or experiment tags, nothing else.
+writes MLflow artifacts or experiment tags (or returns the text it would write), nothing else.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
+from collections import Counter
 from typing import Any
 
+from ..record import (
+    COST_METRICS,
+    DELTA_M,
+    FAMILY,
+    NEGATIVE_TRANSFER,
+    PARAMS,
+    PARENT,
+    PARETO,
+    ROLE,
+    ROLE_TRIAL,
+    STRATEGY,
+    TEST,
+    TEST_DELTA_M,
+    VAL,
+    VIEW,
+    WORST_GAIN,
+    Objective,
+    TrialRecord,
+)
 from . import pareto
-from .metrics import COST_METRICS, DELTA_M, PARAMS, TEST, TEST_DELTA_M, VAL, WORST_GAIN
 from .records import SearchRecord, format_value, metric_label, trial_table
 
-# The runs table's view of a search, stored on its experiment as MLflow 3 stores a shared view
-# (``#/experiments/ID/runs?viewStateShareKey=mtl_search`` opens it as one); the page at
-# ``REVIEW_PATH`` on ``mtl-search ui``'s server opens it as the browser's own view (``ui_server``).
-VIEW_KEY = "mtl_search"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# The runs table's view of a search is stored on its experiment (tag ``record.VIEW``) as MLflow 3
+# stores a shared view (``#/experiments/ID/runs?viewStateShareKey=mtl_search`` opens it as one); the
+# page at ``REVIEW_PATH`` on ``mtl-search ui``'s server opens it as the browser's own view (``ui_server``).
 REVIEW_PATH = "/mtl-search/latest"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 opens such an experiment on its runs table, not the GenAI overview
+EXPERIMENT_KIND_VALUE = "custom_model_development"  # MLflow 3 opens such an experiment on its runs table, not the GenAI overview
 HEADER_CHAR_WIDTH, HEADER_PADDING = 7, 40  # pixels: a tag column wide enough for its whole name in MLflow's header font
 
 
@@ -113,13 +130,9 @@ def runs_table_view(record: SearchRecord) -> dict[str, Any]:
     Per-task gains (``gain/<task>``) are logged but not default columns: they would push the
     per-task metrics off-screen.
     """
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    from .metrics import NEGATIVE_TRANSFER_TAG
-
     tasks = sorted({k for t in record.trials for k in t.val} | {k for t in record.trials for k in t.test})
     knobs = sorted({name for t in record.trials for name in t.params if "." in name})
-    tags = ["mtl_search.pareto", "mtl_search.strategy", "mtl_search.family"] + ([NEGATIVE_TRANSFER_TAG] if record.references else [])
+    tags = [PARETO, STRATEGY, FAMILY] + ([NEGATIVE_TRANSFER] if record.references else [])
     first = [o.key for o in record.objectives] + ([DELTA_M, WORST_GAIN] if record.references else []) + [VAL + t for t in tasks]
     columns = [f"tags.`{tags[0]}`"] + [f"metrics.`{key}`" for key in dict.fromkeys(first + [PARAMS])] + [f"tags.`{tags[1]}`"]
     columns += [f"params.`{name}`" for name in knobs] + [f"tags.`{key}`" for key in tags[2:]]
@@ -129,13 +142,13 @@ def runs_table_view(record: SearchRecord) -> dict[str, Any]:
             "columnWidths": {f"tags.`{key}`": HEADER_PADDING + HEADER_CHAR_WIDTH * len(key) for key in tags},
             "groupBy": None,  # rows of their own, whatever grouping the browser had
             # its multi-task trials: the single-task reference trials and the repeats (roles reference, repeat) are left out
-            "searchFilter": f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{record.search_run_id}' and tags.`mtl_search.role` = 'trial'",
-            "orderByKey": "tags.`mtl_search.pareto`", "orderByAsc": False}
+            "searchFilter": f"tags.`{PARENT}` = '{record.search_run_id}' and tags.`{ROLE}` = '{ROLE_TRIAL}'",
+            "orderByKey": f"tags.`{PARETO}`", "orderByAsc": False}
 
 
 def set_review_view(client: Any, experiment_id: str, record: SearchRecord) -> None:
     """Store the runs table view of ``record`` on its experiment (the page at ``REVIEW_PATH`` opens it)."""
-    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_table_view(record)))
+    client.set_experiment_tag(experiment_id, VIEW, json.dumps(runs_table_view(record)))
 
 
 def review_url(base: str) -> str:
@@ -156,3 +169,59 @@ def runs_table_path(experiment_id: str, view: dict[str, Any]) -> str:
               "orderByAsc": str(view.get("orderByAsc", False)).lower()}
     query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", **facets}, quote_via=quote)
     return f"/#/experiments/{experiment_id}/runs?{query}"
+
+
+def summary_markdown(record: SearchRecord) -> str:
+    """The search run's description: trial counts by status, best value per objective, per-family best, the front."""
+    counts = Counter(t.status for t in record.trials)
+    hv = f"{record.hypervolume:.6g}" if record.hypervolume is not None else "n/a"
+    lines = [f"## Search `{record.experiment}`", "",
+             f"{len(record.trials)} trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) +
+             f"; front: {len(record.front)} trials; hypervolume: {hv}", ""]
+    if record.interrupted:
+        lines += ["**Interrupted** (Ctrl-C): `mtl-search run SPACE --resume` continues this search.", ""]
+    names = [o.name for o in record.objectives]
+    lines += ["| objective | best | trial | strategy |", "|---|---|---|---|"]
+    for obj in record.objectives:
+        best = _best(record.trials, obj)
+        if best:
+            lines.append(f"| {obj.name} ({obj.direction}) | {best[0]:.4g} | {best[1].run_name} | {best[1].strategy} |")
+    lines += ["", "### Best per family", "", "| family | trials | on the front | " + " | ".join(f"best {n}" for n in names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for family in sorted({t.family for t in record.trials}):
+        members = [t for t in record.trials if t.family == family]
+        bests = [_best(members, obj) for obj in record.objectives]
+        cells = [f"{b[0]:.4g} ({b[1].run_name})" if b else "n/a" for b in bests]
+        lines.append(f"| {family or '?'} | {len(members)} | {sum(t.pareto for t in members)} | " + " | ".join(cells) + " |")
+    gains = bool(record.references)
+    extra = ["Δm %", "worst gain %", "negative transfer"] if gains else []
+    lines += ["", "### Front", "", "| trial | strategy | " + " | ".join(names + extra) + " |", "|---|---|" + "---|" * len(names + extra)]
+    for t in sorted(record.front, key=lambda t: t.number):
+        values = t.objective_values(record.objectives) or []
+        cells = [f"{v:.4g}" for v in values]
+        if gains:
+            cells += [_number(t.metrics.get(DELTA_M)), _number(t.metrics.get(WORST_GAIN)), "yes" if t.negative_transfer else "no"]
+        lines.append(f"| {t.run_name} | {t.strategy} | " + " | ".join(cells) + " |")
+    if record.gbdt:
+        tasks = list(record.gbdt["val"])
+        lines += ["", "### GBDT comparison (HistGradientBoosting per task; gains of the front's trials over it, validation %)", "",
+                  "| | " + " | ".join(f"{t} {record.task_metrics.get(t, '')}".strip() for t in tasks) + " |", "|---|" + "---|" * len(tasks),
+                  "| gbdt val | " + " | ".join(f"{record.gbdt['val'][t]:.4g}" for t in tasks) + " |",
+                  "| gbdt test | " + " | ".join(f"{record.gbdt['test'].get(t, math.nan):.4g}" for t in tasks) + " |"]
+        for t in sorted(record.front, key=lambda t: t.number):
+            gains = record.gbdt_gains(t)
+            lines.append(f"| {t.run_name} | " + " | ".join(_number(gains.get(task)) for task in tasks) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:+.2f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
+
+
+def _best(trials: list[TrialRecord], objective: Objective) -> tuple[float, TrialRecord] | None:
+    """The best finished value of one objective and the trial that reached it."""
+    scored = [(values[0], t) for t in trials if t.status == "finished" and (values := t.objective_values([objective]))]
+    if not scored:
+        return None
+    pick = min if objective.direction == "min" else max
+    return pick(scored, key=lambda pair: pair[0])

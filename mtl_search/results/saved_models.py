@@ -105,12 +105,11 @@ def load_model(source: str | Path, tracking_uri: str | None = None, registry: An
     """
     if Path(source).is_dir():
         return load_model_dir(source, registry)
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from .tracking import resolve_tracking_uri
-
-    import mlflow.artifacts
+    from .store import resolve_tracking_uri
 
     run_id = str(source)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))

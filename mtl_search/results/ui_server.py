@@ -43,14 +43,15 @@ def review_page(uri: str) -> str | None:
     """The page that opens the store's latest search in the runs table; None when the store holds no search."""
     from mlflow.tracking import MlflowClient
 
-    from .review import VIEW_TAG, runs_table_path
-    from .tracking import latest_search_run
+    from ..record import VIEW
+    from .load import latest_search_run
+    from .review import runs_table_path
 
     run = latest_search_run(uri)
     if run is None:
         return None
     experiment = MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id)
-    view = json.loads(experiment.tags.get(VIEW_TAG, "{}"))
+    view = json.loads(experiment.tags.get(VIEW, "{}"))
     return PAGE.format(experiment=html.escape(experiment.name),
                        storage_key=_script_value(VIEW_STORAGE_KEY.format(experiment_id=experiment.experiment_id)),
                        view=_script_value(view), assistant_key=_script_value(ASSISTANT_OPENED_KEY),

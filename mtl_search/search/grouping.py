@@ -32,10 +32,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import DEFAULT_WEIGHTING, TrialConfig
+from ..config import DEFAULT_WEIGHTING, STRATEGY_KEY, TrialConfig, param_name
 from ..errors import MtlSearchError, SpaceError
 from ..knobs import Choice, Fixed, Float, Int, IntList, Knob
 from ..nn.create import build_backbone
+from ..record import ROLE, ROLE_GROUPS, affinity_key
 from ..training.trainer import TrainConfig
 from .prepare import prepare
 from .setup import set_up_trial
@@ -43,7 +44,6 @@ from .space import Space
 
 EXHAUSTIVE_TASKS = 8
 LOCAL_RESTARTS = 32
-GROUPS_ROLE = "groups"
 SINGLETON_SCORE = -1e6  # a task alone in its group (the official TAG notebook's rule)
 
 
@@ -220,20 +220,17 @@ def task_groups(space: Space, groups: int | None = None, top: int = 3, tracking_
 
 
 def _log(space: Space, result: dict[str, Any], measured: dict[str, Any], tracking_uri: str | None) -> str:
-    from mlflow.entities import Metric, Param
-
-    from ..results.tracking import ROLE, _now_ms, open_tracker
+    from ..results.search_run import open_tracker
+    from ..results.trial_runs import log_metrics, log_params
 
     tracker = open_tracker(tracking_uri or space.tracking_uri, space.experiment, "--tracking-uri" if tracking_uri else "tracking.uri")
-    run = tracker.client.create_run(tracker.experiment_id, run_name="groups", tags={ROLE: GROUPS_ROLE})
-    run_id = run.info.run_id
-    now = _now_ms()
+    run_id = tracker.client.create_run(tracker.experiment_id, run_name=ROLE_GROUPS, tags={ROLE: ROLE_GROUPS}).info.run_id
     tasks = result["tasks"]
-    metrics = [Metric(f"affinity/{a}/{b}", float(result["affinity"][i][j]), now, 0)
-               for i, a in enumerate(tasks) for j, b in enumerate(tasks)]
-    params = [Param("strategy", measured["strategy"]), Param("affinity_steps", str(measured["steps"]))]
-    params += [Param(f"{measured['strategy']}.{k}", str(v)[:500]) for k, v in measured["params"].items()]
-    tracker.client.log_batch(run_id, metrics=metrics, params=params)
+    log_metrics(tracker.client, run_id, {affinity_key(a, b): float(result["affinity"][i][j])
+                                         for i, a in enumerate(tasks) for j, b in enumerate(tasks)})
+    params = {STRATEGY_KEY: measured["strategy"], "affinity_steps": measured["steps"]}
+    params.update({param_name(measured["strategy"], k): str(v)[:500] for k, v in measured["params"].items()})
+    log_params(tracker.client, run_id, params)
     tracker.client.log_dict(run_id, {k: v for k, v in result.items() if k != "run_id"}, "groups.json")
     tracker.client.set_terminated(run_id, "FINISHED")
     return run_id

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ..record import EPOCH
 from ..results.pareto import as_minimisation, non_dominated_sort
 
 
@@ -102,7 +103,7 @@ class ParetoSuccessiveHalving(FIFOScheduler):
     """
 
     def __init__(self, objectives: Sequence[tuple[str, str]], max_t: int, grace_period: int = 1, reduction_factor: float = 2,
-                 time_attr: str = "epoch"):
+                 time_attr: str = EPOCH):
         super().__init__()
         if not objectives:
             raise ValueError("the Pareto rule needs at least one objective")

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 from ..config import DEFAULT_WEIGHTING, NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY, WEIGHTING_KEY, param_name
 from ..errors import SpaceError
 from ..knobs import Fixed, Knob, dependency_order, knob_bounds
-from ..results.metrics import LATENCY, Objective
+from ..record import EPOCH, LATENCY, SCORE, Objective
 from .references import SingleTask
 from .space import Plan, reference_ranges
 from .trial import TrialPlan
@@ -181,7 +181,7 @@ class _TuneGridSampler(_grid_sampler_base()):
         return None
 
 
-SCHEDULER_METRIC = "score"
+SCHEDULER_METRIC = SCORE
 EARLY_STOPPING_GRACE_EPOCHS = 2  # the score is 1.0 for every trial at epoch 1 (it is normalised by that epoch)
 EARLY_STOPPING_REDUCTION = 2  # successive halving's η (asha, pareto)
 
@@ -208,9 +208,9 @@ def make_scheduler(kind: str, epochs: int, objectives: Sequence[Objective] = ())
                                        reduction_factor=EARLY_STOPPING_REDUCTION)
     if kind == "asha":
         # stop_last_trials=False: a trial reaching the last epoch must still send its final result.
-        return ASHAScheduler(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", max_t=max_t,
+        return ASHAScheduler(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", max_t=max_t,
                              grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=EARLY_STOPPING_REDUCTION, stop_last_trials=False)
-    return MedianStoppingRule(time_attr="epoch", metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
+    return MedianStoppingRule(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
                               min_samples_required=2)
 
 

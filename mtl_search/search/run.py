@@ -24,27 +24,11 @@ from typing import Any, Callable, Iterator
 
 from ..config import NUMBER_KEY, REPEAT_KEY, REPEAT_OF_KEY
 from ..errors import MtlSearchError
+from ..record import ROLE_REFERENCE, ROLE_REPEAT, ROLE_TRIAL, STUDY, TASK_METRICS, Objective, TrialRecord, val_key
 from ..registry import Registry
-from ..results.metrics import Objective
-from ..results.metrics import val_key
-from ..results.records import (
-    SearchRecord,
-    TrialRecord,
-    format_value,
-    hypervolume_history,
-    mark_front,
-    metric_label,
-    repeat_noise,
-)
-from ..results.tracking import (
-    STUDY,
-    TASK_METRICS,
-    Tracker,
-    check_tracking_store,
-    default_store_dir,
-    open_tracker,
-    store_lock,
-)
+from ..results.records import SearchRecord, format_value, hypervolume_history, mark_front, metric_label, repeat_noise
+from ..results.search_run import Tracker, open_tracker
+from ..results.store import check_tracking_store, default_store_dir, store_lock
 from .faults import kill_point
 from .gbdt import search_gbdt
 from .plan import DefineByRun, ReferenceSpace, make_sampler, make_scheduler, make_trial_plan
@@ -59,8 +43,8 @@ from .tune import (
     Interrupt,
     ListSearcher,
     OptunaSearcher,
-    ReferenceSearcher,
     QuietProgress,
+    ReferenceSearcher,
     Rerun,
     Stopper,
     TrialLogger,
@@ -273,7 +257,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                 if options.resume:
                     search_run_id, study = _resumable(tracker, experiment, storage, space, concurrency, plan)
                     earlier = tracker.reopen_search(search_run_id)
-                    resumption = reconcile(study, [t for t in earlier if t.role == "trial"])
+                    resumption = reconcile(study, [t for t in earlier if t.role == ROLE_TRIAL])
                     echo(f"resuming search {experiment!r} (MLflow run {search_run_id}): {len(resumption.done)} of {trials} trials "
                          f"recorded, {len(resumption.reruns) + resumption.enqueued} to run again")
                 else:
@@ -308,8 +292,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
         logger = TrialLogger(tracker, search_run_id, objectives, registry, trials, resumption.done, space.search.max_failures, echo,
                              task_metrics, space.epochs if options.epoch_progress else None, space.search.constraints)
         status = "FINISHED"
-        reference_trials = [t for t in earlier if t.role == "reference"]
-        repeats, chosen = [t for t in earlier if t.role == "repeat"], {}
+        reference_trials = [t for t in earlier if t.role == ROLE_REFERENCE]
+        repeats, chosen = [t for t in earlier if t.role == ROLE_REPEAT], {}
         going_on = lambda: not interrupt.draining and logger.abort_reason is None  # noqa: E731
         kill_point("search_started")
         try:
@@ -344,7 +328,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
             record = SearchRecord(experiment, search_run_id, objectives, logger.records, aborted=logger.abort_reason,
                                   interrupted=interrupt.draining, task_metrics=task_metrics, references=references,
                                   reference_trials=reference_trials, repeats=repeats, gbdt=gbdt,
-                                  strategies=list(plan.strategies))
+                                  reference_runs={task: r.run_id for task, r in chosen.items()}, strategies=list(plan.strategies))
             record.hypervolume, record.reference_point = mark_front(record.trials, objectives, reference, space.search.constraints)
             if repeats and chosen:
                 directions = {t.name: t.direction for t in plan.problem.tasks}

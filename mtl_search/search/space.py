@@ -24,14 +24,8 @@ from ..knobs import (
     parse_range,
 )
 from ..nn.inputs import INPUT_KNOBS, has_categories
+from ..record import COST_OBJECTIVES, GAIN_OBJECTIVES, Objective, group_key, val_key
 from ..results.constraints import Constraint, check_constraints, parse_constraints
-from ..results.metrics import (
-    COST_OBJECTIVES,
-    GAIN_OBJECTIVES,
-    Objective,
-    group_key,
-    val_key,
-)
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")

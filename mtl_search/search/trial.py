@@ -5,7 +5,6 @@ own schedule, trains it through ``Strategy.fit``.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -18,7 +17,8 @@ from ..data.dataset import Dataset
 from ..data.problem import Problem
 from ..nn.backbones import BackboneKind
 from ..nn.model import MultiTaskModel, SharingMap
-from ..results.metrics import gain_metrics, val_gain_metrics, val_key
+from ..record import DEVICE, EPOCH, NODE_ID, TrialResult, epoch_costs, val_key
+from ..results.metrics import gain_metrics, val_gain_metrics
 from ..results.saved_models import save_model
 from ..strategy import Strategy
 from ..training.weighting import Equal
@@ -101,7 +101,7 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     threads = max(1, int(plan.cpus_per_trial))
     torch.set_num_threads(threads)
     device = select_device(plan.gpus_per_trial, torch.cuda.is_available())
-    placement = {**(placement or {}), "device": device}
+    placement = {**(placement or {}), DEVICE: device}
     dataset.problem = plan.problem
     directions = {t.name: t.direction for t in plan.problem.tasks}
 
@@ -112,14 +112,13 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
         elapsed = time.perf_counter() - start
         if plan.max_trial_seconds is not None and elapsed > plan.max_trial_seconds:
             raise TrialTimeout(f"trial exceeded training.max_trial_seconds={plan.max_trial_seconds:g}: "
-                               f"{elapsed:.2f}s after epoch {metrics.get('epoch')}")
+                               f"{elapsed:.2f}s after epoch {metrics.get(EPOCH)}")
 
     model, trainer = set_up_trial(dataset, plan.strategies[parts.strategy], plan.backbone_kind, parts, plan.weightings[parts.weighting],
                                   epochs=plan.epochs, patience=plan.patience, seed=trial_seed(plan.seed, parts.number, parts.repeat),
                                   device=device, report=report_epoch, affinity_every=plan.affinity_every)
-    # Every report must carry every objective Tune's searcher watches (the Pareto scheduler's
-    # rungs read them): latency is only measured at the end, so epochs carry a NaN latency.
-    per_epoch = {"params": float(model.inference_parameters()), "latency": float("nan"), **placement}
+    # Every report must carry every objective Tune's searcher watches (the Pareto scheduler's rungs read them).
+    per_epoch = epoch_costs(float(model.inference_parameters()), placement)
     start = time.perf_counter()
     model = plan.strategies[parts.strategy].fit(model, trainer)
     train_seconds = time.perf_counter() - start
@@ -130,24 +129,14 @@ def train_trial(config: dict[str, Any], dataset: Dataset, plan: TrialPlan, repor
     affinity = trainer.affinity.mean() if trainer.affinity is not None else None
     if affinity is not None:
         maps["task_affinity"] = SharingMap(affinity, plan.problem.task_names, plan.problem.task_names)
-    result: dict[str, Any] = {
-        "final": True,
-        "params": float(model.inference_parameters()),
-        "latency": measure_latency(model, trainer.dataset.val.x[:256]),
-        "train_seconds": train_seconds,
-        "epochs_trained": len(trainer.history),
-        "score": trainer.score(val.losses),  # the scheduler's metric, of the model as returned
-        **placement,
-        "sharing_map_json": json.dumps({k: v.to_dict() for k, v in maps.items()}),
-    }
-    result.update({f"val/{t}": v for t, v in val.metrics.items()})
-    result.update({f"test/{t}": v for t, v in test.metrics.items()})
-    if plan.references is not None:
-        result.update(gain_metrics(directions, val.metrics, test.metrics, plan.references, plan.groups or {}))
-    result.update({f"model/{k}": float(v) for k, v in model.trial_metrics().items()})
-    if trainer.affinity is not None:
-        result.update({f"model/{k}": v for k, v in trainer.affinity.metrics().items()})
-    result["tags_json"] = json.dumps({f"model/{k}": str(v) for k, v in model.trial_tags().items()})
+    result = TrialResult(
+        val=val.metrics, test=test.metrics, params=float(model.inference_parameters()),
+        latency=measure_latency(model, trainer.dataset.val.x[:256]), train_seconds=train_seconds,
+        epochs_trained=len(trainer.history), score=trainer.score(val.losses), placement=placement,
+        gains={} if plan.references is None else gain_metrics(directions, val.metrics, test.metrics, plan.references, plan.groups or {}),
+        model_metrics={**model.trial_metrics(), **(trainer.affinity.metrics() if trainer.affinity is not None else {})},
+        model_tags=model.trial_tags(), sharing_maps={k: v.to_dict() for k, v in maps.items()},
+    ).to_flat()
     with tempfile.TemporaryDirectory() as tmp:
         save_model(tmp, model, config, plan.problem, plan.backbone_kind.name)
         report(result, checkpoint_dir=tmp)
@@ -163,4 +152,4 @@ def tune_trainable(config: dict[str, Any], dataset: Dataset, plan: TrialPlan) ->
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    train_trial(config, dataset, plan, report, {"node_id": ray.get_runtime_context().get_node_id()})
+    train_trial(config, dataset, plan, report, {NODE_ID: ray.get_runtime_context().get_node_id()})

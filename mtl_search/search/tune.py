@@ -22,17 +22,12 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, REPEAT_OF_KEY, STRATEGY_KEY
+from ..record import Objective, TrialRecord, is_epoch, is_final
 from ..registry import Registry
 from ..results.constraints import tell_constraints, violations
-from ..results.metrics import (
-    COST_METRICS,
-    GAIN,
-    TEST_GAIN,
-    Objective,
-    is_trial_figure,
-)
-from ..results.records import LiveFront, TrialRecord, epoch_line, reference_line, trial_label, trial_line
-from ..results.tracking import PLACEMENT_TAGS, BackgroundWriter, Tracker
+from ..results.records import LiveFront, epoch_line, reference_line, trial_label, trial_line
+from ..results.search_run import Tracker
+from ..results.trial_runs import BackgroundWriter
 from .faults import kill_point
 from .references import SingleTask, best_reference_trial
 
@@ -127,7 +122,7 @@ class OptunaSearcher(_Live, Searcher):
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         result = result or {}
-        if not error and result.get("final"):
+        if not error and is_final(result):
             values = [result.get(metric, math.nan) for metric in self.metrics]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 if self.constraints:  # where Optuna's constrained samplers read them
@@ -135,7 +130,7 @@ class OptunaSearcher(_Live, Searcher):
                 self.study.tell(trial, values)
                 kill_point("trial_told")
                 return
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL if error or result.get("final") else optuna.trial.TrialState.PRUNED)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL if error or is_final(result) else optuna.trial.TrialState.PRUNED)
         kill_point("trial_told")
 
     def save(self, checkpoint_path: str) -> None:
@@ -345,7 +340,7 @@ class TrialLogger(_Live, tune.Callback):
         if trial.trial_id not in self.placed:
             self.placed.add(trial.trial_id)
             self.writes.submit(self.tracker.record_placement, run_id, dict(result))
-        if not result.get("final") and "epoch" in result:
+        if is_epoch(result):
             self.writes.submit(self.tracker.log_epoch, run_id, dict(result))
             if self.epochs:
                 self.echo(epoch_line(dict(trial.config), result, self.epochs, self.task_metrics))
@@ -357,7 +352,7 @@ class TrialLogger(_Live, tune.Callback):
             return
         result = dict(trial.last_result or {})
         kill_point("trial_ended")
-        if not result.get("final"):
+        if not is_final(result):
             self.writes.submit(self.tracker.stop_trial, run_id)
             self._finish(trial, run_id, "stopped", result, None)
             return
@@ -392,18 +387,8 @@ class TrialLogger(_Live, tune.Callback):
         config = dict(trial.config)
         checkpoint = getattr(trial, "checkpoint", None)
         finished = status == "finished"
-        record = TrialRecord(
-            number=int(config[NUMBER_KEY]), run_id=run_id, strategy=config[STRATEGY_KEY], params=config, status=status,
-            val={k[4:]: v for k, v in result.items() if k.startswith("val/")} if finished else {},
-            test={k[5:]: v for k, v in result.items() if k.startswith("test/")} if finished else {},
-            metrics={k: v for k, v in result.items() if (k in COST_METRICS or (finished and is_trial_figure(k))) and isinstance(v, (int, float))},
-            gains={k[len(GAIN):]: v for k, v in result.items() if k.startswith(GAIN)} if finished else {},
-            test_gains={k[len(TEST_GAIN):]: v for k, v in result.items() if k.startswith(TEST_GAIN)} if finished else {},
-            error=error, checkpoint=checkpoint.path if checkpoint is not None and finished else None,
-            family=self._family(config[STRATEGY_KEY]),
-            placement={k: str(result[k]) for k in PLACEMENT_TAGS if k in result},
-            reference_task=config.get(REFERENCE_TASK_KEY), repeat_of=config.get(REPEAT_OF_KEY), repeat=int(config.get(REPEAT_KEY, 0)),
-        )
+        record = TrialRecord.from_result(config, run_id, status, result, self._family(config[STRATEGY_KEY]), error,
+                                         checkpoint.path if checkpoint is not None and finished else None)
         self.records.append(record)
         traceback_at = f"error.txt of MLflow run {run_id}" if status == "failed" else None
         if self.repeats:

@@ -30,6 +30,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..record import AFFINITY, MODEL, affinity_key
+
 
 def lookahead_affinity(shared: list[nn.Parameter], losses: dict[str, torch.Tensor],
                        evaluate: Callable[[], dict[str, torch.Tensor]], lr: float) -> torch.Tensor:
@@ -106,7 +108,7 @@ class AffinityMeter:
         mean = self.mean()
         if mean is None:
             return {}
-        out = {f"affinity/{a}/{b}": float(mean[i, j]) for i, a in enumerate(self.tasks) for j, b in enumerate(self.tasks)}
+        out = {affinity_key(a, b): float(mean[i, j]) for i, a in enumerate(self.tasks) for j, b in enumerate(self.tasks)}
         out["affinity_steps"] = float(self.measured)
         return out
 
@@ -120,7 +122,7 @@ def mean_by_strategy(trials: list[tuple[str, dict[str, float]]]) -> dict[str, di
     sums: dict[str, dict[str, list[float]]] = {}
     for strategy, metrics in trials:
         for key, value in metrics.items():
-            head, found, pair = key.partition("affinity/")
-            if found and head in ("", "model/"):
+            head, found, pair = key.partition(AFFINITY)
+            if found and head in ("", MODEL):
                 sums.setdefault(strategy, {}).setdefault(pair, []).append(float(value))
     return {s: {pair: sum(v) / len(v) for pair, v in pairs.items()} for s, pairs in sums.items()}

@@ -18,6 +18,7 @@ from torch import nn
 from ..data.dataset import Dataset, Split
 from ..knobs import Float, Int, Knob
 from ..nn.model import MultiTaskModel
+from ..record import epoch_metrics
 from .affinity import AffinityMeter
 from .optim import make_optimizer
 from .weighting import Weighting
@@ -187,7 +188,7 @@ class Trainer:
         record = EpochRecord(epoch, train_loss, val, self.score(val.losses), self.weighting.weights())
         self.history.append(record)
         if self.report is not None:
-            self.report(epoch_metrics(record))
+            self.report(epoch_metrics(epoch, record.score, train_loss, val.metrics, val.losses, record.weights))
         return record
 
     def fit(self, model: MultiTaskModel, optimizer: torch.optim.Optimizer | None = None, epochs: int | None = None,
@@ -218,17 +219,3 @@ class Trainer:
             model.load_state_dict(best_state[0])
             self.weighting.load_state_dict(best_state[1])
         return records
-
-
-def epoch_metrics(record: EpochRecord) -> dict[str, Any]:
-    """The flat metrics dict reported for one epoch."""
-    out: dict[str, Any] = {"epoch": record.epoch, "score": record.score}
-    for task, value in record.train_loss.items():
-        out[f"train_loss/{task}"] = value
-    for task, value in record.val.metrics.items():
-        out[f"val/{task}"] = value
-    for task, value in record.val.losses.items():
-        out[f"val_loss/{task}"] = value
-    for task, value in record.weights.items():
-        out[f"weight/{task}"] = value
-    return out
