@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -79,22 +78,27 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def run_trials_in_process(space: Any, sampler: Any = None) -> list[TrialRun]:
+def run_trials_in_process(space: Any, sampler: Any = None, references: dict[str, dict[str, float]] | None = None) -> list[TrialRun]:
     """The space's trials run one after another in this process, with Optuna but without Ray or MLflow.
 
     Each configuration comes from the search's own define-by-run space and ``sampler``
-    (default: the space's); each trial's objective values are told back to the study.
+    (default: the space's); each trial's objective values are told back to the study. Gains
+    and Δm are measured against ``references``; when an objective is a gain and none are
+    given, the space's own (:func:`run_references_in_process`) are trained first.
     Returns each trial's seconds, configuration (``training.lr``, ``mmoe.experts`` ...) and final result.
     """
     import optuna
 
+    from mtl_search.record import is_gain_key
     from mtl_search.search.plan import DefineByRun, make_sampler, make_trial_plan
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.trial import train_trial
 
     _quiet_optuna()
     plan, dataset, _ = prepare(space)
-    trial_plan = make_trial_plan(plan)
+    if references is None and any(is_gain_key(o.key) for o in plan.objectives):
+        references = run_references_in_process(space)[0]
+    trial_plan = make_trial_plan(plan, references)
     sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1, plan)
     study = optuna.create_study(sampler=sampler, directions=[f"{o.direction}imize" for o in plan.objectives])
     define = DefineByRun(plan)
@@ -119,15 +123,15 @@ def run_references_in_process(space: Any) -> tuple[dict[str, dict[str, float]], 
     """
     import optuna
 
-    from mtl_search.record import TEST, val_key
+    from mtl_search.record import TrialRecord, val_key
     from mtl_search.search.plan import ReferenceSpace, make_trial_plan
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
+    from mtl_search.search.references import best_references
     from mtl_search.search.trial import train_trial
 
     _quiet_optuna()
     plan, dataset, _ = prepare(space)
     trial_plan = make_trial_plan(plan)
-    references: dict[str, dict[str, float]] = {"val": {}, "test": {}}
     runs: dict[str, list[TrialRun]] = {}
     for task in plan.problem.tasks:
         task_space = ReferenceSpace(plan, task.name)
@@ -140,10 +144,8 @@ def run_references_in_process(space: Any) -> tuple[dict[str, dict[str, float]], 
             result = train_trial(config, dataset, trial_plan, report=lambda metrics, checkpoint_dir=None: None)
             runs[task.name].append(TrialRun(time.perf_counter() - start, config, result))
             study.tell(trial, result[val_key(task.name)])
-        done = [r for r in runs[task.name] if math.isfinite(r.result[val_key(task.name)])]
-        best = (min if task.direction == "min" else max)(done, key=lambda r: r.result[val_key(task.name)])
-        references["val"][task.name], references["test"][task.name] = best.result[val_key(task.name)], best.result[TEST + task.name]
-    return references, runs
+    records = [TrialRecord.from_result(r.config, "", "finished", r.result, "") for task_runs in runs.values() for r in task_runs]
+    return best_references(records, plan.problem)[0], runs
 
 
 def process_tree(pid: int) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ class Metric:
 
     @property
     def direction(self) -> str:
-        """``min`` or ``max`` (:data:`mtl_search.results.metrics.METRIC_DIRECTIONS`)."""
+        """``min`` or ``max`` (:data:`mtl_search.record.METRIC_DIRECTIONS`)."""
         return METRIC_DIRECTIONS[self.name]
 
 
