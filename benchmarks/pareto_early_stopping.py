@@ -92,7 +92,7 @@ def train_streams(space: Any) -> tuple[list[Stream], Any]:
     import optuna
 
     from mtl_search.search.plan import DefineByRun, make_sampler, make_trial_plan
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.trial import train_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

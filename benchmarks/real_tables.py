@@ -164,7 +164,7 @@ def mean_gain(metrics: dict[str, float], reference: dict[str, float], directions
 def measure(name: str, settings: dict[str, int]) -> dict[str, Any]:
     """The baselines, the tuned references and the search's trials on one table."""
     from mtl_search.results.metrics import relative_gain
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         space = make_space(Path(tmp), name, settings)

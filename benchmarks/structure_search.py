@@ -52,7 +52,7 @@ def make_space(arm: str, tasks: int, seed: int, trials: int, samples: int, epoch
 
 
 def label_variances(tasks: int, samples: int) -> dict[str, float]:
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
 
     _, dataset, _ = prepare(make_space("families", tasks, 0, 1, samples, 1))
     return {t.name: float(t.to_units(dataset.val.y[t.name]).var()) for t in dataset.problem.tasks}  # in units, as val/<task>
@@ -88,7 +88,7 @@ def step_cost(tasks: int, repeats: int) -> dict[str, float]:
 
     from mtl_search import TrainConfig, Trainer
     from mtl_search.nn.backbones import build_mlp
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.training.weighting import Equal
 
     _, data, _ = prepare(make_space("families", tasks, 0, 1, 400, 1))

@@ -14,7 +14,7 @@ from mtl_search.results.records import (
     mark_front,
     trial_table,
 )
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import parse_space
 
 OBJECTIVES = [Objective("ctr", "val/ctr", "max"), Objective("cvr", "val/cvr", "max")]

@@ -11,7 +11,7 @@ from mtl_search.knobs import Choice, Fixed
 from mtl_search.nn.backbones import build_conv, build_residual_conv
 from mtl_search.registry import load_registry
 from mtl_search.search.plan import DefineByRun
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import load_space
 
 

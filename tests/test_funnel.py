@@ -30,7 +30,7 @@ from mtl_search.data.dataset import apply_funnel_masks
 from mtl_search.nn.create import create_model
 from mtl_search.registry import load_registry
 from mtl_search.results.saved_models import load_model_dir, prediction_rows, save_model
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import load_space, parse_space
 from mtl_search.training.weighting import Equal
 

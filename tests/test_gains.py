@@ -7,9 +7,9 @@ import math
 import pytest
 import yaml
 
+from mtl_search import record
 from mtl_search.data.problem import Problem, Task
 from mtl_search.record import Objective, TrialRecord
-from mtl_search import record
 from mtl_search.results.metrics import gain_metrics, relative_gain
 from mtl_search.results.records import SearchRecord, format_table, trial_table
 from mtl_search.search.space import parse_space, resolve_objectives
@@ -173,12 +173,12 @@ def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_p
     from mtl_search.knobs import Choice, Float, Int
     from mtl_search.record import Objective as Obj
     from mtl_search.results.search_run import Tracker
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.references import (
         fixed_references,
         midpoint,
         reference_settings,
     )
-    from mtl_search.search.run import prepare
     from mtl_search.search.space import load_space
 
     assert midpoint(Int(16, 256, log=True)) == 64 and midpoint(Float(0.0, 0.5)) == 0.25 and midpoint(Choice(32, 8, 64)) == 32

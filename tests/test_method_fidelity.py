@@ -309,7 +309,7 @@ def test_mmoe_with_backbone_experts_trains_a_digits_trial(request, tmp_path):
     import yaml
 
     from mtl_search.search.plan import DefineByRun
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.space import load_space
     from mtl_search.search.trial import TrialPlan, train_trial
 

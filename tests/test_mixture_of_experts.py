@@ -29,7 +29,7 @@ from benchmarks.moe_step import with_loop_experts
 from mtl_search import Problem, Task
 from mtl_search.nn.backbones import build_mlp
 from mtl_search.search.plan import DefineByRun, make_trial_plan
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import parse_space
 from mtl_search.search.trial import train_trial
 

@@ -85,7 +85,7 @@ def test_every_strategy_of_the_digits_space_trains_a_trial(request, tmp_path):
     import optuna
 
     from mtl_search.search.plan import DefineByRun
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.space import load_space
     from mtl_search.search.trial import TrialPlan, train_trial
 

@@ -125,7 +125,7 @@ def test_every_epoch_of_a_trial_with_references_reports_its_gains():
     import optuna
 
     from mtl_search.search.plan import DefineByRun
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.space import parse_space
     from mtl_search.search.trial import TrialPlan, train_trial
 

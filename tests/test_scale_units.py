@@ -6,7 +6,7 @@ from conftest import tiny_space
 
 from mtl_search.errors import SpaceError
 from mtl_search.search.plan import grid_space, make_sampler, make_scheduler
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import load_space
 from mtl_search.search.trial import select_device
 

@@ -21,9 +21,9 @@ from mtl_search.data.features import TableFeatures
 from mtl_search.data.tables import TableSpec, load_table
 from mtl_search.nn.inputs import TabularInput
 from mtl_search.registry import load_registry
-from mtl_search.search.run import prepare
-from mtl_search.search.space import load_space
+from mtl_search.search.prepare import prepare
 from mtl_search.search.setup import build_model
+from mtl_search.search.space import load_space
 from mtl_search.search.trial import TrialPlan
 from mtl_search.training.weighting import Equal
 

@@ -15,7 +15,7 @@ from mtl_search import Problem, SpaceError, Task
 from mtl_search.config import TrialConfig
 from mtl_search.registry import load_registry
 from mtl_search.search.plan import DefineByRun
-from mtl_search.search.run import prepare
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import parse_space
 
 PROBLEM = Problem((1,), (Task("a", "regression"), Task("b", "binary")))

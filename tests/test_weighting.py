@@ -360,7 +360,7 @@ def test_a_sampled_trial_uses_the_spaces_knob_range_and_logs_weights_per_epoch()
     import optuna
 
     from mtl_search.search.plan import DefineByRun
-    from mtl_search.search.run import prepare
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.trial import TrialPlan, train_trial
 
     space = parse_space({
