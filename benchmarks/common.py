@@ -90,9 +90,9 @@ def run_trials_in_process(space: Any, sampler: Any = None, references: dict[str,
     import optuna
 
     from mtl_search.record import is_gain_key
-    from mtl_search.search.plan import DefineByRun, make_sampler, make_trial_plan
     from mtl_search.search.prepare import prepare
-    from mtl_search.search.trial import train_trial
+    from mtl_search.search.sampling import TrialSpace, make_sampler
+    from mtl_search.search.trial import make_trial_plan, train_trial
 
     _quiet_optuna()
     plan, dataset, _ = prepare(space)
@@ -101,7 +101,7 @@ def run_trials_in_process(space: Any, sampler: Any = None, references: dict[str,
     trial_plan = make_trial_plan(plan, references)
     sampler = sampler or make_sampler(space.search.sampler, space.search.seed, 1, plan)
     study = optuna.create_study(sampler=sampler, directions=[f"{o.direction}imize" for o in plan.objectives])
-    define = DefineByRun(plan)
+    define = TrialSpace(plan)
     done = []
     for _ in range(space.search.trials):
         trial = study.ask()
@@ -124,10 +124,10 @@ def run_references_in_process(space: Any) -> tuple[dict[str, dict[str, float]], 
     import optuna
 
     from mtl_search.record import TrialRecord, val_key
-    from mtl_search.search.plan import ReferenceSpace, make_trial_plan
     from mtl_search.search.prepare import prepare
     from mtl_search.search.references import best_references
-    from mtl_search.search.trial import train_trial
+    from mtl_search.search.sampling import ReferenceSpace
+    from mtl_search.search.trial import make_trial_plan, train_trial
 
     _quiet_optuna()
     plan, dataset, _ = prepare(space)

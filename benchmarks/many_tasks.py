@@ -41,10 +41,9 @@ def load(quick: bool):
 def full_depth_hard_sharing(space, references: dict) -> dict:
     """Hard sharing with every block shared, at the fixed reference's configuration (the ranges' midpoints), trained here; its result with gains."""
     from mtl_search.config import NUMBER_KEY, STRATEGY_KEY, param_name
-    from mtl_search.search.plan import make_trial_plan
     from mtl_search.search.prepare import prepare
     from mtl_search.search.references import reference_settings
-    from mtl_search.search.trial import train_trial
+    from mtl_search.search.trial import make_trial_plan, train_trial
 
     plan, dataset, _ = prepare(space)
     settings = reference_settings(plan)

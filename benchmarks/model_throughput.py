@@ -3,7 +3,7 @@
 The strategies come from the plugin registry, so a new family is measured without
 touching this file. Each strategy is built on the first backbone kind it supports (vector
 kinds first, mlp first of them) with its knobs at the low end of their ranges
-(``mtl_search.testing.small_value``) except widths (experts', towers' ...), which follow the
+(``Knob.smallest``) except widths (experts', towers' ...), which follow the
 size; three tasks (regression, binary, 3-class); two sizes of backbone. One step is
 ``task_losses`` on a batch, their sum backward, one AdamW step and the model's
 ``after_step`` (a strategy with its own schedule, e.g. AdaShare's phases, is timed on this
@@ -27,7 +27,7 @@ import torch
 
 from mtl_search import Int, Split
 from mtl_search.registry import load_registry
-from mtl_search.testing import contract_problem_for, small_value
+from mtl_search.testing import contract_problem_for
 from mtl_search.training.trainer import seed_everything
 
 from .common import machine, median_seconds, parser, write
@@ -41,7 +41,7 @@ IMAGE_INPUT = (3, 16, 16)
 
 def _backbone_params(kind: Any, size: dict[str, int]) -> dict[str, Any]:
     """The backbone kind's knobs at their small values, with its width/channels and depth set to the size."""
-    params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    params = {name: knob.smallest() for name, knob in kind.knobs.items()}
     for name in ("width", "channels"):
         if name in params:
             params[name] = size["width"] if name == "width" else max(4, size["width"] // 4)
@@ -52,7 +52,7 @@ def _backbone_params(kind: Any, size: dict[str, int]) -> dict[str, Any]:
 
 def _knob_value(name: str, knob: Any, backbone_params: dict[str, Any], size: dict[str, int]) -> Any:
     """A strategy knob's small value; a width knob (experts', towers' ...) follows the size, within its range."""
-    value = small_value(knob, backbone_params)
+    value = knob.smallest(backbone_params)
     if name.endswith("width") and isinstance(knob, Int):
         low, high = (backbone_params.get(b, b) for b in (knob.low, knob.high))
         value = min(max(size["width"], low), high)
@@ -67,7 +67,7 @@ IMAGE_ROWS = [("hard_sharing", {}), ("cross_stitch", {}), ("mtan", {}),
 
 def _conv_params(kind: Any, size: dict[str, int]) -> dict[str, Any]:
     """The conv kind's knobs at their small values with channels [c, 2c], c = width / 4."""
-    params = {name: small_value(knob) for name, knob in kind.knobs.items()}
+    params = {name: knob.smallest() for name, knob in kind.knobs.items()}
     channels = max(4, size["width"] // 4)
     params["channels"] = [channels, 2 * channels]
     return params

@@ -91,9 +91,9 @@ def train_streams(space: Any) -> tuple[list[Stream], Any]:
     """Every trial of the space trained to its end in this process, with its epoch reports timed; and the plan."""
     import optuna
 
-    from mtl_search.search.plan import DefineByRun, make_sampler, make_trial_plan
     from mtl_search.search.prepare import prepare
-    from mtl_search.search.trial import train_trial
+    from mtl_search.search.sampling import TrialSpace, make_sampler
+    from mtl_search.search.trial import make_trial_plan, train_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -101,7 +101,7 @@ def train_streams(space: Any) -> tuple[list[Stream], Any]:
     trial_plan = make_trial_plan(plan)
     study = optuna.create_study(sampler=make_sampler("random", space.search.seed, 1, plan),
                                 directions=[f"{o.direction}imize" for o in plan.objectives])
-    define = DefineByRun(plan)
+    define = TrialSpace(plan)
     streams = []
     for number in range(space.search.trials):
         config = define(study.ask())
@@ -185,7 +185,7 @@ def hypervolume_at(outcomes: list[Outcome], streams: list[Stream], objectives: l
 def measure(streams: list[Stream], objectives: list[Any], epochs: int, workers: int) -> dict[str, Any]:
     """Every rule replayed on one repeat's streams (trials of up to ``epochs`` epochs), against no stopping on the same trials."""
     from mtl_search.results.pareto import default_reference_point, pareto_front
-    from mtl_search.search.plan import make_scheduler
+    from mtl_search.search.tune import make_scheduler
 
     directions = [o.direction for o in objectives]
     points = [[s.final[o.key] for o in objectives] for s in streams]

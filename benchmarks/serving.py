@@ -33,7 +33,7 @@ def build(name: str, size: dict[str, int], directory: Path) -> Any:
     from mtl_search.data.tables import SplitSpec, TableSpec, load_table
     from mtl_search.nn.create import build_backbone, create_model
     from mtl_search.registry import load_registry
-    from mtl_search.testing import FUNNEL_TABLE_TASKS, TABLE_TASKS, contract_table, small_value
+    from mtl_search.testing import FUNNEL_TABLE_TASKS, TABLE_TASKS, contract_table
 
     registry = load_registry()
     strategy = registry.strategies[name]
@@ -41,11 +41,11 @@ def build(name: str, size: dict[str, int], directory: Path) -> Any:
     funnel = name in ("esmm", "aitm")
     path = contract_table(directory, rows=600, funnel=funnel)
     data = load_table(TableSpec("csv", path, split=SplitSpec(val=0.25, test=0.25)), FUNNEL_TABLE_TASKS if funnel else TABLE_TASKS)
-    params = {k: size.get(k, small_value(knob)) for k, knob in kind.knobs.items()}
+    params = {k: size.get(k, knob.smallest()) for k, knob in kind.knobs.items()}
     backbone = build_backbone(kind, data.problem, params)
     context = {**params, **backbone.params, "depth": backbone.depth}
     # the strategy's own widths (experts, towers, columns) scale with the backbone's
-    knobs = {k: size["width"] if "width" in k else small_value(knob, context) for k, knob in strategy.knobs.items()}
+    knobs = {k: size["width"] if "width" in k else knob.smallest(context) for k, knob in strategy.knobs.items()}
     return create_model(data.problem, strategy, kind, knobs, params).eval(), path
 
 

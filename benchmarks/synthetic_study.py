@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mtl_search.registry import Registry
-from mtl_search.testing import small_value
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def build(registry: Registry, model: Model, problem: Any) -> Any:
     strategy = registry.strategies[model.strategy]
     backbone_params = {"depth": model.depth, "width": model.width}
     backbone = registry.backbones["mlp"].build(problem.input_shape, **backbone_params)
-    knobs = {name: model.knobs.get(name, small_value(knob, backbone_params)) for name, knob in strategy.knobs.items()}
+    knobs = {name: model.knobs.get(name, knob.smallest(backbone_params)) for name, knob in strategy.knobs.items()}
     return strategy.build(problem, backbone, knobs)
 
 

@@ -8,13 +8,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import SpaceError
 
 
 class Knob:
-    """Base class. ``suggest`` draws a value from an Optuna trial under ``name``."""
+    """Base class: a range of values. ``suggest`` draws a value from an Optuna trial under ``name``.
+
+    Each knob answers for itself which values its range holds: :meth:`values` (every value,
+    when finitely many), :meth:`extremes`, :meth:`smallest`, :meth:`midpoint` and
+    :meth:`bound_names`. The base class answers them from :meth:`values`, so a knob of
+    finitely many values need only define that; a continuous range overrides them (as
+    :class:`Int` and :class:`Float` do). A ``context`` maps the names a bound may give
+    (another knob, a backbone knob, ``depth``) to the values chosen for them.
+    """
+
+    def values(self) -> list[Any] | None:
+        """Every value the knob holds, as a space writes it (lists, not tuples), when finitely many; None for a range."""
+        return None
+
+    def extremes(self) -> list[Any]:
+        """The boundary values: a range's ends (a bound may be a name), else every value."""
+        values = self.values()
+        if values is None:  # pragma: no cover - a continuous knob overrides this
+            raise TypeError(f"{type(self).__name__} must define values() or extremes()")
+        return values
+
+    def smallest(self, context: dict[str, Any] | None = None) -> Any:
+        """A small valid value (the contract check's and the preflight's): the first value, a range's low end."""
+        return self.extremes()[0]
+
+    def midpoint(self, context: dict[str, Any] | None = None) -> Any:
+        """A representative value: the (geometric, for ``log``) middle of a range; the median of numeric values, else the first."""
+        values = self.extremes()
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return sorted(values)[(len(values) - 1) // 2]
+        return values[0]
+
+    def bound_names(self) -> list[str]:
+        """The names this knob's bounds refer to (``Int(1, "experts")`` -> ``["experts"]``); none by default."""
+        return []
 
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:  # pragma: no cover - abstract
         """Draw a value; ``context`` holds the trial's sampled backbone values (for bounds that name one)."""
@@ -47,6 +81,9 @@ class Fixed(Knob):
 
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> Any:
         return self.value
+
+    def values(self) -> list[Any]:
+        return [self.value]
 
     def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
         return None
@@ -112,6 +149,25 @@ class Int(Knob):
             return low
         return trial.suggest_int(name, low, high, log=self.log)
 
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def bound_names(self) -> list[str]:
+        return [b for b in (self.low, self.high) if isinstance(b, str)]
+
+    def _resolved(self, context: dict[str, Any] | None) -> tuple[int, int]:
+        return tuple((context or {}).get(b, b) for b in (self.low, self.high))  # type: ignore[return-value]
+
+    def smallest(self, context: dict[str, Any] | None = None) -> int:
+        """The low end, but at least 2 where the range allows (1 expert, 1 group ... is a degenerate model)."""
+        low, high = self._resolved(context)
+        return min(max(low, 2), high)
+
+    def midpoint(self, context: dict[str, Any] | None = None) -> int:
+        low, high = self._resolved(context)
+        middle = math.sqrt(low * high) if self.log and low > 0 else (low + high) / 2
+        return min(high, max(low, int(round(middle))))
+
     def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
         bounds = bounds or {}
         low = bounds[self.low][0] if isinstance(self.low, str) else self.low
@@ -119,7 +175,7 @@ class Int(Knob):
         return list(range(low, high + 1)) if low < high else None
 
     def narrow(self, override: Knob, path: str) -> Knob:
-        values = _override_values(override, path)
+        values = _override_values(override)
         for value in values:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpaceError(path, f"expected an integer, got {value!r}")
@@ -147,11 +203,17 @@ class Float(Knob):
             return self.low
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def midpoint(self, context: dict[str, Any] | None = None) -> float:
+        return math.sqrt(self.low * self.high) if self.log and self.low > 0 else (self.low + self.high) / 2
+
     def grid(self, path: str, bounds: dict[str, tuple[int, int]] | None = None) -> list[Any] | None:
         return None if self.low == self.high else super().grid(path, bounds)
 
     def narrow(self, override: Knob, path: str) -> Knob:
-        values = _override_values(override, path)
+        values = _override_values(override)
         for value in values:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SpaceError(path, f"expected a number, got {value!r}")
@@ -182,6 +244,9 @@ class Choice(Knob):
         picked = trial.suggest_categorical(name, labels)
         return thaw(self.choices[labels.index(picked)])
 
+    def values(self) -> list[Any]:
+        return [thaw(c) for c in self.choices]
+
     def _labels(self) -> list[Any]:
         # Optuna's categorical accepts only scalars: lists are offered by their text.
         if all(_is_scalar(c) for c in self.choices):
@@ -192,7 +257,7 @@ class Choice(Knob):
         return self._labels() if len(self.choices) > 1 else None
 
     def narrow(self, override: Knob, path: str) -> Knob:
-        for value in _override_values(override, path):
+        for value in _override_values(override):
             if _freeze(value) not in self.choices:
                 allowed = ", ".join(repr(thaw(c)) for c in self.choices)
                 raise SpaceError(path, f"{value!r} is not allowed; choose from {allowed}")
@@ -217,8 +282,11 @@ class IntList(Knob):
     def suggest(self, trial: Any, name: str, context: dict[str, Any] | None = None) -> list[int]:
         return Choice(*self.choices).suggest(trial, name, context)
 
+    def values(self) -> list[Any]:
+        return [thaw(c) for c in self.choices]
+
     def narrow(self, override: Knob, path: str) -> Knob:
-        for value in _override_values(override, path):
+        for value in _override_values(override):
             if not isinstance(value, list) or not value:
                 raise SpaceError(path, f"expected a non-empty list of integers, got {value!r}")
             for item in value:
@@ -244,14 +312,10 @@ def thaw(value: Any) -> Any:
     return [thaw(v) for v in value] if isinstance(value, tuple) else value
 
 
-def _override_values(override: Knob, path: str) -> Sequence[Any]:
-    if isinstance(override, Fixed):
-        return [override.value]
-    if isinstance(override, Choice):
-        return [thaw(c) for c in override.choices]
-    if isinstance(override, (Int, Float)):
-        return [v for v in (override.low, override.high) if not isinstance(v, str)]
-    raise SpaceError(path, f"unsupported range {override!r}")  # pragma: no cover
+def _override_values(override: Knob) -> Sequence[Any]:
+    """The values of a space's override to check against a knob: its values, or its range's ends (a named bound left out)."""
+    values = override.values()
+    return values if values is not None else [v for v in override.extremes() if not isinstance(v, str)]
 
 
 def _check_bounds(value: float, minimum: float | None, maximum: float | None, path: str) -> None:
@@ -259,11 +323,6 @@ def _check_bounds(value: float, minimum: float | None, maximum: float | None, pa
         raise SpaceError(path, f"{value!r} is below the smallest allowed value {minimum!r}")
     if maximum is not None and value > maximum:
         raise SpaceError(path, f"{value!r} is above the largest allowed value {maximum!r}")
-
-
-def bound_names(knob: Knob) -> list[str]:
-    """The knob names an ``Int``'s bounds refer to (``Int(1, "experts")`` -> ``["experts"]``)."""
-    return [b for b in (knob.low, knob.high) if isinstance(b, str)] if isinstance(knob, Int) else []
 
 
 def dependency_order(knobs: dict[str, Knob], path: str = "") -> list[str]:
@@ -283,7 +342,7 @@ def dependency_order(knobs: dict[str, Knob], path: str = "") -> list[str]:
             cycle = chain[chain.index(name):] + [name]
             raise SpaceError(f"{path}.{name}" if path else name, f"knob bounds name each other in a cycle: {' -> '.join(cycle)}")
         state[name] = "visiting"
-        for other in bound_names(knobs[name]):
+        for other in knobs[name].bound_names():
             if other in knobs and other != name:
                 visit(other, chain + [name])
             elif other == name:
@@ -306,7 +365,7 @@ def check_named_bounds(knobs: dict[str, Knob], backbone: dict[str, Knob], path: 
     dependency_order(knobs, path)
     scope = {**backbone, **knobs}
     for name, knob in knobs.items():
-        names = bound_names(knob)
+        names = knob.bound_names()
         for other in names:
             if other not in scope and other != "depth":
                 raise SpaceError(f"{path}.{name}", f"a bound of knob {name!r} names {other!r}, which is no knob of this strategy "
@@ -335,16 +394,26 @@ def knob_bounds(knob: Knob, backbone: dict[str, Knob] | None = None) -> tuple[An
     knob's range in ``backbone``: pass the backbone's knobs, and for a bound naming a sibling
     knob the strategy's own as well (``{**backbone, **knobs}``).
     """
-    if isinstance(knob, Fixed):
-        values = [knob.value]
-    elif isinstance(knob, Choice):
-        values = [thaw(c) for c in knob.choices]
-    elif isinstance(knob, (Int, Float)):
-        values = [knob.low, knob.high]
-    else:  # pragma: no cover - every knob kind is listed above
-        raise TypeError(f"unknown knob {knob!r}")
-    resolved = [b for v in values for b in (knob_bounds((backbone or {})[v], backbone) if isinstance(v, str) else (v, v))]
+    names = set(knob.bound_names())
+    resolved = [b for v in knob.extremes() for b in (knob_bounds((backbone or {})[v], backbone) if v in names else (v, v))]
     return min(resolved), max(resolved)
+
+
+def _chosen(knobs: dict[str, Knob], pick: Callable[[Knob, dict[str, Any]], Any], context: dict[str, Any] | None) -> dict[str, Any]:
+    scope = dict(context or {})
+    for name in dependency_order(knobs):
+        scope[name] = pick(knobs[name], scope)
+    return {name: scope[name] for name in knobs}
+
+
+def smallest_values(knobs: dict[str, Knob], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each knob's :meth:`Knob.smallest`; a bound naming another of ``knobs`` reads the value chosen for it, else ``context``'s."""
+    return _chosen(knobs, lambda knob, scope: knob.smallest(scope), context)
+
+
+def midpoint_values(knobs: dict[str, Knob], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each knob's :meth:`Knob.midpoint`; bounds naming other knobs read the values chosen for them, as in :func:`smallest_values`."""
+    return _chosen(knobs, lambda knob, scope: knob.midpoint(scope), context)
 
 
 RANGE_FORMS = ("int", "float", "loguniform", "choice")

@@ -74,8 +74,8 @@ class Strategy:
         and only the task towers are private (hard sharing's ``shared_depth = depth``).
         ``knobs`` are this strategy's ranges after a space's overrides, ``depth`` the
         backbone's depth. Return only the knobs that make the configuration fully shared
-        (e.g. ``{"shared_depth": depth}``); ``mtl-search groups`` gives every other knob a
-        representative value of its range, and trains the first strategy of the space that
+        (e.g. ``{"shared_depth": depth}``); ``mtl-search groups`` gives every other knob its
+        range's midpoint (``Knob.midpoint``), and trains the first strategy of the space that
         answers (a value outside the space's range is allowed: the affinity run is no trial).
         """
         return None

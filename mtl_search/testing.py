@@ -21,7 +21,6 @@ import torch
 
 from .data.dataset import Dataset, make_dataset
 from .data.problem import Problem, Task
-from .knobs import Choice, Fixed, Float, Int, IntList, Knob, thaw
 from .nn.backbones import Backbone, BackboneKind
 from .nn.model import MultiTaskModel, SharingMap
 from .strategy import Strategy
@@ -92,46 +91,18 @@ def contract_dataset_for(strategy: Strategy, input_shape: tuple[int, ...], seed:
     return funnel_contract_dataset(input_shape, seed)
 
 
-def small_value(knob: Knob, context: dict[str, Any] | None = None) -> Any:
-    """A small, valid value of a knob: the low end of a range (at least 2 for integers where allowed)."""
-    if isinstance(knob, Fixed):
-        return knob.value
-    if isinstance(knob, (Choice, IntList)):
-        return thaw(knob.choices[0])
-    if isinstance(knob, Int):
-        low, high = ((context or {}).get(b, b) for b in (knob.low, knob.high))
-        return min(max(low, 2), high)
-    if isinstance(knob, Float):
-        return knob.low
-    raise TypeError(f"unknown knob type {knob!r}")
-
-
-def small_values(knobs: dict[str, Knob], context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``small_value`` of each knob; a bound naming another of ``knobs`` reads the small value chosen for it."""
-    from .knobs import dependency_order
-
-    scope = dict(context or {})
-    values: dict[str, Any] = {}
-    for name in dependency_order(knobs):
-        values[name] = scope[name] = small_value(knobs[name], scope)
-    return {name: values[name] for name in knobs}
-
-
 def small_model(strategy: Strategy, backbones: dict[str, BackboneKind]) -> tuple[MultiTaskModel, Dataset]:
-    """The strategy's smallest model (``small_values``) on its first supported kind of ``backbones``, and the contract data set.
+    """The strategy's smallest model (``nn.create.smallest_configuration``) on its first supported kind of ``backbones``, and the contract data set.
 
     Built by the one model factory; a funnel strategy (``check_problem`` refuses the plain
     contract problem) gets the funnel data set.
     """
-    from .nn.create import create_model
+    from .nn.create import create_model, smallest_configuration
 
     kind = next(k for k in backbones.values() if strategy.supports(k.name))
     seed_everything(0)
-    shape = default_input_shape(kind)
-    backbone_params = small_values(kind.knobs)
-    backbone = kind.build(shape, **backbone_params)
-    params = small_values(strategy.knobs, {**backbone_params, **backbone.params, "depth": backbone.depth})
-    data = contract_dataset_for(strategy, shape)
+    data = contract_dataset_for(strategy, default_input_shape(kind))
+    params, backbone_params, _ = smallest_configuration(data.problem, strategy.knobs, kind)
     return create_model(data.problem, strategy, kind, params, backbone_params), data
 
 
@@ -176,14 +147,15 @@ def check_strategy(strategy: Strategy, backbones: dict[str, BackboneKind] | None
 
 def _check_on(strategy: Strategy, kind: BackboneKind, overrides: dict[str, Any], epochs: int) -> None:
     where = f"{strategy.name} on {kind.name}"
+    from .nn.create import smallest_configuration
+
     seed_everything(0)
     input_shape = default_input_shape(kind)
-    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
-    backbone = kind.build(input_shape, **backbone_params)
-    context = {**backbone_params, "depth": backbone.depth}  # as in a search: a bound may name the depth
-    params = small_values(strategy.knobs, context) | overrides
     data = contract_dataset_for(strategy, input_shape)
     problem = data.problem
+    params, backbone_params, _ = smallest_configuration(problem, strategy.knobs, kind)
+    params |= overrides
+    backbone = kind.build(input_shape, **backbone_params)
 
     model = _build(strategy, problem, backbone, params, where)
     out = model(data.train.x[:5])
@@ -252,17 +224,15 @@ def train_table_model(strategy: Strategy, kind: BackboneKind, directory: Path, o
     its knobs and trained through ``Strategy.fit``, as a trial is.
     """
     from .data.tables import SplitSpec, TableSpec, load_table
-    from .nn.create import build_backbone, create_model
+    from .nn.create import create_model, smallest_configuration
 
     seed_everything(0)
     funnel = _declines_plain(strategy)
     path = contract_table(Path(directory), funnel=funnel)
     data = load_table(TableSpec("csv", path, split=SplitSpec(val=0.25, test=0.25)), FUNNEL_TABLE_TASKS if funnel else TABLE_TASKS)
     problem = data.problem
-    backbone_params = {name: small_value(knob) for name, knob in kind.knobs.items()}
-    backbone = build_backbone(kind, problem, backbone_params)
-    context = {**backbone_params, **backbone.params, "depth": backbone.depth}
-    params = {name: small_value(knob, context) for name, knob in strategy.knobs.items()} | (overrides or {})
+    params, backbone_params, _ = smallest_configuration(problem, strategy.knobs, kind)
+    params |= overrides or {}
     config = {"strategy": strategy.name, **{f"{strategy.name}.{k}": v for k, v in params.items()},
               **{f"backbone.{k}": v for k, v in backbone_params.items()}}
     model = create_model(problem, strategy, kind, params, backbone_params)

@@ -77,9 +77,7 @@ from torch import nn
 
 from mtl_search import (
     Backbone,
-    Choice,
     Default,
-    Fixed,
     Float,
     Int,
     Knob,
@@ -372,7 +370,7 @@ class _WrittenValue(Knob):
     what = "a written tree"
 
     def narrow(self, override: Knob, path: str) -> Knob:
-        values = [override.value] if isinstance(override, Fixed) else list(override.choices) if isinstance(override, Choice) else None
+        values = override.values()
         if values is None:
             raise SpaceError(path, f"expected {self.what} or {{choice: [...]}} of them, got {override.describe()}")
         for value in values:
@@ -395,11 +393,7 @@ class PartitionValue(_WrittenValue):
 def _values(knob: Knob) -> list[Any]:
     """The constant(s) a fixed or choice knob allows, as plain lists."""
     thaw = lambda v: [thaw(i) for i in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
-    if isinstance(knob, Fixed):
-        return [thaw(knob.value)]
-    if isinstance(knob, Choice):
-        return [thaw(c) for c in knob.choices]
-    return []
+    return [thaw(v) for v in knob.values() or []]
 
 
 def _fixed_depth(backbone: dict[str, Knob]) -> int | None:
@@ -407,8 +401,8 @@ def _fixed_depth(backbone: dict[str, Knob]) -> int | None:
     if "depth" in backbone:
         low, high = knob_bounds(backbone["depth"], backbone)
         return low if low == high else None
-    if "channels" in backbone and isinstance(backbone["channels"], Fixed):
-        return len(backbone["channels"].value)
+    if "channels" in backbone and backbone["channels"].is_fixed:
+        return len(backbone["channels"].values()[0])
     return None
 
 

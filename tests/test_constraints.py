@@ -60,7 +60,7 @@ def test_constrained_samplers_are_told_each_trials_constraint_values():
     import optuna
 
     from mtl_search.results.constraints import constraint_values
-    from mtl_search.search.plan import make_sampler
+    from mtl_search.search.sampling import make_sampler
 
     constraints = parse_constraints({"clicked": ">= 0.7", "params": "<= 1000"})
     assert constraint_values(constraints, {"val/clicked": 0.65, "params": 800.0}) == pytest.approx([0.05, -200.0])

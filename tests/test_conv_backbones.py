@@ -10,8 +10,8 @@ from mtl_search.cli import main
 from mtl_search.knobs import Choice, Fixed
 from mtl_search.nn.backbones import build_conv, build_residual_conv
 from mtl_search.registry import load_registry
-from mtl_search.search.plan import DefineByRun
 from mtl_search.search.prepare import prepare
+from mtl_search.search.sampling import TrialSpace
 from mtl_search.search.space import load_space
 
 
@@ -91,7 +91,7 @@ def test_hard_sharing_depth_bound_follows_the_conv_channel_list(tmp_path):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(30):
-        config = DefineByRun(plan)(study.ask())
+        config = TrialSpace(plan)(study.ask())
         depth = len(config["backbone.channels"])
         assert 0 <= config["hard_sharing.shared_depth"] <= depth
         seen.add((depth, config["hard_sharing.shared_depth"]))

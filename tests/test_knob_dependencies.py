@@ -62,12 +62,12 @@ def test_bounds_of_a_sibling_follow_its_range():
 
 
 def test_every_sampled_value_lies_within_the_range_its_sibling_sets(tmp_path):
-    from mtl_search.search.plan import DefineByRun
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.space import load_space
 
     plan, _, _ = prepare(load_space(_space(tmp_path)))
-    space = DefineByRun(plan)
+    space = TrialSpace(plan)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     pairs = []
     for _ in range(60):
@@ -81,8 +81,8 @@ def test_every_sampled_value_lies_within_the_range_its_sibling_sets(tmp_path):
 
 
 def test_the_grid_covers_the_largest_range_a_sibling_allows(tmp_path):
-    from mtl_search.search.plan import grid_space
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import grid_space
     from mtl_search.search.space import load_space
 
     path = _space(tmp_path, "{importance_weight: 0.01, load_weight: 0.01}")
@@ -92,9 +92,9 @@ def test_the_grid_covers_the_largest_range_a_sibling_allows(tmp_path):
 
 
 def test_the_contract_check_and_validate_build_at_consistent_small_values(tmp_path, capsys):
-    from mtl_search.testing import small_values
+    from mtl_search.knobs import smallest_values
 
-    assert small_values({"k": Int(1, "experts"), "experts": Int(2, 6)}) == {"k": 2, "experts": 2}
+    assert smallest_values({"k": Int(1, "experts"), "experts": Int(2, 6)}) == {"k": 2, "experts": 2}
     assert main(["validate", str(_space(tmp_path))]) == 0, capsys.readouterr().err
 
 

@@ -30,9 +30,9 @@ from mtl_search import (
     TrainConfig,
     Trainer,
 )
+from mtl_search.knobs import smallest_values
 from mtl_search.nn.backbones import build_conv, build_mlp, build_residual_mlp
 from mtl_search.registry import load_registry
-from mtl_search.testing import small_value
 from mtl_search.training.weighting import Equal
 
 REGISTRY = load_registry()
@@ -59,7 +59,7 @@ GRADNORM_LAYERS = {
 def _build(name: str, overrides: dict, backbone=None):
     strategy = REGISTRY.strategies[name]
     backbone = backbone or build_mlp((8,), depth=3, width=16)
-    params = {k: small_value(knob, {"depth": backbone.depth}) for k, knob in strategy.knobs.items()} | overrides
+    params = smallest_values(strategy.knobs, {"depth": backbone.depth}) | overrides
     torch.manual_seed(0)
     return strategy.build(PROBLEM, backbone, params)
 
@@ -308,8 +308,8 @@ def test_mmoe_with_backbone_experts_trains_a_digits_trial(request, tmp_path):
     import optuna
     import yaml
 
-    from mtl_search.search.plan import DefineByRun
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.space import load_space
     from mtl_search.search.trial import TrialPlan, train_trial
 
@@ -324,7 +324,7 @@ def test_mmoe_with_backbone_experts_trains_a_digits_trial(request, tmp_path):
     trial_plan = TrialPlan(plan.problem, {n: s for n, (s, _) in plan.strategies.items()}, plan.backbone_kind,
                            {n: cls for n, (cls, _) in plan.weightings.items()}, epochs=1, patience=1, seed=0, cpus_per_trial=1, gpus_per_trial=0)
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    config = DefineByRun(plan)(study.ask())
+    config = TrialSpace(plan)(study.ask())
     assert config["mmoe.experts_on"] == "backbone"
     reports = []
     result = train_trial(config, dataset, trial_plan, lambda metrics, checkpoint_dir=None: reports.append(metrics))

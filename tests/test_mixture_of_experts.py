@@ -28,10 +28,10 @@ from benchmarks.moe_step import main as benchmark_main
 from benchmarks.moe_step import with_loop_experts
 from mtl_search import Problem, Task
 from mtl_search.nn.backbones import build_mlp
-from mtl_search.search.plan import DefineByRun, make_trial_plan
 from mtl_search.search.prepare import prepare
+from mtl_search.search.sampling import TrialSpace
 from mtl_search.search.space import parse_space
-from mtl_search.search.trial import train_trial
+from mtl_search.search.trial import make_trial_plan, train_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBLEM = Problem((10,), (Task("a", "regression"), Task("b", "binary"), Task("c", "multiclass", "accuracy", 3)))
@@ -377,7 +377,7 @@ def test_moe_space_trains_each_of_the_seven_strategies_in_reduced_form(tmp_path)
     raw["training"].update(epochs=1, batch_size=64)
     raw["backbone"]["width"] = 16
     plan, dataset, _ = prepare(parse_space(raw, tmp_path / "moe.yaml"))
-    trial_plan, define = make_trial_plan(plan), DefineByRun(plan)
+    trial_plan, define = make_trial_plan(plan), TrialSpace(plan)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     for name in raw["strategies"]:
         study.enqueue_trial({"strategy": name})

@@ -84,8 +84,8 @@ def test_every_strategy_of_the_digits_space_trains_a_trial(request, tmp_path):
     """Each strategy's sampled configuration, built and trained by the trial code (without Ray) for one epoch."""
     import optuna
 
-    from mtl_search.search.plan import DefineByRun
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.space import load_space
     from mtl_search.search.trial import TrialPlan, train_trial
 
@@ -97,7 +97,7 @@ def test_every_strategy_of_the_digits_space_trains_a_trial(request, tmp_path):
     assert list(plan.strategies) == ["hard_sharing", "cross_stitch", "mtan", "l2_soft", "mrn", "mmoe"]
     for name in plan.strategies:
         study.enqueue_trial({"strategy": name})
-        config = DefineByRun(plan)(study.ask())
+        config = TrialSpace(plan)(study.ask())
         reports = []
         result = train_trial(config, dataset, trial_plan, lambda metrics, checkpoint_dir=None: reports.append(metrics))
         assert config["strategy"] == name and len(reports) == 2  # one epoch, then the final result

@@ -9,7 +9,7 @@ import pytest
 from mtl_search.record import Objective
 from mtl_search.results.metrics import gain_metrics, val_gain_metrics
 from mtl_search.search.pareto_stopping import ParetoSuccessiveHalving, crowding_distance, promoted, rung_levels, rung_ranking
-from mtl_search.search.plan import make_scheduler
+from mtl_search.search.tune import make_scheduler
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 TASKS = [Objective("a", "val/a", "max"), Objective("b", "val/b", "max")]
@@ -124,8 +124,8 @@ def test_pareto_rungs_read_the_searchs_objectives_but_latency_and_gains_per_epoc
 def test_every_epoch_of_a_trial_with_references_reports_its_gains():
     import optuna
 
-    from mtl_search.search.plan import DefineByRun
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.space import parse_space
     from mtl_search.search.trial import TrialPlan, train_trial
 
@@ -136,7 +136,7 @@ def test_every_epoch_of_a_trial_with_references_reports_its_gains():
         "training": {"epochs": 2, "batch_size": 64},
     })
     plan, dataset, _ = prepare(space)
-    config = DefineByRun(plan)(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    config = TrialSpace(plan)(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
     references = {"val": {"y1": 1.0, "y2": 2.0}, "test": {"y1": 1.0, "y2": 2.0}}
     trial_plan = TrialPlan(plan.problem, {n: s for n, (s, _) in plan.strategies.items()}, plan.backbone_kind,
                            {n: cls for n, (cls, _) in plan.weightings.items()}, epochs=2, patience=5, seed=0,

@@ -170,12 +170,12 @@ def test_the_command_line_prints_the_build_error_without_a_traceback(tmp_path):
 
 
 def test_the_smallest_configuration_reads_a_bound_naming_the_depth(tmp_path):
-    from mtl_search.search.prepare import prepare, smallest_config
+    from mtl_search.search.prepare import prepare
     from mtl_search.search.space import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text("data: {dataset: synthetic_correlated, options: {samples: 200}}\nbackbone: {depth: {int: [3, 5]}}\n"
                     "strategies: {hard_sharing: {}}\n")  # shared_depth: Int(0, "depth")
     plan, _, _ = prepare(load_space(path))
-    knobs, backbone, _ = smallest_config(plan, "hard_sharing")
+    knobs, backbone, _ = plan.smallest_configuration("hard_sharing")
     assert backbone["depth"] == 3 and knobs["shared_depth"] == 2

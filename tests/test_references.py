@@ -41,8 +41,8 @@ def test_the_references_are_searched_by_default_with_one_strategys_budget_and_fi
 
 
 def test_a_tasks_reference_study_samples_as_the_search_does_and_one_trial_says_all_when_nothing_is_searched(tmp_path):
-    from mtl_search.search.plan import ReferenceSpace
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import ReferenceSpace
 
     plan = prepare(load_space(tiny_space(tmp_path, trials=5, extra="baseline: {trials: 3}")))[0]  # the tower width and backbone knobs searched
     first, second = (ReferenceSpace(plan, task) for task in plan.problem.task_names[:2])

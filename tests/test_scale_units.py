@@ -5,10 +5,11 @@ import pytest
 from conftest import tiny_space
 
 from mtl_search.errors import SpaceError
-from mtl_search.search.plan import grid_space, make_sampler, make_scheduler
 from mtl_search.search.prepare import prepare
+from mtl_search.search.sampling import grid_space, make_sampler
 from mtl_search.search.space import load_space
 from mtl_search.search.trial import select_device
+from mtl_search.search.tune import make_scheduler
 
 
 def test_device_follows_the_gpus_given_to_the_trial():

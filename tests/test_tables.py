@@ -345,14 +345,14 @@ def test_a_trial_on_the_shipped_table_samples_the_encoding():
     """Optuna's define-by-run space holds the input layer's knobs; a trial decodes them and trains behind that layer."""
     import optuna
 
-    from mtl_search.search.plan import DefineByRun
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.trial import train_trial
 
     space = load_space(REPO / "search_spaces" / "tabular_csv.yaml")
     space.epochs = 1
     plan, data, _ = prepare(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    configs = [DefineByRun(plan)(study.ask()) for _ in range(6)]
+    configs = [TrialSpace(plan)(study.ask()) for _ in range(6)]
     assert {c["inputs.encoding"] for c in configs} == {"onehot", "embedding"}
     config = next(c for c in configs if c["inputs.encoding"] == "embedding")
     trial_plan = TrialPlan(plan.problem, {n: s for n, (s, _) in plan.strategies.items()}, plan.backbone_kind,

@@ -14,7 +14,7 @@ from mtl_search.data.problem import Problem, Task
 from mtl_search.errors import SpaceError
 from mtl_search.nn.create import create_model
 from mtl_search.results.saved_models import load_model_dir, predict, problem_from_json, problem_to_json, read_inputs, save_model
-from mtl_search.search.prepare import prepare, smallest_config
+from mtl_search.search.prepare import prepare
 from mtl_search.search.space import load_space
 from mtl_search.training.trainer import TrainConfig, Trainer
 
@@ -89,7 +89,7 @@ def test_a_large_scale_target_is_learnt_and_predicted_in_its_units_after_reload(
     _linear_table(tmp_path)
     plan, dataset, _ = prepare(load_space(_space(tmp_path)))
     strategy = plan.strategies["hard_sharing"][0]
-    knobs, backbone, inputs = smallest_config(plan, "hard_sharing")
+    knobs, backbone, inputs = plan.smallest_configuration("hard_sharing")
     torch.manual_seed(0)
     model = create_model(plan.problem, strategy, plan.backbone_kind, knobs, backbone, inputs)
     weighting = plan.weightings["equal"][0](plan.problem.task_names)

@@ -14,8 +14,8 @@ from mtl_search_plugins.weighting import (
 from mtl_search import Problem, SpaceError, Task
 from mtl_search.config import TrialConfig
 from mtl_search.registry import load_registry
-from mtl_search.search.plan import DefineByRun
 from mtl_search.search.prepare import prepare
+from mtl_search.search.sampling import TrialSpace
 from mtl_search.search.space import parse_space
 
 PROBLEM = Problem((1,), (Task("a", "regression"), Task("b", "binary")))
@@ -42,7 +42,7 @@ def test_fixed_weights_are_knobs_a_space_sets_or_searches():
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
-    config = DefineByRun(plan)(trial)
+    config = TrialSpace(plan)(trial)
     parts = TrialConfig.from_flat(config)
     assert parts.weighting == "fixed" and parts.weighting_params["weight.y2"] == 0.25
     assert 1.0 <= parts.weighting_params["weight.y1"] <= 4.0

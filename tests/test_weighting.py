@@ -359,8 +359,8 @@ def test_random_loss_weighting_draws_fresh_softmax_weights():
 def test_a_sampled_trial_uses_the_spaces_knob_range_and_logs_weights_per_epoch():
     import optuna
 
-    from mtl_search.search.plan import DefineByRun
     from mtl_search.search.prepare import prepare
+    from mtl_search.search.sampling import TrialSpace
     from mtl_search.search.trial import TrialPlan, train_trial
 
     space = parse_space({
@@ -370,7 +370,7 @@ def test_a_sampled_trial_uses_the_spaces_knob_range_and_logs_weights_per_epoch()
         "training": {"epochs": 2, "batch_size": 64, "weighting": "gradnorm", "weighting_options": {"gradnorm": {"alpha": {"float": [0.5, 0.6]}}}},
     })
     plan, dataset, _ = prepare(space)
-    config = DefineByRun(plan)(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    config = TrialSpace(plan)(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
     assert config["training.weighting"] == "gradnorm" and 0.5 <= config["weighting.gradnorm.alpha"] <= 0.6
     trial_plan = TrialPlan(plan.problem, {n: s for n, (s, _) in plan.strategies.items()}, plan.backbone_kind,
                            {n: cls for n, (cls, _) in plan.weightings.items()}, epochs=2, patience=5, seed=0,

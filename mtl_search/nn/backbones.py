@@ -112,7 +112,7 @@ class BackboneKind:
         values and choices, so a strategy's bound that names a backbone value is checked
         against what a trial can really get.
         """
-        options = [[(name, value) for value in _extremes(knob)] for name, knob in knobs.items()]
+        options = [[(name, value) for value in knob.extremes()] for name, knob in knobs.items()]
         seen: dict[str, list[int]] = {}
         for combination in itertools.islice(itertools.product(*options), 4096):
             built = self.build(tuple(input_shape), **dict(combination))
@@ -120,19 +120,6 @@ class BackboneKind:
                 if isinstance(value, int) and not isinstance(value, bool):
                     seen.setdefault(name, []).append(value)
         return {name: Int(min(values), max(values)) for name, values in seen.items()}
-
-
-def _extremes(knob: Knob) -> list[Any]:
-    """A knob's boundary values: an integer or float range's ends, every choice, a constant."""
-    from ..knobs import Fixed, thaw
-
-    if isinstance(knob, (Int, Float)):
-        return [knob.low, knob.high]
-    if isinstance(knob, Choice) or isinstance(knob, IntList):
-        return [thaw(c) for c in knob.choices]
-    if isinstance(knob, Fixed):
-        return [knob.value]
-    raise TypeError(f"unknown knob {knob!r}")  # pragma: no cover - every knob kind is listed above
 
 
 MLP_KNOBS: dict[str, Knob] = {

@@ -3,8 +3,8 @@
 ``mtl-search groups SPACE``: train once the space's first strategy with a fully shared
 configuration (``Strategy.fully_shared`` answers: of the built-in strategies, hard sharing
 with every block shared) at that configuration, or, when none answers, its first strategy
-that declares shared parameters, its other knobs at a representative value of their
-ranges (:func:`joint_strategy`), measuring
+that declares shared parameters (:func:`joint_strategy`), every other knob, backbone and
+input knob at its range's midpoint (``Knob.midpoint``), measuring
 the lookahead affinity Z(i -> j) (``mtl_search.training.affinity``) every step (or every
 ``training.affinity_every`` steps), then for each number of groups K choose the partitions
 of the tasks that maximise
@@ -26,7 +26,6 @@ swapping two tasks until no move helps) finds good ones, without a guarantee of 
 from __future__ import annotations
 
 import json
-import math
 import random
 from typing import Any, Iterator, Sequence
 
@@ -34,7 +33,7 @@ import torch
 
 from ..config import DEFAULT_WEIGHTING, STRATEGY_KEY, TrialConfig, param_name
 from ..errors import MtlSearchError, SpaceError
-from ..knobs import Choice, Fixed, Float, Int, IntList, Knob
+from ..knobs import midpoint_values
 from ..nn.create import build_backbone
 from ..record import ROLE, ROLE_GROUPS, affinity_key
 from ..training.trainer import TrainConfig
@@ -144,26 +143,12 @@ def select_partitions(affinity: torch.Tensor, tasks: Sequence[str], groups: int 
 
 
 # --- one joint training with affinity ---------------------------------------------------------
-def _middle(knob: Knob, context: dict[str, Any]) -> Any:
-    """A representative value of a range: a constant itself, the first choice, the (geometric) middle of a range."""
-    if isinstance(knob, Fixed):
-        return knob.value
-    if isinstance(knob, (Choice, IntList)):
-        value = knob.choices[0]
-        return list(value) if isinstance(value, tuple) else value
-    if isinstance(knob, (Int, Float)):
-        low, high = (context.get(b, b) for b in (knob.low, knob.high))
-        middle = math.sqrt(low * high) if knob.log and low > 0 else (low + high) / 2
-        return int(round(middle)) if isinstance(knob, Int) else float(middle)
-    raise TypeError(f"unknown knob {knob!r}")
-
-
 def joint_strategy(plan: Any, depth: int) -> tuple[str, dict[str, Any]]:
     """The strategy the affinity run trains and the knob values it fixes: ``(name, values)``.
 
     The space's first strategy whose ``Strategy.fully_shared`` answers for a backbone of
     ``depth`` blocks, with that answer; else its first strategy that declares shared
-    parameters, with no value fixed (every knob at a representative value of its range).
+    parameters, with no value fixed (every knob at its range's midpoint, ``Knob.midpoint``).
     """
     for name, (strategy, knobs) in plan.strategies.items():
         values = strategy.fully_shared(knobs, depth)
@@ -181,20 +166,19 @@ def measure_affinity(space: Space, groups: int | None = None) -> dict[str, Any]:
     plan, dataset, registry = prepare(space)
     if groups is not None and not 1 <= groups <= len(plan.problem.tasks):
         raise MtlSearchError(f"--groups {groups}: the number of groups must lie in [1, {len(plan.problem.tasks)}] (the number of tasks)")
-    backbone_values = {k: _middle(knob, {}) for k, knob in plan.backbone.items()}
-    inputs = {k: _middle(knob, {}) for k, knob in plan.inputs.items()}
+    backbone_values, inputs = midpoint_values(plan.backbone), midpoint_values(plan.inputs)
     depth = build_backbone(plan.backbone_kind, plan.problem, backbone_values, inputs).depth
     name, shared = joint_strategy(plan, depth)
     strategy, knobs = plan.strategies[name]
-    context = {**backbone_values, "depth": depth}
-    params = {**{k: _middle(knob, context) for k, knob in knobs.items()}, **shared}
-    training = {k: (knob.value if isinstance(knob, Fixed) else getattr(TrainConfig, k)) for k, knob in plan.training.items()}
-    weighting_name = plan.weighting.value if isinstance(plan.weighting, Fixed) else DEFAULT_WEIGHTING
+    params = {**midpoint_values(knobs, {**backbone_values, "depth": depth}), **shared}
+    # a searched training setting at the trainer's default, a fixed one as the space fixes it
+    training = {k: (knob.values()[0] if knob.is_fixed else getattr(TrainConfig, k)) for k, knob in plan.training.items()}
+    weighting_name = plan.weighting.values()[0] if plan.weighting.is_fixed else DEFAULT_WEIGHTING
     if weighting_name not in plan.weightings:
         weighting_name = next(iter(plan.weightings))
     weighting_cls, weighting_knobs = plan.weightings[weighting_name]
     config = TrialConfig(name, knobs=params, backbone=backbone_values, inputs=inputs, training=training, weighting=weighting_name,
-                         weighting_params={k: _middle(v, {}) for k, v in weighting_knobs.items()})
+                         weighting_params=midpoint_values(weighting_knobs))
     model, trainer = set_up_trial(dataset, strategy, plan.backbone_kind, config, weighting_cls, epochs=space.epochs,
                                   patience=space.patience, seed=space.search.seed, affinity_every=space.affinity_every or 1)
     strategy.fit(model, trainer)

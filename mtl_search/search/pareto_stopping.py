@@ -26,7 +26,7 @@ Deviations from the paper and its reference implementation (Syne Tune's ``MOASHA
   strictly below ``max_t``: a trial that has trained every epoch is never stopped before
   it reports its result.
 - Objectives with no per-epoch value (``latency`` is measured once, after training) are
-  left out of the rungs by the caller (:func:`mtl_search.search.plan.make_scheduler`).
+  left out of the rungs by the caller (:func:`mtl_search.search.tune.make_scheduler`).
   A value that is not finite ranks behind every finite one.
 """
 from __future__ import annotations

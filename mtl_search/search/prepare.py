@@ -23,7 +23,6 @@ This module imports neither Ray nor MLflow.
 from __future__ import annotations
 
 import traceback
-from typing import Any
 
 from ..config import TrialConfig
 from ..console import warn
@@ -74,7 +73,7 @@ def prepare(space: Space, registry: Registry | None = None) -> tuple[Plan, Datas
     with errors.section():
         check_builds(plan, dataset)
     if space.search.sampler == "grid":
-        from .plan import grid_space  # imports Optuna: only for the grid sampler
+        from .sampling import grid_space  # imports Optuna: only for the grid sampler
 
         with errors.section():
             grid_space(plan)  # a continuous knob is a SpaceError before anything runs
@@ -134,25 +133,6 @@ def check_class_counts(plan: Plan, dataset: Dataset) -> None:
     errors.raise_if_any()
 
 
-def smallest_values(knobs: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The smallest configuration of ranges (as the contract check picks it: ``testing.small_value``)."""
-    from ..testing import small_values
-
-    return small_values(knobs, context)
-
-
-def smallest_config(plan: Plan, strategy: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(strategy knobs, backbone values, input-layer values) of ``strategy``'s smallest configuration in ``plan``.
-
-    A strategy bound naming a backbone knob or ``depth`` reads it from the backbone values
-    chosen here (the depth from the built backbone), as the search's define-by-run space does.
-    """
-    backbone = smallest_values(plan.backbone)
-    depth = plan.backbone_kind.build(tuple(plan.problem.input_shape), **backbone).depth
-    knobs = smallest_values(plan.strategies[strategy][1], {**backbone, "depth": depth})
-    return knobs, backbone, smallest_values(plan.inputs)
-
-
 def check_builds(plan: Plan, dataset: Dataset) -> None:
     """Build each strategy once at its smallest configuration and run one forward pass on a few training rows.
 
@@ -168,7 +148,7 @@ def check_builds(plan: Plan, dataset: Dataset) -> None:
     for name, (strategy, _) in plan.strategies.items():
         where = f"strategies.{name}"
         try:
-            knobs, backbone, inputs = smallest_config(plan, name)
+            knobs, backbone, inputs = plan.smallest_configuration(name)
         except Exception as exc:  # a backbone kind that cannot build its own smallest values
             errors.add(SpaceError("backbone", f"backbone kind {plan.backbone_kind.name!r} failed to build at its smallest values: {_last_line(exc)}"))
             break

@@ -18,7 +18,7 @@ task (``after:``) is trained and evaluated on the rows its parent selects, as in
   references: the best validation metric among a task's reference trials, with the test
   metric of that same model. Resume keeps them like any other trial.
 - ``mode: fixed``: one configuration per task, trained once on the driver: each knob at the
-  value ``baseline:`` gives or the midpoint of its range (:func:`midpoint`), tower width 16.
+  value ``baseline:`` gives or the midpoint of its range (``Knob.midpoint``), tower width 16.
   A documented, untuned yardstick: Δm then measures a searched configuration against an
   unsearched one as much as what sharing adds.
 
@@ -46,7 +46,7 @@ from ..nn.model import MultiTaskModel, SharingMap
 from ..strategy import Strategy
 from ..training.weighting import Equal
 from .setup import set_up_trial, trial_seed
-from .space import Plan, ReferenceSettings, midpoint, reference_settings  # noqa: F401 (midpoint: part of this module's API)
+from .space import Plan, ReferenceSettings, reference_settings
 
 References = dict[str, dict[str, float]]  # {"val": {task: metric}, "test": {task: metric}}
 

@@ -31,11 +31,11 @@ from ..results.search_run import Tracker, open_tracker
 from ..results.store import check_tracking_store, default_store_dir, store_lock
 from .faults import kill_point
 from .gbdt import search_gbdt
-from .plan import DefineByRun, ReferenceSpace, make_sampler, make_scheduler, make_trial_plan
 from .prepare import prepare
 from .references import References, best_references, fixed_references
+from .sampling import ReferenceSpace, TrialSpace, make_sampler
 from .space import Plan, Space
-from .trial import tune_trainable
+from .trial import make_trial_plan, tune_trainable
 from .tune import (
     CONFIG_ATTR,
     RERUN_ATTR,
@@ -48,6 +48,7 @@ from .tune import (
     Rerun,
     Stopper,
     TrialLogger,
+    make_scheduler,
 )
 
 
@@ -305,7 +306,7 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
                 if phase.abort_reason:
                     logger.abort_reason = phase.abort_reason
             if to_run and going_on():
-                searcher = OptunaSearcher(study, DefineByRun(plan), [o.key for o in objectives], resumption.reruns[:to_run],
+                searcher = OptunaSearcher(study, TrialSpace(plan), [o.key for o in objectives], resumption.reruns[:to_run],
                                           stop=lambda: not going_on(), constraints=space.search.constraints)
                 _fit(_trainable(dataset, make_trial_plan(plan, references), space), searcher, to_run, concurrency, logger,
                      f"{study.study_name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", store, interrupt,

@@ -1,7 +1,6 @@
 """space.yaml: schema, defaults and validation. Every error names the key path and what was expected."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,7 @@ from ..data.problem import KINDS, Problem, Task
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import ErrorCollector, SpaceError, did_you_mean
 from ..knobs import (
-    Choice,
     Fixed,
-    Float,
-    Int,
-    IntList,
     Knob,
     check_named_bounds,
     knob_bounds,
@@ -27,8 +22,8 @@ from ..nn.inputs import INPUT_KNOBS, has_categories
 from ..record import COST_OBJECTIVES, GAIN_OBJECTIVES, Objective, group_key, val_key
 from ..results.constraints import Constraint, check_constraints, parse_constraints
 from ..training.trainer import TRAINING_KNOBS, TrainConfig
+from .samplers import SAMPLERS
 
-SAMPLERS = ("tpe", "nsga2", "random", "gp", "grid")
 EARLY_STOPPING = ("none", "asha", "median", "pareto")
 TASK_KEYS = ("kind", "metric", "classes", "after", "weight_column", "scale", "positive")
 TOP_LEVEL = ("experiment", "plugins", "data", "tasks", "inputs", "backbone", "strategies", "training", "search", "tracking", "ray", "baseline")
@@ -55,7 +50,7 @@ class BaselineSpec:
     ``mode: search`` (the default): ``trials`` reference trials per task (None: the budget of
     one strategy, :meth:`reference_trials`), sampled from the space's backbone, input and
     training ranges and run as trials; the best on validation is the task's reference. ``mode: fixed``: one reference per task at one configuration, each
-    knob left out at its range's midpoint (:func:`midpoint`). In both modes ``backbone``,
+    knob left out at its range's midpoint (``Knob.midpoint``). In both modes ``backbone``,
     ``training`` and ``inputs`` pin knob values, and ``tower_width`` pins the width of the
     reference's one hidden tower layer (searched over its default range, or
     ``FIXED_TOWER_WIDTH`` in fixed mode, when left out). ``gbdt``: fit the GBDT
@@ -263,7 +258,7 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
         training = _ranges({k: training_raw.get(k, getattr(TrainConfig, k)) for k in TRAINING_KNOBS}, "training", errors)
         with errors.section():
             parsed = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
-            if isinstance(parsed, (Int, Float)):
+            if parsed.values() is None:  # a range of numbers
                 raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
             weighting = parsed
         with errors.section():
@@ -440,6 +435,12 @@ class Plan:
     objectives: list[Objective]
     inputs: dict[str, Knob] = field(default_factory=dict)  # the input layer's knobs; empty without categorical features
 
+    def smallest_configuration(self, strategy: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(strategy knobs, backbone values, input-layer values) of ``strategy``'s smallest configuration in this plan."""
+        from ..nn.create import smallest_configuration
+
+        return smallest_configuration(self.problem, self.strategies[strategy][1], self.backbone_kind, self.backbone, self.inputs)
+
 
 def apply_task_overrides(problem: Problem, tasks: dict[str, dict[str, Any]]) -> Problem:
     """The data set's problem with the metric (or kind/classes) a space sets per task."""
@@ -514,7 +515,7 @@ def resolve(space: Space, registry: Any, problem: Problem) -> Plan:
             strategy.check_problem(knobs, problem, f"strategies.{name}")
             strategies[name] = (strategy, knobs)
 
-    names = [space.weighting.value] if isinstance(space.weighting, Fixed) else list(space.weighting.choices)
+    names = space.weighting.values()
     weightings = {}
     for name in names:
         with errors.section():
@@ -593,24 +594,6 @@ def resolve_objectives(listed: list[str | GroupObjective], problem: Problem, ref
     return objectives
 
 
-def midpoint(knob: Knob) -> Any:
-    """The default reference value of a knob (see the module docstring)."""
-    if isinstance(knob, Fixed):
-        return knob.value
-    if isinstance(knob, Int):
-        low, high = int(knob.low), int(knob.high)
-        middle = math.sqrt(max(low, 1) * high) if knob.log and low > 0 else (low + high) / 2
-        return min(high, max(low, int(round(middle))))
-    if isinstance(knob, Float):
-        return math.sqrt(knob.low * knob.high) if knob.log and knob.low > 0 else (knob.low + knob.high) / 2
-    if isinstance(knob, (Choice, IntList)):
-        choices = list(knob.choices)
-        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
-            return sorted(choices)[(len(choices) - 1) // 2]
-        return choices[0] if not isinstance(knob, IntList) else list(choices[0])
-    raise TypeError(f"no midpoint for knob {knob!r}")  # pragma: no cover - every knob kind is listed above
-
-
 @dataclass
 class ReferenceSettings:
     """The resolved reference configuration: one value per backbone, training and input knob."""
@@ -623,7 +606,7 @@ class ReferenceSettings:
 
 def reference_settings(plan: Plan) -> ReferenceSettings:
     """The fixed reference's configuration: values from ``baseline:``, midpoints for the rest (a key naming no knob: SpaceError)."""
-    values = {section: {name: given.get(name, midpoint(knob)) for name, knob in knobs.items()}
+    values = {section: {name: given.get(name, knob.midpoint()) for name, knob in knobs.items()}
               for section, knobs, given in _baseline_sections(plan)}
     tower_width = plan.space.baseline.tower_width
     return ReferenceSettings(values["backbone"], values["training"], values["inputs"],
@@ -708,7 +691,7 @@ def _check_backbone_bounds(declared: dict[str, Knob], knobs: dict[str, Knob], va
     """A space's range for a knob whose bound names a backbone value (``Int(0, "depth")``) or another knob of the strategy
     (``Int(1, "experts")``; that knob first) must stay within it for every trial."""
     for name, knob in declared.items():
-        if not isinstance(knob, Int) or knobs[name] is knob:
+        if not knob.bound_names() or knobs[name] is knob:
             continue
         low, high = knob_bounds(knobs[name])
         for bound, smallest in ((knob.high, True), (knob.low, False)):

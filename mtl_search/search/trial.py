@@ -24,6 +24,7 @@ from ..strategy import Strategy
 from ..training.weighting import Equal
 from .references import SingleTask, task_dataset
 from .setup import set_up_trial, trial_seed
+from .space import Plan
 
 
 @dataclass
@@ -153,3 +154,19 @@ def tune_trainable(config: dict[str, Any], dataset: Dataset, plan: TrialPlan) ->
         tune.report(metrics, checkpoint=checkpoint)
 
     train_trial(config, dataset, plan, report, {NODE_ID: ray.get_runtime_context().get_node_id()})
+
+
+def make_trial_plan(plan: Plan, references: dict[str, dict[str, float]] | None = None) -> TrialPlan:
+    """What a worker needs to train any configuration of ``plan`` (everything but the data); ``references``: the
+    single-task references' metrics its gains are measured against (``search.references``)."""
+    space = plan.space
+    return TrialPlan(
+        problem=plan.problem,
+        strategies={name: s for name, (s, _) in plan.strategies.items()},
+        backbone_kind=plan.backbone_kind,
+        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
+        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
+        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
+        max_trial_seconds=space.max_trial_seconds,
+        references=references, groups={o.name: o.tasks for o in plan.objectives if o.tasks}, affinity_every=space.affinity_every,
+    )

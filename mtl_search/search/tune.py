@@ -1,4 +1,4 @@
-"""The glue between a search and Ray Tune: the Optuna searcher, the stopper, and the trial logger (a Tune callback).
+"""The glue between a search and Ray Tune: the Optuna searchers, the schedulers (early stopping), the stopper, and the trial logger (a Tune callback).
 
 The search's durable record is the Optuna study (RDB storage next to the tracking store)
 and the MLflow runs; Tune's own experiment state is never restored. So the objects here are
@@ -13,7 +13,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ray import tune
 from ray.tune.experiment import Trial
@@ -22,7 +22,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from ..config import NUMBER_KEY, REFERENCE_TASK_KEY, REPEAT_KEY, REPEAT_OF_KEY, STRATEGY_KEY
-from ..record import Objective, TrialRecord, is_epoch, is_final
+from ..record import EPOCH, LATENCY, SCORE, Objective, TrialRecord, is_epoch, is_final
 from ..registry import Registry
 from ..results.constraints import tell_constraints, violations
 from ..results.records import LiveFront, epoch_line, reference_line, trial_label, trial_line
@@ -416,3 +416,36 @@ def _error_text(trial: Any) -> str:
         return Path(path).read_text()
     error = getattr(trial, "error", None) or getattr(trial, "get_error", lambda: None)()
     return "".join(traceback.format_exception(error)) if isinstance(error, BaseException) else str(error or "unknown error")
+
+
+SCHEDULER_METRIC = SCORE
+EARLY_STOPPING_GRACE_EPOCHS = 2  # the score is 1.0 for every trial at epoch 1 (it is normalised by that epoch)
+EARLY_STOPPING_REDUCTION = 2  # successive halving's η (asha, pareto)
+
+
+def make_scheduler(kind: str, epochs: int, objectives: Sequence[Objective] = ()) -> Any:
+    """The Tune scheduler of ``search.early_stopping`` (None for ``none``).
+
+    ``asha`` and ``median`` watch the trainer's ``score`` per epoch: the mean over tasks of
+    the val loss divided by that task's val loss after the first epoch (lower is better), so
+    tasks on different scales count equally. ``pareto`` (:mod:`.pareto_stopping`) ranks
+    the trials at each rung by the search's ``objectives`` as each epoch reports them,
+    leaving out ``latency`` (measured once, after training).
+    """
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
+
+    if kind == "none":
+        return None
+    max_t = max(epochs, EARLY_STOPPING_GRACE_EPOCHS)
+    if kind == "pareto":
+        from .pareto_stopping import ParetoSuccessiveHalving
+
+        rung_objectives = [(o.key, o.direction) for o in objectives if o.key != LATENCY]
+        return ParetoSuccessiveHalving(rung_objectives, max_t=max_t, grace_period=EARLY_STOPPING_GRACE_EPOCHS,
+                                       reduction_factor=EARLY_STOPPING_REDUCTION)
+    if kind == "asha":
+        # stop_last_trials=False: a trial reaching the last epoch must still send its final result.
+        return ASHAScheduler(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", max_t=max_t,
+                             grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=EARLY_STOPPING_REDUCTION, stop_last_trials=False)
+    return MedianStoppingRule(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
+                              min_samples_required=2)

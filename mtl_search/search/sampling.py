@@ -1,19 +1,17 @@
-"""What the search samples and how: Optuna's define-by-run space, the grid, samplers, schedulers, and the plan a worker gets."""
+"""What the search samples: a trial's define-by-run space, a reference trial's, the grid, and the sampler that draws from them."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from ..config import DEFAULT_WEIGHTING, NUMBER_KEY, REFERENCE_TASK_KEY, STRATEGY_KEY, WEIGHTING_KEY, param_name
-from ..errors import SpaceError
 from ..knobs import Fixed, Knob, dependency_order, knob_bounds
-from ..record import EPOCH, LATENCY, SCORE, Objective
 from .references import SingleTask
+from .samplers import SAMPLERS
 from .space import Plan, reference_ranges
-from .trial import TrialPlan
 
 
-class DefineByRun:
-    """Optuna's define-by-run space: the strategy, the backbone's knobs, the strategy's knobs, then training knobs.
+class TrialSpace:
+    """A multi-task trial's space, sampled define-by-run: the strategy, the input layer's and backbone's knobs, the strategy's knobs, then training knobs.
 
     A class rather than a closure: Tune pickles the searcher with its experiment state.
     """
@@ -35,8 +33,8 @@ class DefineByRun:
         built = self.backbone_kind.build(self.input_shape, **backbone)
         _suggest_all(trial, strategy, self.strategies[strategy], config, {**backbone, **built.params, "depth": built.depth})
         _suggest_all(trial, "training", self.training, config)
-        weighting = self.weighting.suggest(trial, "training.weighting")
-        config["training.weighting"] = weighting
+        weighting = self.weighting.suggest(trial, WEIGHTING_KEY)
+        config[WEIGHTING_KEY] = weighting
         _suggest_all(trial, f"weighting.{weighting}", self.weightings[weighting], config)
         return config
 
@@ -69,7 +67,7 @@ class ReferenceSpace:
 
     def searched(self) -> bool:
         """Whether any knob of the references takes more than one value (else one trial per task says all)."""
-        return any(not isinstance(knob, Fixed) for section in (self.inputs, self.backbone, self.tower, self.training)
+        return any(not knob.is_fixed for section in (self.inputs, self.backbone, self.tower, self.training)
                    for knob in section.values())
 
     def grid(self) -> dict[str, list[Any]]:
@@ -124,9 +122,9 @@ def grid_space(plan: Plan) -> dict[str, list[Any]]:
                 siblings[knob_name] = (low, high)
         _add_grid(space, name, f"strategies.{name}", knobs, siblings)
     _add_grid(space, "training", "training", plan.training)
-    weightings = plan.weighting.grid("training.weighting")
+    weightings = plan.weighting.grid(WEIGHTING_KEY)
     if weightings is not None:
-        space["training.weighting"] = weightings
+        space[WEIGHTING_KEY] = weightings
     for name, (_, knobs) in plan.weightings.items():
         _add_grid(space, f"weighting.{name}", f"weighting {name!r}", knobs)
     return space
@@ -142,89 +140,9 @@ def _add_grid(space: dict[str, list[Any]], section: str, path: str, knobs: dict[
 
 
 def make_sampler(name: str, seed: int, concurrency: int, plan: Plan | None = None, grid: dict[str, list[Any]] | None = None) -> Any:
-    """The Optuna sampler of ``search.sampler``: tpe, nsga2, random, gp or grid (over ``grid``, by default ``grid_space(plan)``)."""
-    import optuna
-
-    # search.constraints reach tpe, nsga2 and gp as the values the searcher sets on each trial (Trial.set_constraint)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=concurrency > 1, seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        if grid is None and plan is None:
+    """The Optuna sampler ``search.sampler`` names (``samplers.SAMPLERS``); grid over ``grid``, by default ``grid_space(plan)``."""
+    if name == "grid" and grid is None:
+        if plan is None:
             raise ValueError("the grid sampler needs the plan or its grid")
-        return _TuneGridSampler(grid if grid is not None else grid_space(plan), seed=seed)
-    try:
-        import scipy  # noqa: F401  (Optuna's GPSampler imports it only when it first samples)
-    except ImportError as exc:
-        raise SpaceError("search.sampler", f"the gp sampler needs scipy (pip install scipy): {exc}") from None
-    return optuna.samplers.GPSampler(seed=seed)
-
-
-def _grid_sampler_base() -> type:
-    import optuna
-
-    return optuna.samplers.GridSampler
-
-
-class _TuneGridSampler(_grid_sampler_base()):
-    """GridSampler without its ``study.stop()`` once the grid is covered.
-
-    That call is only legal inside Optuna's own optimize loop; under Tune it raises before the
-    trial's state is stored. Tune ends the search after ``search.trials`` trials (a covered grid
-    is visited again in a random order).
-    """
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        return None
-
-
-SCHEDULER_METRIC = SCORE
-EARLY_STOPPING_GRACE_EPOCHS = 2  # the score is 1.0 for every trial at epoch 1 (it is normalised by that epoch)
-EARLY_STOPPING_REDUCTION = 2  # successive halving's η (asha, pareto)
-
-
-def make_scheduler(kind: str, epochs: int, objectives: Sequence[Objective] = ()) -> Any:
-    """The Tune scheduler of ``search.early_stopping`` (None for ``none``).
-
-    ``asha`` and ``median`` watch the trainer's ``score`` per epoch: the mean over tasks of
-    the val loss divided by that task's val loss after the first epoch (lower is better), so
-    tasks on different scales count equally. ``pareto`` (:mod:`.pareto_stopping`) ranks
-    the trials at each rung by the search's ``objectives`` as each epoch reports them,
-    leaving out ``latency`` (measured once, after training).
-    """
-    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule
-
-    if kind == "none":
-        return None
-    max_t = max(epochs, EARLY_STOPPING_GRACE_EPOCHS)
-    if kind == "pareto":
-        from .pareto_stopping import ParetoSuccessiveHalving
-
-        rung_objectives = [(o.key, o.direction) for o in objectives if o.key != LATENCY]
-        return ParetoSuccessiveHalving(rung_objectives, max_t=max_t, grace_period=EARLY_STOPPING_GRACE_EPOCHS,
-                                       reduction_factor=EARLY_STOPPING_REDUCTION)
-    if kind == "asha":
-        # stop_last_trials=False: a trial reaching the last epoch must still send its final result.
-        return ASHAScheduler(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", max_t=max_t,
-                             grace_period=EARLY_STOPPING_GRACE_EPOCHS, reduction_factor=EARLY_STOPPING_REDUCTION, stop_last_trials=False)
-    return MedianStoppingRule(time_attr=EPOCH, metric=SCHEDULER_METRIC, mode="min", grace_period=EARLY_STOPPING_GRACE_EPOCHS,
-                              min_samples_required=2)
-
-
-def make_trial_plan(plan: Plan, references: dict[str, dict[str, float]] | None = None) -> TrialPlan:
-    """What a worker needs to train any configuration of ``plan`` (everything but the data); ``references``: the
-    single-task references' metrics its gains are measured against (``search.references``)."""
-    space = plan.space
-    return TrialPlan(
-        problem=plan.problem,
-        strategies={name: s for name, (s, _) in plan.strategies.items()},
-        backbone_kind=plan.backbone_kind,
-        weightings={name: cls for name, (cls, _) in plan.weightings.items()},
-        epochs=space.epochs, patience=space.patience, seed=space.search.seed,
-        cpus_per_trial=space.ray.cpus_per_trial, gpus_per_trial=space.ray.gpus_per_trial,
-        max_trial_seconds=space.max_trial_seconds,
-        references=references, groups={o.name: o.tasks for o in plan.objectives if o.tasks}, affinity_every=space.affinity_every,
-    )
+        grid = grid_space(plan)
+    return SAMPLERS[name](seed, concurrency, grid)
