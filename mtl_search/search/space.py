@@ -96,10 +96,10 @@ class RaySpec:
 class Space:
     """A parsed space. Ranges are Knobs; ``resolve`` checks them against the registered plugins."""
 
-    experiment: str
-    dataset: str  # a registered data set's name, or "csv"/"parquet" for the user's table
-    dataset_options: dict[str, Any]
-    strategies: dict[str, dict[str, Knob]]
+    experiment: str = "mtl-search"  # a space read from a file: the file's name
+    dataset: str = ""  # a registered data set's name, or "csv"/"parquet" for the user's table
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    strategies: dict[str, dict[str, Knob]] = field(default_factory=dict)
     table: TableSpec | None = None
     inputs: dict[str, Knob] = field(default_factory=dict)
     backbone_kind: str = "mlp"
@@ -108,8 +108,8 @@ class Space:
     training: dict[str, Knob] = field(default_factory=dict)
     weighting: Knob = Fixed(DEFAULT_WEIGHTING)
     weighting_options: dict[str, dict[str, Knob]] = field(default_factory=dict)
-    epochs: int = 20
-    patience: int = 5
+    epochs: int = TrainConfig.epochs
+    patience: int = TrainConfig.patience
     max_trial_seconds: float | None = None
     affinity_every: int = 0  # task affinity measured every this many steps (0: off)
     search: SearchSpec = field(default_factory=SearchSpec)
@@ -166,190 +166,204 @@ def parse_space(raw: Any, path: Path | None = None) -> Space:
     Every independent error is reported at once: each section (and each strategy, task,
     setting within one) is checked even when an earlier one failed; one error is raised as a
     :class:`SpaceError`, several as a :class:`SpaceErrors` listing each with its key path.
+    A section left out, or one that fails, takes the defaults of the fields it fills.
     """
     top = _mapping(raw, "", "the space file must be a mapping of keys")
     errors = ErrorCollector()
     with errors.section():
         _known_keys(top, TOP_LEVEL, "")
-    experiment = "mtl-search"
-    with errors.section():
-        experiment = top.get("experiment", path.stem if path else "mtl-search")
-        if not isinstance(experiment, str) or not experiment.strip():
-            raise SpaceError("experiment", f"expected a non-empty name, got {experiment!r}")
-
-    table, dataset, options = None, "", {}
-    with errors.section():
-        data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options'), or 'csv'/'parquet' with a table's path")
-        table = _parse_table(data, path.parent if path else Path.cwd()) if any(k in data for k in TABLE_FORMATS) else None
-        if table is not None:
-            dataset, options = table.format, {}
-        else:
-            _known_keys(data, ("dataset", "options", *TABLE_FORMATS), "data")
-            dataset = data.get("dataset")
-            if not isinstance(dataset, str) or not dataset:
-                raise SpaceError("data.dataset", f"expected the name of a registered data set (or csv:/parquet: a table's path), got {dataset!r}")
-            options = _mapping(data.get("options", {}), "data.options", "expected a mapping of option values")
-
-    tasks = {}
-    with errors.section():
-        for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
-            with errors.section():
-                spec = _mapping(spec, f"tasks.{name}", "expected a mapping like {kind: regression, metric: mse}")
-                _known_keys(spec, TASK_KEYS, f"tasks.{name}")
-                if "kind" in spec and spec["kind"] not in KINDS:
-                    raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
-                for key in ("after", "weight_column"):
-                    if key in spec and (not isinstance(spec[key], str) or not spec[key]):
-                        raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
-                if "scale" in spec and not isinstance(spec["scale"], bool):
-                    raise SpaceError(f"tasks.{name}.scale", f"expected true or false, got {spec['scale']!r}")
-                if "scale" in spec and spec.get("kind", "regression") != "regression":
-                    raise SpaceError(f"tasks.{name}.scale", f"only a regression target is standardised; {name!r} is {spec['kind']}")
-                if table is None and "weight_column" in spec:
-                    raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
-                                     "this space's data is a registered data set (data.dataset), not csv:/parquet:")
-                if "positive" in spec and (table is None or spec.get("kind") != "binary"):
-                    raise SpaceError(f"tasks.{name}.positive", "names the positive class of a binary target column of a table "
-                                     "(kind: binary, data: csv:/parquet:)")
-                tasks[str(name)] = spec
-
-    inputs: dict[str, Knob] = {}
-    with errors.section():
-        inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
-        inputs = _ranges(inputs_raw, "inputs", errors)
-
-    backbone_kind, backbone = "mlp", {}
-    with errors.section():
-        backbone_raw = _mapping(top.get("backbone", {}), "backbone", "expected a mapping like {kind: mlp, depth: 3}")
-        backbone = _ranges({k: v for k, v in backbone_raw.items() if k != "kind"}, "backbone", errors)
-        backbone_kind = backbone_raw.get("kind", "mlp")
-        if not isinstance(backbone_kind, str):
-            backbone_kind = "mlp"
-            raise SpaceError("backbone.kind", f"expected a backbone kind name, got {backbone_raw.get('kind')!r}")
-
-    strategies = {}
-    with errors.section():
-        strategies_raw = top.get("strategies")
-        if not isinstance(strategies_raw, dict) or not strategies_raw:
-            raise SpaceError("strategies", "expected a non-empty mapping of strategy name to knob overrides, e.g. {hard_sharing: {}}")
-        for name, overrides in strategies_raw.items():
-            with errors.section():
-                overrides = _mapping(overrides if overrides is not None else {}, f"strategies.{name}", "expected a mapping of knob overrides (or {})")
-                strategies[str(name)] = _ranges(overrides, f"strategies.{name}", errors)
-
-    epochs, patience, max_trial_seconds, affinity_every = TrainConfig.epochs, TrainConfig.patience, None, 0
-    training: dict[str, Knob] = {k: Fixed(getattr(TrainConfig, k)) for k in TRAINING_KNOBS}
-    weighting: Knob = Fixed(DEFAULT_WEIGHTING)
-    weighting_options = {}
-    with errors.section():
-        training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
+    fields: dict[str, Any] = {}
+    for parse in (_parse_experiment, _parse_data, _parse_tasks, _parse_inputs, _parse_backbone, _parse_strategies, _parse_training,
+                  _parse_search, _parse_tracking, _parse_ray, _parse_baseline, _parse_plugins):
         with errors.section():
-            _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "affinity_every", "weighting", "weighting_options",
-                                       *TRAINING_KNOBS), "training")
-        with errors.section():
-            epochs = _int(training_raw.get("epochs", TrainConfig.epochs), "training.epochs", minimum=1)
-        with errors.section():
-            patience = _int(training_raw.get("patience", TrainConfig.patience), "training.patience", minimum=0)
-        with errors.section():
-            affinity_every = _int(training_raw.get("affinity_every", 0), "training.affinity_every", minimum=0)
-        with errors.section():
-            if training_raw.get("max_trial_seconds") is not None:
-                max_trial_seconds = _number(training_raw["max_trial_seconds"], "training.max_trial_seconds", positive=True)
-        training = _ranges({k: training_raw.get(k, getattr(TrainConfig, k)) for k in TRAINING_KNOBS}, "training", errors)
-        with errors.section():
-            parsed = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
-            if parsed.values() is None:  # a range of numbers
-                raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
-            weighting = parsed
-        with errors.section():
-            options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
-                                   "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
-            for name, overrides in options_raw.items():
-                where = f"training.weighting_options.{name}"
-                with errors.section():
-                    overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
-                    weighting_options[str(name)] = _ranges(overrides, where, errors)
-
-    search = SearchSpec()
-    with errors.section():
-        search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
-        with errors.section():
-            _known_keys(search_raw, ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures", "constraints", "repeats"), "search")
-        with errors.section():
-            sampler = search_raw.get("sampler", "tpe")
-            if sampler not in SAMPLERS:
-                raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
-            search.sampler = sampler
-        with errors.section():
-            early_stopping = search_raw.get("early_stopping", "none")
-            if early_stopping not in EARLY_STOPPING:
-                raise SpaceError("search.early_stopping", f"unknown early stopping {early_stopping!r}; {did_you_mean(str(early_stopping), EARLY_STOPPING)}")
-            search.early_stopping = early_stopping
-        with errors.section():
-            if search_raw.get("max_failures") is not None:
-                search.max_failures = _int(search_raw["max_failures"], "search.max_failures", minimum=0)
-        with errors.section():
-            if search_raw.get("repeats") not in (None, 0, False):
-                search.repeats = _int(search_raw["repeats"], "search.repeats", minimum=2)
-        with errors.section():
-            search.objectives = _parse_objectives(search_raw.get("objectives", []))
-        with errors.section():
-            reference = _mapping(search_raw.get("reference_point", {}), "search.reference_point", "expected a mapping of objective to value")
-            for key, value in reference.items():
-                with errors.section():
-                    if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise SpaceError(f"search.reference_point.{key}", f"expected a number, got {value!r}")
-                    search.reference_point[str(key)] = float(value)
-        for key, default, minimum in (("trials", 20, 1), ("concurrency", 1, 1), ("seed", 0, 0)):
-            with errors.section():
-                setattr(search, key, _int(search_raw.get(key, default), f"search.{key}", minimum=minimum))
-        with errors.section():
-            search.constraints = parse_constraints(search_raw.get("constraints"))
-
-    uri = None
-    with errors.section():
-        tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
-        _known_keys(tracking, ("uri",), "tracking")
-        uri = tracking.get("uri")
-        if uri is not None and not isinstance(uri, str):
-            uri = None
-            raise SpaceError("tracking.uri", f"expected a tracking URI string, got {tracking.get('uri')!r}")
-
-    ray = RaySpec()
-    with errors.section():
-        ray_raw = _mapping(top.get("ray", {}), "ray", "expected a mapping")
-        with errors.section():
-            _known_keys(ray_raw, ("address", "cpus_per_trial", "gpus_per_trial"), "ray")
-        with errors.section():
-            address = ray_raw.get("address")
-            if address is not None and not isinstance(address, str):
-                raise SpaceError("ray.address", f"expected an address string (auto, host:port, ray://host:10001), got {address!r}")
-            ray.address = address
-        with errors.section():
-            ray.cpus_per_trial = _number(ray_raw.get("cpus_per_trial", 1), "ray.cpus_per_trial", positive=True)
-        with errors.section():
-            ray.gpus_per_trial = _number(ray_raw.get("gpus_per_trial", 0), "ray.gpus_per_trial", positive=False)
-
-    baseline = _parse_baseline(top.get("baseline", {}))
-    with errors.section():
-        if search.repeats and not (baseline.enabled and baseline.mode == "search"):
-            raise SpaceError("search.repeats", "repeats measure the noise of the gains over searched single-task references: "
-                             "they need baseline mode search (the default)")
-
-    plugins = top.get("plugins", [])
-    with errors.section():
-        if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
-            raise SpaceError("plugins", f"expected a list of module names or .py paths, got {plugins!r}")
-
+            fields.update(parse(top, path, errors, fields))
     errors.raise_if_any()
-    return Space(
-        experiment=experiment, dataset=dataset, dataset_options=dict(options), strategies=strategies, table=table, inputs=inputs,
-        backbone_kind=backbone_kind, backbone=backbone, tasks=tasks, training=training, weighting=weighting,
-        weighting_options=weighting_options,
-        epochs=epochs, patience=patience, max_trial_seconds=max_trial_seconds, affinity_every=affinity_every, search=search, ray=ray, baseline=baseline,
-        tracking_uri=uri, plugins=plugins,
-        path=path.resolve() if path else None, raw=top,
-    )
+    return Space(**fields, path=path.resolve() if path else None, raw=top)
+
+
+Fields = dict[str, Any]  # the Space fields a section's parser fills
+
+
+def _parse_experiment(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    experiment = top.get("experiment", path.stem if path else Space.experiment)
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise SpaceError("experiment", f"expected a non-empty name, got {experiment!r}")
+    return {"experiment": experiment}
+
+
+def _parse_data(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    data = _mapping(top.get("data"), "data", "expected a mapping with 'dataset' (and optional 'options'), or 'csv'/'parquet' with a table's path")
+    if any(k in data for k in TABLE_FORMATS):
+        table = _parse_table(data, path.parent if path else Path.cwd())
+        return {"table": table, "dataset": table.format, "dataset_options": {}}
+    _known_keys(data, ("dataset", "options", *TABLE_FORMATS), "data")
+    dataset = data.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise SpaceError("data.dataset", f"expected the name of a registered data set (or csv:/parquet: a table's path), got {dataset!r}")
+    return {"dataset": dataset, "dataset_options": dict(_mapping(data.get("options", {}), "data.options", "expected a mapping of option values"))}
+
+
+def _parse_tasks(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    tasks: dict[str, dict[str, Any]] = {}
+    table = parsed.get("table")
+    for name, spec in _mapping(top.get("tasks", {}), "tasks", "expected a mapping of task name to {kind, metric}").items():
+        with errors.section():
+            spec = _mapping(spec, f"tasks.{name}", "expected a mapping like {kind: regression, metric: mse}")
+            _known_keys(spec, TASK_KEYS, f"tasks.{name}")
+            if "kind" in spec and spec["kind"] not in KINDS:
+                raise SpaceError(f"tasks.{name}.kind", f"unknown kind {spec['kind']!r}; {did_you_mean(spec['kind'], KINDS)}")
+            for key in ("after", "weight_column"):
+                if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+                    raise SpaceError(f"tasks.{name}.{key}", f"expected a {'task' if key == 'after' else 'column'} name, got {spec[key]!r}")
+            if "scale" in spec and not isinstance(spec["scale"], bool):
+                raise SpaceError(f"tasks.{name}.scale", f"expected true or false, got {spec['scale']!r}")
+            if "scale" in spec and spec.get("kind", "regression") != "regression":
+                raise SpaceError(f"tasks.{name}.scale", f"only a regression target is standardised; {name!r} is {spec['kind']}")
+            if table is None and "weight_column" in spec:
+                raise SpaceError(f"tasks.{name}.weight_column", "sample weights are read from a table's column; "
+                                 "this space's data is a registered data set (data.dataset), not csv:/parquet:")
+            if "positive" in spec and (table is None or spec.get("kind") != "binary"):
+                raise SpaceError(f"tasks.{name}.positive", "names the positive class of a binary target column of a table "
+                                 "(kind: binary, data: csv:/parquet:)")
+            tasks[str(name)] = spec
+    return {"tasks": tasks}
+
+
+def _parse_inputs(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    inputs_raw = _mapping(top.get("inputs", {}), "inputs", "expected a mapping like {encoding: {choice: [onehot, embedding]}}")
+    return {"inputs": _ranges(inputs_raw, "inputs", errors)}
+
+
+def _parse_backbone(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    backbone_raw = _mapping(top.get("backbone", {}), "backbone", "expected a mapping like {kind: mlp, depth: 3}")
+    fields = {"backbone": _ranges({k: v for k, v in backbone_raw.items() if k != "kind"}, "backbone", errors)}
+    kind = backbone_raw.get("kind", Space.backbone_kind)
+    if not isinstance(kind, str):
+        errors.add(SpaceError("backbone.kind", f"expected a backbone kind name, got {kind!r}"))
+        return fields
+    return {**fields, "backbone_kind": kind}
+
+
+def _parse_strategies(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    strategies_raw = top.get("strategies")
+    if not isinstance(strategies_raw, dict) or not strategies_raw:
+        raise SpaceError("strategies", "expected a non-empty mapping of strategy name to knob overrides, e.g. {hard_sharing: {}}")
+    strategies = {}
+    for name, overrides in strategies_raw.items():
+        with errors.section():
+            overrides = _mapping(overrides if overrides is not None else {}, f"strategies.{name}", "expected a mapping of knob overrides (or {})")
+            strategies[str(name)] = _ranges(overrides, f"strategies.{name}", errors)
+    return {"strategies": strategies}
+
+
+def _parse_training(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    training_raw = _mapping(top.get("training", {}), "training", "expected a mapping")
+    fields: Fields = {}
+    with errors.section():
+        _known_keys(training_raw, ("epochs", "patience", "max_trial_seconds", "affinity_every", "weighting", "weighting_options",
+                                   *TRAINING_KNOBS), "training")
+    with errors.section():
+        fields["epochs"] = _int(training_raw.get("epochs", Space.epochs), "training.epochs", minimum=1)
+    with errors.section():
+        fields["patience"] = _int(training_raw.get("patience", Space.patience), "training.patience", minimum=0)
+    with errors.section():
+        fields["affinity_every"] = _int(training_raw.get("affinity_every", Space.affinity_every), "training.affinity_every", minimum=0)
+    with errors.section():
+        if training_raw.get("max_trial_seconds") is not None:
+            fields["max_trial_seconds"] = _number(training_raw["max_trial_seconds"], "training.max_trial_seconds", positive=True)
+    fields["training"] = _ranges({k: training_raw.get(k, getattr(TrainConfig, k)) for k in TRAINING_KNOBS}, "training", errors)
+    with errors.section():
+        weighting = parse_range(training_raw.get("weighting", DEFAULT_WEIGHTING), "training.weighting")
+        if weighting.values() is None:  # a range of numbers
+            raise SpaceError("training.weighting", "expected a weighting name or {choice: [names]}")
+        fields["weighting"] = weighting
+    with errors.section():
+        options_raw = _mapping(training_raw.get("weighting_options", {}), "training.weighting_options",
+                               "expected a mapping of weighting name to knob overrides, e.g. {gradnorm: {alpha: 1.5}}")
+        options = {}
+        for name, overrides in options_raw.items():
+            where = f"training.weighting_options.{name}"
+            with errors.section():
+                overrides = _mapping(overrides, where, "expected a mapping of knob overrides")
+                options[str(name)] = _ranges(overrides, where, errors)
+        fields["weighting_options"] = options
+    return fields
+
+
+SEARCH_KEYS = ("trials", "sampler", "objectives", "concurrency", "seed", "reference_point", "early_stopping", "max_failures",
+               "constraints", "repeats")
+
+
+def _parse_search(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    search = SearchSpec()
+    fields = {"search": search}
+    search_raw = _mapping(top.get("search", {}), "search", "expected a mapping")
+    with errors.section():
+        _known_keys(search_raw, SEARCH_KEYS, "search")
+    with errors.section():
+        sampler = search_raw.get("sampler", SearchSpec.sampler)
+        if sampler not in SAMPLERS:
+            raise SpaceError("search.sampler", f"unknown sampler {sampler!r}; {did_you_mean(str(sampler), SAMPLERS)}")
+        search.sampler = sampler
+    with errors.section():
+        early_stopping = search_raw.get("early_stopping", SearchSpec.early_stopping)
+        if early_stopping not in EARLY_STOPPING:
+            raise SpaceError("search.early_stopping", f"unknown early stopping {early_stopping!r}; {did_you_mean(str(early_stopping), EARLY_STOPPING)}")
+        search.early_stopping = early_stopping
+    with errors.section():
+        if search_raw.get("max_failures") is not None:
+            search.max_failures = _int(search_raw["max_failures"], "search.max_failures", minimum=0)
+    with errors.section():
+        if search_raw.get("repeats") not in (None, 0, False):
+            search.repeats = _int(search_raw["repeats"], "search.repeats", minimum=2)
+    with errors.section():
+        search.objectives = _parse_objectives(search_raw.get("objectives", []))
+    with errors.section():
+        reference = _mapping(search_raw.get("reference_point", {}), "search.reference_point", "expected a mapping of objective to value")
+        for key, value in reference.items():
+            with errors.section():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise SpaceError(f"search.reference_point.{key}", f"expected a number, got {value!r}")
+                search.reference_point[str(key)] = float(value)
+    for key, minimum in (("trials", 1), ("concurrency", 1), ("seed", 0)):
+        with errors.section():
+            setattr(search, key, _int(search_raw.get(key, getattr(SearchSpec, key)), f"search.{key}", minimum=minimum))
+    with errors.section():
+        search.constraints = parse_constraints(search_raw.get("constraints"))
+    return fields
+
+
+def _parse_tracking(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    tracking = _mapping(top.get("tracking", {}), "tracking", "expected a mapping like {uri: sqlite:///...}")
+    _known_keys(tracking, ("uri",), "tracking")
+    uri = tracking.get("uri", Space.tracking_uri)
+    if uri is not None and not isinstance(uri, str):
+        raise SpaceError("tracking.uri", f"expected a tracking URI string, got {uri!r}")
+    return {"tracking_uri": uri}
+
+
+def _parse_ray(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    ray = RaySpec()
+    ray_raw = _mapping(top.get("ray", {}), "ray", "expected a mapping")
+    with errors.section():
+        _known_keys(ray_raw, ("address", "cpus_per_trial", "gpus_per_trial"), "ray")
+    with errors.section():
+        address = ray_raw.get("address", RaySpec.address)
+        if address is not None and not isinstance(address, str):
+            raise SpaceError("ray.address", f"expected an address string (auto, host:port, ray://host:10001), got {address!r}")
+        ray.address = address
+    with errors.section():
+        ray.cpus_per_trial = _number(ray_raw.get("cpus_per_trial", RaySpec.cpus_per_trial), "ray.cpus_per_trial", positive=True)
+    with errors.section():
+        ray.gpus_per_trial = _number(ray_raw.get("gpus_per_trial", RaySpec.gpus_per_trial), "ray.gpus_per_trial", positive=False)
+    return {"ray": ray}
+
+
+def _parse_plugins(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    plugins = top.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise SpaceError("plugins", f"expected a list of module names or .py paths, got {plugins!r}")
+    return {"plugins": plugins}
 
 
 def _ranges(raw: dict, path: str, errors: ErrorCollector) -> dict[str, Knob]:
@@ -395,7 +409,16 @@ def _parse_objectives(raw: Any) -> list[str | GroupObjective]:
     return out
 
 
-def _parse_baseline(raw: Any) -> BaselineSpec:
+def _parse_baseline(top: dict, path: Path | None, errors: ErrorCollector, parsed: Fields) -> Fields:
+    baseline = _baseline(top.get("baseline", {}))
+    search = parsed.get("search", SearchSpec())
+    if search.repeats and not (baseline.enabled and baseline.mode == "search"):
+        errors.add(SpaceError("search.repeats", "repeats measure the noise of the gains over searched single-task references: "
+                              "they need baseline mode search (the default)"))
+    return {"baseline": baseline}
+
+
+def _baseline(raw: Any) -> BaselineSpec:
     if raw is False:
         return BaselineSpec(enabled=False)
     raw = _mapping(raw if raw is not None else {}, "baseline", "expected false (no single-task references) or a mapping like {trials: 4, training: {lr: 0.001}}")
@@ -414,7 +437,7 @@ def _parse_baseline(raw: Any) -> BaselineSpec:
                 raise SpaceError(f"baseline.{key}.{name}", f"expected one value (it pins the references' {key} knob), got {value!r}")
         sections[key] = {str(k): v for k, v in section.items()}
     tower_width = _int(raw["tower_width"], "baseline.tower_width", minimum=1) if "tower_width" in raw else None
-    gbdt = raw.get("gbdt", False)
+    gbdt = raw.get("gbdt", BaselineSpec.gbdt)
     if not isinstance(gbdt, bool):
         raise SpaceError("baseline.gbdt", f"expected true or false, got {gbdt!r}")
     return BaselineSpec(True, sections["backbone"], sections["training"], sections["inputs"], tower_width, mode, trials, gbdt)
