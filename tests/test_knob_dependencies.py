@@ -1,4 +1,4 @@
-"""Knobs whose bounds name another knob of the same strategy: sampled after it, never outside the range it sets."""
+"""Which values a knob holds (each knob type answers for itself), and knobs whose bounds name another knob of the same strategy: sampled after it, never outside the range it sets."""
 from __future__ import annotations
 
 import optuna
@@ -8,7 +8,10 @@ from mtl_search.cli import main
 from mtl_search.errors import SpaceError
 from mtl_search.knobs import (
     Choice,
+    Fixed,
+    Float,
     Int,
+    Knob,
     check_named_bounds,
     dependency_order,
     knob_bounds,
@@ -112,3 +115,36 @@ def test_validate_refuses_a_bound_naming_nothing_and_a_range_that_can_be_empty(t
     err = capsys.readouterr().err
     assert code == 2 and "strategies.bounded_topk.k: 4 is above knob experts (2 to 4); every trial's value must be at most 2" in err
     assert main(["validate", str(_space(tmp_path, "{experts: {int: [2, 4]}, k: {int: [1, 2]}}"))]) == 0, capsys.readouterr().err
+
+
+def test_a_knob_type_of_its_own_answers_every_value_question_from_its_values():
+    from mtl_search.knobs import midpoint_values, smallest_values
+
+    class Odd(Knob):  # a third party's knob: finitely many values, nothing else about ranges
+        def values(self):
+            return [5, 1, 3]
+
+        def suggest(self, trial, name, context=None):
+            return trial.suggest_categorical(name, self.values())
+
+        def narrow(self, override, path):
+            return override
+
+        def describe(self):
+            return "odd"
+
+    odd = Odd()
+    assert (odd.extremes(), odd.smallest(), odd.midpoint(), knob_bounds(odd)) == ([5, 1, 3], 5, 3, (1, 5))
+    # a bound naming it reads the value chosen for it: a's range is [1, b]
+    assert smallest_values({"a": Int(1, "b"), "b": odd}) == {"a": 2, "b": 5}
+    assert midpoint_values({"a": Int(1, "b"), "b": odd}) == {"a": 2, "b": 3}
+    # the override check asks the override for its values, not its type
+    assert Int(1, 8).narrow(odd, "strategies.x.k") is odd
+    with pytest.raises(SpaceError, match="above the largest allowed value 4"):
+        Int(1, 4, maximum=4).narrow(odd, "strategies.x.k")
+
+
+def test_the_midpoint_is_the_geometric_middle_of_a_log_range_and_the_median_of_numeric_choices():
+    assert Int(4, 64, log=True).midpoint() == 16 and Int(2, 8).midpoint() == 5 and Float(1e-4, 1e-2, log=True).midpoint() == pytest.approx(1e-3)
+    assert Choice(8, 2, 4).midpoint() == 4 and Choice("relu", "gelu").midpoint() == "relu" and Fixed([1, 2]).midpoint() == [1, 2]
+    assert Int(1, "depth").midpoint({"depth": 5}) == 3 and Int(1, "depth").smallest({"depth": 5}) == 2

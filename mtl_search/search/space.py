@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ..config import DEFAULT_WEIGHTING
-from ..data.problem import KINDS, Problem, Task
+from ..data.problem import KINDS, Problem
 from ..data.tables import TABLE_FORMATS, SplitSpec, TableSpec
 from ..errors import ErrorCollector, SpaceError, did_you_mean
 from ..knobs import (
