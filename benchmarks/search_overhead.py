@@ -24,6 +24,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from .common import machine, parser, run_trials_in_process, write
@@ -105,7 +106,8 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
     import ray
 
     from mtl_search.results.search_run import Tracker
-    from mtl_search.search.run import ensure_ray, state_dir
+    from mtl_search.results.store import sqlite_uri, store_folder
+    from mtl_search.search.run import ensure_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     load_before = machine()
@@ -121,7 +123,7 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
         start = time.perf_counter()
         # a user's stores exist after the first search: time their creation apart
         Tracker(f"sqlite:///{tmp}/mlflow.db", NAME)
-        optuna.storages.RDBStorage(f"sqlite:///{state_dir(f'sqlite:///{tmp}/mlflow.db') / 'optuna.db'}")
+        optuna.storages.RDBStorage(sqlite_uri(store_folder(sqlite_uri(Path(tmp) / "mlflow.db")) / "optuna.db"))
         store_creation = time.perf_counter() - start
         rows = []
         for concurrency in (1, 2):

@@ -131,10 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_ray_auth_notice(connecting=bool(args.address or space.ray.address))
     from .results.records import final_summary
     from .results.review import review_url
-    from .results.store import resolve_tracking_uri
-    from .search.run import RunOptions, run_search, state_dir
+    from .results.store import resolve_tracking_uri, store_folder
+    from .search.run import RunOptions, run_search
 
-    log = send_library_logs_to_file(state_dir(resolve_tracking_uri(args.tracking_uri or space.tracking_uri)))
+    log = send_library_logs_to_file(store_folder(resolve_tracking_uri(args.tracking_uri or space.tracking_uri)))
     options = RunOptions(args.trials, args.concurrency, args.address, args.tracking_uri, args.experiment, args.resume,
                          epoch_progress=sys.stdout.isatty())  # on a terminal, a line per trained epoch too
     record = run_search(space, options, progress=print)

@@ -174,15 +174,11 @@ def test_references_are_recorded_on_the_search_run_and_read_back_on_resume(tmp_p
     from mtl_search.record import Objective as Obj
     from mtl_search.results.search_run import Tracker
     from mtl_search.search.prepare import prepare
-    from mtl_search.search.references import (
-        fixed_references,
-        midpoint,
-        reference_settings,
-    )
+    from mtl_search.search.references import fixed_references, reference_settings
     from mtl_search.search.space import load_space
 
-    assert midpoint(Int(16, 256, log=True)) == 64 and midpoint(Float(0.0, 0.5)) == 0.25 and midpoint(Choice(32, 8, 64)) == 32
-    assert midpoint(Choice("relu", "gelu")) == "relu"
+    assert Int(16, 256, log=True).midpoint() == 64 and Float(0.0, 0.5).midpoint() == 0.25 and Choice(32, 8, 64).midpoint() == 32
+    assert Choice("relu", "gelu").midpoint() == "relu"
     space = load_space(tiny_space(tmp_path, strategies="  hard_sharing: {}", extra="baseline: {mode: fixed, training: {lr: 0.01}}\n"))
     plan, dataset, _ = prepare(space)
     settings = reference_settings(plan)

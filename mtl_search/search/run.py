@@ -28,7 +28,7 @@ from ..record import ROLE_REFERENCE, ROLE_REPEAT, ROLE_TRIAL, STUDY, TASK_METRIC
 from ..registry import Registry
 from ..results.records import SearchRecord, format_value, hypervolume_history, mark_front, metric_label, repeat_noise
 from ..results.search_run import Tracker, open_tracker
-from ..results.store import check_tracking_store, default_store_dir, store_lock
+from ..results.store import check_tracking_store, sqlite_path, sqlite_uri, store_folder, store_lock
 from .faults import kill_point
 from .gbdt import search_gbdt
 from .prepare import prepare
@@ -127,13 +127,6 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.value
-
-
-def state_dir(tracking_uri: str) -> Path:
-    """Where a search keeps its Optuna study and Tune's working files: next to a sqlite tracking store, else ./mlflow."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent
-    return default_store_dir()
 
 
 @dataclass
@@ -246,8 +239,8 @@ def run_search(space: Space, options: RunOptions | None = None, registry: Regist
     source = "--tracking-uri" if options.tracking_uri else "tracking.uri"
     uri = check_tracking_store(options.tracking_uri or space.tracking_uri, source)  # before anything is created or started
     check_ray_address(options.address or space.ray.address)
-    store = state_dir(uri)
-    storage = f"sqlite:///{store / 'optuna.db'}"
+    store = store_folder(uri)
+    storage = sqlite_uri(store / "optuna.db")
     searched_references = space.baseline.enabled and space.baseline.mode == "search"
 
     interrupt = Interrupt(echo=echo)
@@ -508,7 +501,7 @@ def _resumable(tracker: Tracker, experiment: str, storage: str, space: Space, co
     if latest.info.status == "FINISHED":
         raise MtlSearchError(f"--resume: the latest search of experiment {experiment!r} (run {latest.info.run_id}) finished; nothing to resume")
     name = latest.data.tags.get(STUDY)
-    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if (store_exists := _sqlite_exists(storage)) else {}
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)} if (store_exists := sqlite_path(storage).is_file()) else {}
     if not name or name not in names:
         kept = len(tracker.children(latest.info.run_id))
         where = storage if store_exists else f"{storage} (missing)"
@@ -519,5 +512,3 @@ def _resumable(tracker: Tracker, experiment: str, storage: str, space: Space, co
     return latest.info.run_id, optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
-def _sqlite_exists(storage: str) -> bool:
-    return Path(storage[len("sqlite:///"):]).is_file()
