@@ -106,7 +106,7 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
     import ray
 
     from mtl_search.results.search_run import Tracker
-    from mtl_search.results.store import sqlite_uri, store_folder
+    from mtl_search.results.store import sqlite_uri
     from mtl_search.search.run import ensure_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -122,8 +122,8 @@ def run(trials: int, trial_seconds: float, samples: int) -> dict:
         ray_start = time.perf_counter() - start
         start = time.perf_counter()
         # a user's stores exist after the first search: time their creation apart
-        Tracker(f"sqlite:///{tmp}/mlflow.db", NAME)
-        optuna.storages.RDBStorage(sqlite_uri(store_folder(sqlite_uri(Path(tmp) / "mlflow.db")) / "optuna.db"))
+        Tracker(sqlite_uri(Path(tmp) / "mlflow.db"), NAME)
+        optuna.storages.RDBStorage(sqlite_uri(Path(tmp) / "optuna.db"))  # where a search beside that store keeps its study
         store_creation = time.perf_counter() - start
         rows = []
         for concurrency in (1, 2):

@@ -510,5 +510,3 @@ def _resumable(tracker: Tracker, experiment: str, storage: str, space: Space, co
     # a fresh seed: the first run's seed would replay its own samples
     sampler = make_sampler(space.search.sampler, space.search.seed + names[name].n_trials, concurrency, plan)
     return latest.info.run_id, optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-
-
